@@ -1,0 +1,44 @@
+# spinenet: `make demo` and `make test` install what they need into .venv on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# CPU runs: keep torch to the machine's cores and W&B offline unless the user says otherwise
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the package and the dev tools
+
+demo: install ## generate a small phantom, train the U-Net a few minutes on CPU, test it, print where things are
+	$(BIN)/spinenet train experiment=demo
+
+test: install ## the test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast: install ## the tests without the slow training runs
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install ## ruff
+	$(BIN)/ruff check spinenet tests
+
+bench: install ## the benchmarks (print their figures)
+	$(BIN)/spinenet bench data
+	$(BIN)/spinenet bench train
+	$(BIN)/spinenet bench ensemble
+
+clean: ## remove generated data, outputs and caches (not .venv)
+	rm -rf outputs data .pytest_cache .ruff_cache

@@ -1,0 +1,271 @@
+"""Lightning DataModules for segmentation and classification, sharing one base.
+
+The base reads the manifest (``spinenet.data.manifest``), checks the data before any training starts,
+splits patients (``spinenet.data.splits``) and writes the split into the run folder so a run can be
+repeated exactly. Subclasses only say what one sample is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from spinenet.data.io import read_image, read_mask
+from spinenet.data.manifest import DatasetSpec, check_dataset, load_manifest, raise_if_bad
+from spinenet.data.splits import check_splits, load_splits, save_splits, split_patients
+from spinenet.data.transforms import apply_clahe, build_transforms
+from spinenet.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CHECK_LEVELS = ("deep", "fast", "off")
+
+
+def _to_dict(obj: Any) -> Any:
+    """OmegaConf containers to plain Python (Hydra passes DictConfig/ListConfig)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, DictConfig | ListConfig):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+class _ImageSet(Dataset):
+    """Rows of a manifest; reads, enhances and transforms one image (and its mask) per item."""
+
+    def __init__(self, rows: pd.DataFrame, spec: DatasetSpec, transform, in_channels: int,
+                 clahe: Mapping | None, with_mask: bool, label_swap_on_flip: Mapping[int, int] | None = None):
+        self.rows = rows.reset_index(drop=True)
+        self.spec, self.transform, self.in_channels = spec, transform, in_channels
+        self.clahe, self.with_mask = clahe, with_mask
+        self.label_swap_on_flip = label_swap_on_flip
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows.iloc[index]
+        image = read_image(row["image_path"], channels=self.in_channels)
+        if self.clahe:
+            image = apply_clahe(image, **self.clahe)
+        sample: dict[str, Any] = {"index": index}
+        if self.with_mask:
+            mask = read_mask(row["mask_path"], self.spec.mask_values)
+            out = self.transform(image=image, mask=mask)
+            sample["mask"] = torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long)
+        else:
+            out = self.transform(image=image)
+        img = np.asarray(out["image"], dtype=np.float32)
+        img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+        sample["image"] = torch.from_numpy(np.ascontiguousarray(img))
+        if "label_idx" in self.rows.columns:
+            label = int(row["label_idx"])
+            if self.label_swap_on_flip and _was_flipped(out):
+                label = self.label_swap_on_flip.get(label, label)
+            sample["label"] = torch.tensor(label, dtype=torch.long)
+        return sample
+
+
+def _was_flipped(out: Mapping) -> bool:
+    replay = out.get("replay")
+    if not replay:
+        return False
+    return any(t["__class_fullname__"].endswith("HorizontalFlip") and t.get("applied") for t in replay["transforms"])
+
+
+class SpineDataModule(L.LightningDataModule):
+    """Shared base: manifest, checks, patient-level split, loaders. ``batch_size`` is global (all devices)."""
+
+    with_mask = False
+
+    def __init__(self, dataset: Mapping, image_size: Sequence[int] = (128, 128), batch_size: int = 8,
+                 num_workers: int = 0, in_channels: int = 1, split: Mapping | None = None,
+                 augment: Mapping | None = None, clahe: Mapping | None = None, resize_mode: str = "resize",
+                 synthesize: Mapping | None = None, output_dir: str | None = None, check: str = "deep",
+                 pin_memory: bool = False, **_ignored: Any):
+        super().__init__()
+        self.spec = DatasetSpec.from_config(_to_dict(dataset))
+        self.image_size = tuple(int(s) for s in _to_dict(image_size))
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.in_channels = int(in_channels)
+        if self.in_channels not in (1, 3):
+            raise ConfigError(f"data.in_channels must be 1 or 3, got {in_channels}")
+        self.split_cfg = {"ratios": (0.8, 0.1, 0.1), "seed": 0, "folds": None, "fold": 0, "file": None}
+        self.split_cfg.update(_to_dict(split) or {})
+        self.augment = _to_dict(augment) or {}
+        self.clahe = _to_dict(clahe) or None
+        self.resize_mode = resize_mode
+        self.synthesize = _to_dict(synthesize) or None
+        self.output_dir = Path(output_dir) if output_dir else None
+        if check not in CHECK_LEVELS:
+            raise ConfigError(f"extras.data_check must be one of {list(CHECK_LEVELS)}, got {check!r}")
+        self.check, self.pin_memory = check, pin_memory
+        # fail on a bad resize mode or size now, not in a worker process
+        build_transforms(self.image_size, train=False, resize_mode=resize_mode)
+        self.frame: pd.DataFrame | None = None
+        self.splits: dict[str, list[str]] | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    # -- data preparation (rank 0 only in Lightning) --------------------------------------------------
+    def prepare_data(self) -> None:
+        root = Path(self.spec.root)
+        if (root / self.spec.manifest).is_file():
+            return
+        if self.synthesize is None:
+            raise DataError(f"data set not found: {root / self.spec.manifest} (data.dataset.root={root})")
+        from spinenet.data.phantom import generate_phantom
+
+        log.info("generating the synthetic phantom in %s", root)
+        generate_phantom(root, **self.synthesize)
+
+    # -- setup: manifest, checks, split ---------------------------------------------------------------
+    def load_frame(self) -> pd.DataFrame:
+        if self.frame is None:
+            self.prepare_data()  # harmless when the data exist; needed when setup() is called without a Trainer
+            frame = load_manifest(self.spec)
+            if self.check != "off":
+                raise_if_bad(check_dataset(self.spec, deep=self.check == "deep"), f"data set {self.spec.root}")
+            self.frame = frame
+        return self.frame
+
+    def make_splits(self) -> dict[str, list[str]]:
+        frame = self.load_frame()
+        pcol = self.spec.patient_col
+        if self.split_cfg.get("file"):
+            splits = load_splits(self.split_cfg["file"])
+            unknown = set().union(*map(set, splits.values())) - set(frame[pcol])
+            if unknown:
+                raise DataError(f"split file {self.split_cfg['file']}: patients not in the manifest: {sorted(unknown)[:10]}")
+        else:
+            patients = list(dict.fromkeys(frame[pcol]))
+            labels = None
+            if "label_idx" in frame.columns:
+                # a patient's label for stratification: its most frequent label
+                mode = frame.groupby(pcol)["label_idx"].agg(lambda s: s.value_counts().idxmax())
+                labels = [mode[p] for p in patients]
+            splits = split_patients(patients, labels, ratios=tuple(self.split_cfg["ratios"]),
+                                    seed=int(self.split_cfg["seed"]), folds=self.split_cfg.get("folds"),
+                                    fold=int(self.split_cfg.get("fold", 0)))
+        check_splits(splits)
+        return splits
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        frame = self.load_frame()
+        self.splits = self.make_splits()
+        if self.output_dir is not None and (self.trainer is None or self.trainer.is_global_zero):
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_splits(self.splits, self.output_dir / "splits.json")
+        for name in SPLITS:
+            rows = frame[frame[self.spec.patient_col].isin(set(self.splits[name]))]
+            self.datasets[name] = self.make_dataset(rows, train=name == "train")
+        self.datasets["all"] = self.make_dataset(frame, train=False)
+        log.info("split by patient: %s", {k: f"{len(v)} patients / {len(self.datasets[k])} images"
+                                          for k, v in self.splits.items()})
+
+    def make_dataset(self, rows: pd.DataFrame, train: bool) -> Dataset:
+        transform = build_transforms(self.image_size, train, self.augment if train else None, self.resize_mode)
+        return _ImageSet(rows, self.spec, transform, self.in_channels, self.clahe, self.with_mask)
+
+    # -- loaders --------------------------------------------------------------------------------------
+    def per_device_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ConfigError(f"data.batch_size={self.batch_size} is the global batch and must divide evenly "
+                              f"across {world} processes (devices x nodes)")
+        return self.batch_size // world
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if name not in self.datasets:
+            self.setup()
+        dataset = self.datasets[name]
+        if len(dataset) == 0:
+            raise DataError(f"the {name} split of {self.spec.root} is empty")
+        return DataLoader(dataset, batch_size=self.per_device_batch_size(), shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def split_dataloader(self, name: str) -> DataLoader:
+        """Any split by name (train, val, test, all) without augmentation, e.g. for ``spinenet eval``."""
+        if name not in (*SPLITS, "all"):
+            raise ConfigError(f"split must be one of {[*SPLITS, 'all']}, got {name!r}")
+        self.setup()
+        if name == "train":
+            self.datasets["train_eval"] = self.make_dataset(self.datasets["train"].rows, train=False)
+            name = "train_eval"
+        return self._loader(name, shuffle=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.class_names or [])
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.spec.label_names or [])
+
+
+class SegmentationDataModule(SpineDataModule):
+    """Images with masks; masks are mapped from gray values to class ids by ``dataset.mask_values``."""
+
+    with_mask = True
+
+    def __init__(self, dataset: Mapping, **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        if not self.spec.mask_col:
+            raise ConfigError("data.dataset.mask_col must name the mask column for segmentation")
+        if not self.spec.mask_values or not self.spec.class_names:
+            raise ConfigError("data.dataset.mask_values and data.dataset.class_names are required for segmentation")
+        if len(self.spec.mask_values) != len(self.spec.class_names):
+            raise ConfigError(f"data.dataset.mask_values ({len(self.spec.mask_values)}) and class_names "
+                              f"({len(self.spec.class_names)}) must have the same length")
+
+
+class ClassificationDataModule(SpineDataModule):
+    """Images with one label each. A horizontal flip can swap labels (axial left <-> right) via ``flip_swap``."""
+
+    def __init__(self, dataset: Mapping, flip_swap: Mapping[str, str] | None = None, **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        if not self.spec.label_col or not self.spec.label_names:
+            raise ConfigError("data.dataset.label_col and data.dataset.label_names are required for classification")
+        names = self.spec.label_names
+        flip_swap = _to_dict(flip_swap) or {}
+        bad = [k for pair in flip_swap.items() for k in pair if k not in names]
+        if bad:
+            raise ConfigError(f"data.flip_swap names unknown labels {bad}; labels are {names}")
+        self.label_swap = {names.index(a): names.index(b) for a, b in flip_swap.items()}
+
+    def make_dataset(self, rows: pd.DataFrame, train: bool) -> Dataset:
+        transform = build_transforms(self.image_size, train, self.augment if train else None, self.resize_mode)
+        if train and self.label_swap:
+            # replay tells whether the flip was applied, so the label can follow the image
+            import albumentations as A
+
+            transform = A.ReplayCompose(transform.transforms)
+        return _ImageSet(rows, self.spec, transform, self.in_channels, self.clahe, with_mask=False,
+                         label_swap_on_flip=self.label_swap if train else None)
+
+    def train_labels(self) -> list[int]:
+        self.setup()
+        return [int(v) for v in self.datasets["train"].rows["label_idx"]]

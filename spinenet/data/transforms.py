@@ -1,0 +1,72 @@
+"""Augmentation and preprocessing, built from the data config with albumentations.
+
+Training: resize (or pad + resize) to the model's size, horizontal flip, brightness, rotation and shift
+(Sayed 2025: rotation 0-30 deg, brightness, horizontal flip, shift 0-20%). Validation and test: resize only.
+CLAHE (Šušteršič 2022: clip 2.0, tiles 4x4) is an enhancement, applied to every split when configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from spinenet.errors import ConfigError
+
+RESIZE_MODES = ("resize", "pad")
+
+
+def apply_clahe(image: np.ndarray, clip: float = 2.0, tiles: Sequence[int] = (4, 4)) -> np.ndarray:
+    """CLAHE on a float image in [0, 1] (gray or 3-channel); returns float32 in [0, 1]."""
+    clahe = cv2.createCLAHE(clipLimit=float(clip), tileGridSize=(int(tiles[0]), int(tiles[1])))
+    as_uint8 = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if as_uint8.ndim == 2:
+        out = clahe.apply(as_uint8)
+    else:  # enhance each channel alike (gray images repeated to 3 channels stay gray)
+        out = np.stack([clahe.apply(as_uint8[..., c]) for c in range(as_uint8.shape[-1])], axis=-1)
+    return out.astype(np.float32) / 255.0
+
+
+def _size(image_size: Sequence[int]) -> tuple[int, int]:
+    if len(image_size) != 2 or min(image_size) < 8:
+        raise ConfigError(f"data.image_size must be [height, width] with both >= 8, got {list(image_size)}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _geometry(image_size: Sequence[int], resize_mode: str) -> list[A.BasicTransform]:
+    h, w = _size(image_size)
+    if resize_mode == "resize":
+        return [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
+    if resize_mode == "pad":
+        # keep the aspect ratio: scale the longer side to fit, then pad with zeros (background)
+        return [
+            A.LongestMaxSize(max_size_hw=(h, w), interpolation=cv2.INTER_LINEAR,
+                             mask_interpolation=cv2.INTER_NEAREST),
+            A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
+        ]
+    raise ConfigError(f"data.resize_mode must be one of {list(RESIZE_MODES)}, got {resize_mode!r}")
+
+
+def build_transforms(image_size: Sequence[int], train: bool, augment: Mapping | None = None,
+                     resize_mode: str = "resize") -> A.Compose:
+    """The albumentations pipeline for one split (augmentation only when ``train``)."""
+    ops: list[A.BasicTransform] = list(_geometry(image_size, resize_mode))
+    if train and augment:
+        known = {"hflip", "brightness", "rotate", "shift", "p_affine"}
+        unknown = set(augment) - known
+        if unknown:
+            raise ConfigError(f"data.augment: unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        if augment.get("hflip", 0) > 0:
+            ops.append(A.HorizontalFlip(p=float(augment["hflip"])))
+        if augment.get("brightness", 0) > 0:
+            b = float(augment["brightness"])
+            ops.append(A.RandomBrightnessContrast(brightness_limit=b, contrast_limit=b / 2, p=0.5))
+        rotate, shift = float(augment.get("rotate", 0)), float(augment.get("shift", 0))
+        if rotate > 0 or shift > 0:
+            ops.append(
+                A.Affine(rotate=(-rotate, rotate), translate_percent=(-shift, shift), border_mode=cv2.BORDER_CONSTANT,
+                         fill=0, fill_mask=0, p=float(augment.get("p_affine", 0.5)))
+            )
+    return A.Compose(ops)

@@ -1,0 +1,113 @@
+"""LightningModule for semantic segmentation (any net from ``build_segmenter``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from spinenet.metrics.segmentation import SegmentationMetrics, flatten_metrics
+from spinenet.utils.overlay import comparison_grid, save_png
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains ``net`` with ``loss``; logs loss and per-class Dice/IoU on train, val and test.
+
+    ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``) that get the parameters /
+    optimizer. ``run_config`` (a plain dict) is stored in every checkpoint so ``spinenet eval`` can
+    rebuild the model from the checkpoint alone, loading it with ``weights_only=True``.
+    """
+
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, class_names: Sequence[str] = (),
+                 monitor: str = "val/dice_mean_fg", num_overlays: int = 4, run_config: dict | None = None):
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.class_names = list(class_names)
+        self.monitor, self.num_overlays = monitor, int(num_overlays)
+        self.run_config = run_config or {}
+        n = len(self.class_names)
+        self.metrics = nn.ModuleDict({s: SegmentationMetrics(n, self.class_names) for s in ("train", "val", "test")})
+        self._overlay_batch: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["mask"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: "
+                                     "lower optimizer.lr or check the data")
+        self.metrics[stage].update(logits.detach().argmax(1), batch["mask"])
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss if stage == "train" else logits
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        logits = self._step(batch, "val")
+        if batch_idx == 0 and self.num_overlays > 0:
+            k = self.num_overlays
+            self._overlay_batch = {"image": batch["image"][:k].cpu(), "mask": batch["mask"][:k].cpu(),
+                                   "pred": logits[:k].argmax(1).cpu()}
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _log_metrics(self, stage: str) -> dict[str, Any]:
+        result = self.metrics[stage].compute()
+        flat = flatten_metrics(result, prefix=stage)
+        self.log_dict(flat, prog_bar=False, sync_dist=False)  # already synced by the metric's state reduction
+        if f"{stage}/dice_mean_fg" in flat:
+            self.log(f"{stage}/dice", flat[f"{stage}/dice_mean_fg"], prog_bar=True)
+        self.metrics[stage].reset()
+        return result
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        if self._overlay_batch is not None and not self.trainer.sanity_checking:
+            self._save_overlays()
+        self._overlay_batch = None
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_metrics("test")
+
+    def _save_overlays(self) -> None:
+        """Validation images with ground truth and prediction, as PNG in the run folder and in W&B."""
+        if not self.trainer.is_global_zero:
+            return
+        b = self._overlay_batch
+        grid = comparison_grid([im.numpy() for im in b["image"]], [m.numpy() for m in b["mask"]],
+                               [p.numpy() for p in b["pred"]])
+        out = Path(self.trainer.default_root_dir) / "overlays"
+        out.mkdir(parents=True, exist_ok=True)
+        save_png(grid, out / f"val_epoch{self.current_epoch:03d}.png")
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):  # W&B
+                logger.log_image(key="val/overlay", images=[grid],
+                                 caption=[f"epoch {self.current_epoch}: image | truth | prediction"])
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["spinenet"] = self.run_config

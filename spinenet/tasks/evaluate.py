@@ -1,0 +1,78 @@
+"""``evaluate(cfg)``: metrics of a checkpoint on any data set in the project's layout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from spinenet.errors import ConfigError, DataError
+from spinenet.tasks.common import build_module, jsonable, write_json
+
+log = logging.getLogger("spinenet")
+
+
+def load_run_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A spinenet checkpoint, loaded without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path} is not a weights-only spinenet checkpoint; it was not loaded ({exc})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "spinenet" not in ckpt:
+        raise DataError(f"{path} is not a spinenet checkpoint (no state_dict / spinenet config inside)")
+    return ckpt
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, DictConfig]:
+    """Rebuild the trained module from the config stored in its checkpoint, then load the weights."""
+    ckpt = load_run_checkpoint(path)
+    saved = OmegaConf.create(ckpt["spinenet"])
+    data = saved.data.dataset
+    module = build_module(saved, list(data.get("class_names") or []), list(data.get("label_names") or []))
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    return module, saved
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    module, saved = model_from_checkpoint(cfg.ckpt_path)
+    task = saved.get("task", "segmentation")
+    # the data set is the user's; what the model expects (size, channels, classes) comes from the checkpoint
+    overrides = {"image_size": saved.data.image_size, "in_channels": saved.data.in_channels,
+                 "resize_mode": saved.data.get("resize_mode", "resize")}
+    trained_classes = list(saved.data.dataset.get("class_names") or saved.data.dataset.get("label_names") or [])
+    current = cfg.data.dataset
+    given = list(current.get("class_names") or []) if task == "segmentation" else list(current.get("label_names") or [])
+    if given and given != trained_classes:
+        raise ConfigError(f"data.dataset classes {given} differ from the checkpoint's {trained_classes}")
+    datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(output_dir),
+                                         check=cfg.get("extras", {}).get("data_check", "deep"), **overrides)
+    loader = datamodule.split_dataloader(cfg.get("split", "test"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], devices=1,
+                                                 strategy="auto", enable_checkpointing=False)
+    trainer.test(module, dataloaders=loader, verbose=False)
+    results = getattr(module, "test_results", {})
+    metrics = {
+        "checkpoint": str(cfg.ckpt_path),
+        "data_root": str(datamodule.spec.root),
+        "split": cfg.get("split", "test"),
+        "images": len(loader.dataset),
+        "task": task,
+        "run_dir": str(output_dir),
+        "test": {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
+        "per_class": jsonable(results),
+    }
+    path = write_json(metrics, output_dir / "metrics.json")
+    metrics["metrics_file"] = str(path)
+    print(f"metrics written: {path}", flush=True)
+    return metrics

@@ -1,0 +1,129 @@
+"""``train(cfg)``: fit a model, test its best checkpoint, write ``metrics.json`` in the run folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from spinenet.errors import ConfigError
+from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
+
+log = logging.getLogger("spinenet")
+
+# Set in DDP worker processes that Lightning starts with the command line: they reload the config that
+# rank 0 resolved (same run folder, same values) instead of composing their own (see spinenet.cli).
+DDP_CONFIG_ENV = "SPINENET_DDP_CONFIG"
+
+
+def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, ""):
+        return None
+    if ckpt == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"ckpt_path=last: no {last}; resume by naming the interrupted run's folder with "
+                              f"hydra.run.dir=<run folder> ckpt_path=last")
+        return str(last)
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path: checkpoint not found: {ckpt}")
+    return str(ckpt)
+
+
+def _guard_output_dir(output_dir: Path, resuming: bool) -> None:
+    """A finished run's folder is never reused (nothing a user made is overwritten)."""
+    if resuming:
+        return
+    for marker in ("metrics.json", "checkpoints"):
+        if (output_dir / marker).exists():
+            raise ConfigError(f"run folder {output_dir} already holds a run ({marker}); choose a new "
+                              f"hydra.run.dir or resume it with ckpt_path=last")
+
+
+def _share_config_with_ddp_workers(cfg: DictConfig, output_dir: Path) -> None:
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if strategy.startswith("ddp") and "spawn" not in strategy and DDP_CONFIG_ENV not in os.environ:
+        path = output_dir / ".ddp_config.yaml"
+        OmegaConf.save(cfg, path, resolve=True)
+        os.environ[DDP_CONFIG_ENV] = str(path)
+
+
+def is_ddp_worker() -> bool:
+    """True in the processes Lightning starts beside rank 0 (they inherit rank 0's run folder)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test as configured; returns the metrics that are also written to ``metrics.json``."""
+    output_dir = Path(cfg.paths.output_dir)
+    resuming = cfg.get("ckpt_path") not in (None, "")
+    if not is_ddp_worker():
+        _guard_output_dir(output_dir, resuming)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = _resolve_ckpt_path(cfg, output_dir)
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    if cfg.get("extras", {}).get("print_config"):
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    _share_config_with_ddp_workers(cfg, output_dir)
+
+    # Data first: bad input fails here, before a model is built or a process is spawned.
+    datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(output_dir),
+                                         check=cfg.get("extras", {}).get("data_check", "deep"))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = build_module(cfg, datamodule.class_names, datamodule.label_names)
+
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:  # the config as a plain dict: readable in W&B and any other logger
+        logger.log_hyperparams(model.run_config)
+
+    try:
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    finally:
+        for logger in loggers:
+            if hasattr(logger, "finalize"):
+                logger.finalize("success")
+    val = split_metrics(trainer.callback_metrics, "val")
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    test: dict[str, float] = {}
+    if cfg.get("test", True):
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best if best else None, weights_only=True)
+        test = split_metrics(trainer.callback_metrics, "test")
+
+    metrics = {
+        "run_dir": str(output_dir),
+        "task": cfg.get("task", "segmentation"),
+        "monitor": cfg.get("monitor"),
+        "best_score": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
+        "best_checkpoint": best,
+        "last_checkpoint": checkpoint.last_model_path if checkpoint is not None and checkpoint.last_model_path else None,
+        "epochs": trainer.current_epoch,
+        "classes": datamodule.class_names or datamodule.label_names,
+        "averaging": getattr(model, "averaging_note", None),
+        "val": val,
+        "test": test,
+        "wandb_dir": next((str(Path(lg.save_dir) / "wandb") for lg in loggers if type(lg).__name__ == "WandbLogger"), None),
+    }
+    if trainer.is_global_zero:
+        write_json(metrics, output_dir / "metrics.json")
+        log.info("metrics: %s", output_dir / "metrics.json")
+    return metrics
+
+
+def ensure_torch_threads() -> None:
+    """Respect OMP_NUM_THREADS when set (CI and DDP on CPU); torch otherwise uses every core."""
+    n = os.environ.get("OMP_NUM_THREADS")
+    if n and n.isdigit():
+        torch.set_num_threads(int(n))
