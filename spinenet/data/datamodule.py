@@ -45,8 +45,16 @@ def _to_dict(obj: Any) -> Any:
 class _ImageSet(Dataset):
     """Rows of a manifest; reads, enhances and transforms one image (and its mask) per item."""
 
-    def __init__(self, rows: pd.DataFrame, spec: DatasetSpec, transform, in_channels: int,
-                 clahe: Mapping | None, with_mask: bool, label_swap_on_flip: Mapping[int, int] | None = None):
+    def __init__(
+        self,
+        rows: pd.DataFrame,
+        spec: DatasetSpec,
+        transform,
+        in_channels: int,
+        clahe: Mapping | None,
+        with_mask: bool,
+        label_swap_on_flip: Mapping[int, int] | None = None,
+    ):
         self.rows = rows.reset_index(drop=True)
         self.spec, self.transform, self.in_channels = spec, transform, in_channels
         self.clahe, self.with_mask = clahe, with_mask
@@ -82,7 +90,9 @@ def _was_flipped(out: Mapping) -> bool:
     replay = out.get("replay")
     if not replay:
         return False
-    return any(t["__class_fullname__"].endswith("HorizontalFlip") and t.get("applied") for t in replay["transforms"])
+    return any(
+        t["__class_fullname__"].endswith("HorizontalFlip") and t.get("applied") for t in replay["transforms"]
+    )
 
 
 class SpineDataModule(L.LightningDataModule):
@@ -90,11 +100,23 @@ class SpineDataModule(L.LightningDataModule):
 
     with_mask = False
 
-    def __init__(self, dataset: Mapping, image_size: Sequence[int] = (128, 128), batch_size: int = 8,
-                 num_workers: int = 0, in_channels: int = 1, split: Mapping | None = None,
-                 augment: Mapping | None = None, clahe: Mapping | None = None, resize_mode: str = "resize",
-                 synthesize: Mapping | None = None, output_dir: str | None = None, check: str = "deep",
-                 pin_memory: bool = False, **_ignored: Any):
+    def __init__(
+        self,
+        dataset: Mapping,
+        image_size: Sequence[int] = (128, 128),
+        batch_size: int = 8,
+        num_workers: int = 0,
+        in_channels: int = 1,
+        split: Mapping | None = None,
+        augment: Mapping | None = None,
+        clahe: Mapping | None = None,
+        resize_mode: str = "resize",
+        synthesize: Mapping | None = None,
+        output_dir: str | None = None,
+        check: str = "deep",
+        pin_memory: bool = False,
+        **_ignored: Any,
+    ):
         super().__init__()
         self.spec = DatasetSpec.from_config(_to_dict(dataset))
         self.image_size = tuple(int(s) for s in _to_dict(image_size))
@@ -136,7 +158,9 @@ class SpineDataModule(L.LightningDataModule):
             self.prepare_data()  # harmless when the data exist; needed when setup() is called without a Trainer
             frame = load_manifest(self.spec)
             if self.check != "off":
-                raise_if_bad(check_dataset(self.spec, deep=self.check == "deep"), f"data set {self.spec.root}")
+                raise_if_bad(
+                    check_dataset(self.spec, deep=self.check == "deep"), f"data set {self.spec.root}"
+                )
             self.frame = frame
         return self.frame
 
@@ -147,7 +171,9 @@ class SpineDataModule(L.LightningDataModule):
             splits = load_splits(self.split_cfg["file"])
             unknown = set().union(*map(set, splits.values())) - set(frame[pcol])
             if unknown:
-                raise DataError(f"split file {self.split_cfg['file']}: patients not in the manifest: {sorted(unknown)[:10]}")
+                raise DataError(
+                    f"split file {self.split_cfg['file']}: patients not in the manifest: {sorted(unknown)[:10]}"
+                )
         else:
             patients = list(dict.fromkeys(frame[pcol]))
             labels = None
@@ -155,9 +181,14 @@ class SpineDataModule(L.LightningDataModule):
                 # a patient's label for stratification: its most frequent label
                 mode = frame.groupby(pcol)["label_idx"].agg(lambda s: s.value_counts().idxmax())
                 labels = [mode[p] for p in patients]
-            splits = split_patients(patients, labels, ratios=tuple(self.split_cfg["ratios"]),
-                                    seed=int(self.split_cfg["seed"]), folds=self.split_cfg.get("folds"),
-                                    fold=int(self.split_cfg.get("fold", 0)))
+            splits = split_patients(
+                patients,
+                labels,
+                ratios=tuple(self.split_cfg["ratios"]),
+                seed=int(self.split_cfg["seed"]),
+                folds=self.split_cfg.get("folds"),
+                fold=int(self.split_cfg.get("fold", 0)),
+            )
         check_splits(splits)
         return splits
 
@@ -173,19 +204,25 @@ class SpineDataModule(L.LightningDataModule):
             rows = frame[frame[self.spec.patient_col].isin(set(self.splits[name]))]
             self.datasets[name] = self.make_dataset(rows, train=name == "train")
         self.datasets["all"] = self.make_dataset(frame, train=False)
-        log.info("split by patient: %s", {k: f"{len(v)} patients / {len(self.datasets[k])} images"
-                                          for k, v in self.splits.items()})
+        log.info(
+            "split by patient: %s",
+            {k: f"{len(v)} patients / {len(self.datasets[k])} images" for k, v in self.splits.items()},
+        )
 
     def make_dataset(self, rows: pd.DataFrame, train: bool) -> Dataset:
-        transform = build_transforms(self.image_size, train, self.augment if train else None, self.resize_mode)
+        transform = build_transforms(
+            self.image_size, train, self.augment if train else None, self.resize_mode
+        )
         return _ImageSet(rows, self.spec, transform, self.in_channels, self.clahe, self.with_mask)
 
     # -- loaders --------------------------------------------------------------------------------------
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:
-            raise ConfigError(f"data.batch_size={self.batch_size} is the global batch and must divide evenly "
-                              f"across {world} processes (devices x nodes)")
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide evenly "
+                f"across {world} processes (devices x nodes)"
+            )
         return self.batch_size // world
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
@@ -194,9 +231,15 @@ class SpineDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         if len(dataset) == 0:
             raise DataError(f"the {name} split of {self.spec.root} is empty")
-        return DataLoader(dataset, batch_size=self.per_device_batch_size(), shuffle=shuffle,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, drop_last=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.per_device_batch_size(),
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -236,10 +279,14 @@ class SegmentationDataModule(SpineDataModule):
         if not self.spec.mask_col:
             raise ConfigError("data.dataset.mask_col must name the mask column for segmentation")
         if not self.spec.mask_values or not self.spec.class_names:
-            raise ConfigError("data.dataset.mask_values and data.dataset.class_names are required for segmentation")
+            raise ConfigError(
+                "data.dataset.mask_values and data.dataset.class_names are required for segmentation"
+            )
         if len(self.spec.mask_values) != len(self.spec.class_names):
-            raise ConfigError(f"data.dataset.mask_values ({len(self.spec.mask_values)}) and class_names "
-                              f"({len(self.spec.class_names)}) must have the same length")
+            raise ConfigError(
+                f"data.dataset.mask_values ({len(self.spec.mask_values)}) and class_names "
+                f"({len(self.spec.class_names)}) must have the same length"
+            )
 
 
 class ClassificationDataModule(SpineDataModule):
@@ -248,7 +295,9 @@ class ClassificationDataModule(SpineDataModule):
     def __init__(self, dataset: Mapping, flip_swap: Mapping[str, str] | None = None, **kwargs: Any):
         super().__init__(dataset, **kwargs)
         if not self.spec.label_col or not self.spec.label_names:
-            raise ConfigError("data.dataset.label_col and data.dataset.label_names are required for classification")
+            raise ConfigError(
+                "data.dataset.label_col and data.dataset.label_names are required for classification"
+            )
         names = self.spec.label_names
         flip_swap = _to_dict(flip_swap) or {}
         bad = [k for pair in flip_swap.items() for k in pair if k not in names]
@@ -257,14 +306,23 @@ class ClassificationDataModule(SpineDataModule):
         self.label_swap = {names.index(a): names.index(b) for a, b in flip_swap.items()}
 
     def make_dataset(self, rows: pd.DataFrame, train: bool) -> Dataset:
-        transform = build_transforms(self.image_size, train, self.augment if train else None, self.resize_mode)
+        transform = build_transforms(
+            self.image_size, train, self.augment if train else None, self.resize_mode
+        )
         if train and self.label_swap:
             # replay tells whether the flip was applied, so the label can follow the image
             import albumentations as A
 
             transform = A.ReplayCompose(transform.transforms)
-        return _ImageSet(rows, self.spec, transform, self.in_channels, self.clahe, with_mask=False,
-                         label_swap_on_flip=self.label_swap if train else None)
+        return _ImageSet(
+            rows,
+            self.spec,
+            transform,
+            self.in_channels,
+            self.clahe,
+            with_mask=False,
+            label_swap_on_flip=self.label_swap if train else None,
+        )
 
     def train_labels(self) -> list[int]:
         self.setup()

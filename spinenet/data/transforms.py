@@ -42,15 +42,17 @@ def _geometry(image_size: Sequence[int], resize_mode: str) -> list[A.BasicTransf
     if resize_mode == "pad":
         # keep the aspect ratio: scale the longer side to fit, then pad with zeros (background)
         return [
-            A.LongestMaxSize(max_size_hw=(h, w), interpolation=cv2.INTER_LINEAR,
-                             mask_interpolation=cv2.INTER_NEAREST),
+            A.LongestMaxSize(
+                max_size_hw=(h, w), interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST
+            ),
             A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
         ]
     raise ConfigError(f"data.resize_mode must be one of {list(RESIZE_MODES)}, got {resize_mode!r}")
 
 
-def build_transforms(image_size: Sequence[int], train: bool, augment: Mapping | None = None,
-                     resize_mode: str = "resize") -> A.Compose:
+def build_transforms(
+    image_size: Sequence[int], train: bool, augment: Mapping | None = None, resize_mode: str = "resize"
+) -> A.Compose:
     """The albumentations pipeline for one split (augmentation only when ``train``)."""
     ops: list[A.BasicTransform] = list(_geometry(image_size, resize_mode))
     if train and augment:
@@ -66,7 +68,13 @@ def build_transforms(image_size: Sequence[int], train: bool, augment: Mapping | 
         rotate, shift = float(augment.get("rotate", 0)), float(augment.get("shift", 0))
         if rotate > 0 or shift > 0:
             ops.append(
-                A.Affine(rotate=(-rotate, rotate), translate_percent=(-shift, shift), border_mode=cv2.BORDER_CONSTANT,
-                         fill=0, fill_mask=0, p=float(augment.get("p_affine", 0.5)))
+                A.Affine(
+                    rotate=(-rotate, rotate),
+                    translate_percent=(-shift, shift),
+                    border_mode=cv2.BORDER_CONSTANT,
+                    fill=0,
+                    fill_mask=0,
+                    p=float(augment.get("p_affine", 0.5)),
+                )
             )
     return A.Compose(ops)
