@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, check_dataset, load_manifest, raise_if_bad
-from spinenet.data.splits import check_splits, load_splits, save_splits, split_patients
+from spinenet.data.splits import check_splits, load_splits, patient_labels, save_splits, split_patients
 from spinenet.data.transforms import apply_clahe, build_transforms
 from spinenet.errors import ConfigError, DataError
 
@@ -168,19 +168,14 @@ class SpineDataModule(L.LightningDataModule):
         frame = self.load_frame()
         pcol = self.spec.patient_col
         if self.split_cfg.get("file"):
-            splits = load_splits(self.split_cfg["file"])
-            unknown = set().union(*map(set, splits.values())) - set(frame[pcol])
-            if unknown:
-                raise DataError(
-                    f"split file {self.split_cfg['file']}: patients not in the manifest: {sorted(unknown)[:10]}"
-                )
+            splits = load_splits(self.split_cfg["file"])  # checked against the manifest below
         else:
             patients = list(dict.fromkeys(frame[pcol]))
             labels = None
             if "label_idx" in frame.columns:
-                # a patient's label for stratification: its most frequent label
-                mode = frame.groupby(pcol)["label_idx"].agg(lambda s: s.value_counts().idxmax())
-                labels = [mode[p] for p in patients]
+                # a patient's label for stratification: its most frequent (ties: the more severe) label
+                per_patient = patient_labels(frame[pcol], frame["label_idx"], range(len(self.label_names)))
+                labels = [per_patient[p] for p in patients]
             splits = split_patients(
                 patients,
                 labels,
@@ -189,7 +184,7 @@ class SpineDataModule(L.LightningDataModule):
                 folds=self.split_cfg.get("folds"),
                 fold=int(self.split_cfg.get("fold", 0)),
             )
-        check_splits(splits)
+        check_splits(splits, frame[pcol])
         return splits
 
     def setup(self, stage: str | None = None) -> None:

@@ -1,0 +1,181 @@
+"""Patient-level splits: no patient crosses splits, deterministic, stratified, k-fold, saved and reloaded."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+
+import pytest
+
+from spinenet.data.splits import (
+    StratificationWarning,
+    check_splits,
+    load_splits,
+    patient_labels,
+    save_splits,
+    split_patients,
+)
+from spinenet.errors import ConfigError, DataError
+
+PATIENTS = [f"{i:03d}" for i in range(30)]
+LABELS = ["healthy"] * 18 + ["L4-L5"] * 6 + ["L5-S1"] * 6  # 30 patients, three classes
+LABEL_OF = dict(zip(PATIENTS, LABELS, strict=True))
+
+
+def assert_partition(splits: dict[str, list[str]], patients: list[str]) -> None:
+    assert set(splits) == {"train", "val", "test"}
+    check_splits(splits, patients)  # no patient in two splits, none missing
+    assert sorted(p for s in splits.values() for p in s) == sorted(patients)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "sizes"),
+    [((0.8, 0.1, 0.1), (24, 3, 3)), ((0.75, 0.15, 0.10), (22, 5, 3))],  # Šušteršič 2022, Sayed 2025
+)
+def test_ratios_on_30_patients_stratified(ratios, sizes):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StratificationWarning)  # 3 classes fit into 3 test patients
+        splits = split_patients(PATIENTS, LABELS, ratios=ratios, seed=1)
+    assert_partition(splits, PATIENTS)
+    assert tuple(len(splits[k]) for k in ("train", "val", "test")) == sizes
+    for name, members in splits.items():
+        assert set(LABEL_OF[p] for p in members) == {"healthy", "L4-L5", "L5-S1"}, name
+    train = Counter(LABEL_OF[p] for p in splits["train"])
+    assert abs(train["healthy"] / len(splits["train"]) - 0.6) < 0.1  # proportions kept
+
+
+def test_deterministic_and_order_independent():
+    a = split_patients(PATIENTS, LABELS, seed=3)
+    b = split_patients(list(reversed(PATIENTS)), list(reversed(LABELS)), seed=3)
+    assert a == b
+    assert a == split_patients(PATIENTS, LABELS, seed=3)
+    assert any(split_patients(PATIENTS, LABELS, seed=s) != a for s in (4, 5, 6))
+    assert all(v == sorted(v) for v in a.values())
+
+
+def test_without_labels_is_random_partition():
+    a = split_patients(PATIENTS, None, seed=0)
+    assert_partition(a, PATIENTS)
+    assert [len(a[k]) for k in ("train", "val", "test")] == [24, 3, 3]
+
+
+def test_too_small_class_warns_and_still_spreads_classes():
+    labels = ["healthy"] * 20 + ["L4-L5"] * 5 + ["L5-S1"] * 3 + ["both"] * 2  # SPIDER seg_t2space
+    with pytest.warns(StratificationWarning, match="cannot put every label class in every split"):
+        splits = split_patients(PATIENTS, labels, seed=0)
+    assert_partition(splits, PATIENTS)
+    lab = dict(zip(PATIENTS, labels, strict=True))
+    train = Counter(lab[p] for p in splits["train"])
+    assert train["healthy"] == 16 and train["L4-L5"] == 4  # proportional where quotas are whole
+    assert Counter(lab[p] for p in splits["test"])["healthy"] == 2
+
+
+def test_kfold_covers_each_non_test_patient_once():
+    k = 5
+    runs = [split_patients(PATIENTS, LABELS, folds=k, fold=f, seed=2) for f in range(k)]
+    test = runs[0]["test"]
+    assert len(test) == 3 and all(r["test"] == test for r in runs)  # held out once, same for every fold
+    vals = [p for r in runs for p in r["val"]]
+    assert Counter(vals) == Counter(p for p in PATIENTS if p not in test)  # each exactly once
+    for r in runs:
+        assert_partition(r, PATIENTS)
+        assert len(r["val"]) in (5, 6)
+        assert set(LABEL_OF[p] for p in r["val"]) == {"healthy", "L4-L5", "L5-S1"}  # stratified folds
+
+
+def test_ten_fold_as_sustersic():
+    with pytest.warns(StratificationWarning, match="fewer patients than folds"):  # 5 per rare class < 10
+        runs = [split_patients(PATIENTS, LABELS, ratios=(0.8, 0.1, 0.1), folds=10, fold=f) for f in range(10)]
+    vals = [p for r in runs for p in r["val"]]
+    assert len(vals) == len(set(vals)) == 27
+
+
+def test_zero_ratio_turns_a_split_off():
+    splits = split_patients(PATIENTS, None, ratios=(0.9, 0.0, 0.1))
+    assert splits["val"] == [] and len(splits["test"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("ratios", "match"),
+    [
+        ((0.8, 0.1, 0.2), "sum to 1"),
+        ((1.1, -0.1, 0.0), "negative"),
+        ((0.5, 0.5), "three numbers"),
+        (("a", 0.1, 0.1), "three numbers"),
+        ((0.0, 0.5, 0.5), "train split"),
+    ],
+)
+def test_bad_ratios(ratios, match):
+    with pytest.raises(ConfigError, match=match):
+        split_patients(PATIENTS, None, ratios=ratios)
+
+
+def test_empty_split_names_split_and_count():
+    with pytest.raises(DataError, match=r"split 'val' would be empty: 4 patients.*val 0"):
+        split_patients(["a", "b", "c", "d"], None, ratios=(0.8, 0.1, 0.1))
+    with pytest.raises(DataError, match=r"'val' would be empty.*only 3 patients for 5 folds"):
+        split_patients(["a", "b", "c", "d"], None, ratios=(0.5, 0.25, 0.25), folds=5)
+
+
+def test_fold_and_input_errors():
+    with pytest.raises(ConfigError, match="split.fold must be in 0..4"):
+        split_patients(PATIENTS, None, folds=5, fold=5)
+    with pytest.raises(ConfigError, match="split.folds"):
+        split_patients(PATIENTS, None, folds=1)
+    with pytest.raises(DataError, match="repeated"):
+        split_patients(["a", "a", "b"], None)
+    with pytest.raises(DataError, match="one label per patient"):
+        split_patients(PATIENTS, LABELS[:-1])
+
+
+def test_check_splits_names_patient_and_splits():
+    with pytest.raises(DataError, match="patient '7' in train and test"):
+        check_splits({"train": ["1", "7"], "val": ["2"], "test": ["7"]})
+    with pytest.raises(DataError, match="not in the manifest.*'9'"):
+        check_splits({"train": ["1", "9"], "val": [], "test": []}, patients=["1"])
+    with pytest.raises(DataError, match="in no split.*'2'"):
+        check_splits({"train": ["1"], "val": [], "test": []}, patients=["1", "2"])
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    splits = split_patients(PATIENTS, LABELS, folds=5, fold=1)
+    path = save_splits(splits, tmp_path / "run/splits.json", meta={"seed": 0, "folds": 5, "fold": 1})
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "spinenet-splits" and doc["version"] == 1 and doc["meta"]["fold"] == 1
+    assert load_splits(path) == splits
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{not json", "cannot read splits file"),
+        ('{"format": "other"}', "not a spinenet splits file"),
+        ('{"format": "spinenet-splits", "version": 99, "splits": {}}', "version 99"),
+        ('{"format": "spinenet-splits", "version": 1, "splits": {"train": []}}', "exactly the keys"),
+        (
+            '{"format": "spinenet-splits", "version": 1, "splits": {"train": [1], "val": [], "test": []}}',
+            "strings",
+        ),
+        (
+            '{"format": "spinenet-splits", "version": 1, "splits": {"train": ["a"], "val": ["a"], "test": []}}',
+            "patient 'a' in train and val",
+        ),
+    ],
+)
+def test_load_splits_validates(tmp_path, content, match):
+    path = tmp_path / "splits.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match) as e:
+        load_splits(path)
+    assert "splits.json" in str(e.value)
+    with pytest.raises(DataError, match="no splits file"):
+        load_splits(tmp_path / "absent.json")
+
+
+def test_patient_labels_most_frequent_then_most_severe():
+    rows_p = ["a", "a", "a", "b", "b", "c"]
+    rows_l = ["healthy", "L5-S1", "healthy", "healthy", "L4-L5", "L4-L5"]
+    order = ["healthy", "L4-L5", "L5-S1"]
+    assert patient_labels(rows_p, rows_l, order) == {"a": "healthy", "b": "L4-L5", "c": "L4-L5"}
+    assert patient_labels([1, 1], [0, 1]) == {"1": 1}
