@@ -1,0 +1,617 @@
+"""Detector-free ROI cropping (Šušteršič 2022): disc contours → boxes + margin → crop → 64×64 → CLAHE.
+
+Steps, as the paper describes them and where it leaves a choice, what spinenet does:
+
+1. **Boxes from a mask** (:func:`disc_boxes`): ``cv2.findContours`` on the disc class of a ground-truth or
+   predicted mask; one box per outer contour, boxes half-open (``image[y0:y1, x0:x1]``), sorted top → bottom.
+2. **Margin** (:func:`enlarge_box`): the paper enlarges the box by "10 %" without saying of what. Here the
+   box's width and height each grow by ``margin`` (each side moves out by ``margin/2`` of the width or
+   height; the area grows by about 21 % for 10 %), rounded outwards to whole pixels and clipped at the image
+   edge (never padded, so a crop at the edge is smaller than the enlarged box).
+3. **Crop, resize, enhance** (:func:`crop_roi`): the crop is resized to ``size`` (``cv2.INTER_AREA`` when
+   shrinking, ``cv2.INTER_LINEAR`` when enlarging) and then enhanced with CLAHE (clip 2.0, 4×4 tiles). CLAHE
+   runs after the resize so that its tiles cover the same share of every disc (16×16 pixels at 64×64).
+4. **Levels on sagittal slices** (:func:`assign_levels`): counted bottom-up, "its order above the sacrum":
+   the lowest disc is L5-S1, then L4-L5, L3-L4, L2-L3, L1-L2, then T12-L1, T11-T12, … T1-T2; further ones
+   are ``disc_k`` (k counted from the bottom, 1 = lowest). This assumes the lowest disc in the mask is L5-S1
+   (the sacrum in view, L5-S1 segmented, no transitional vertebra); a missed L5-S1 shifts every level.
+5. **Data sets**: :func:`crop_dataset` (from a manifest with masks or a segmenter) and
+   :func:`crops_from_box_csv` (Al-Ajaj 2024's bounding-box CSV) write ``images/*.png``, ``manifest.csv``,
+   ``missing.csv`` (images without any disc or box: reported, never silently dropped) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from spinenet.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLAHE: dict[str, Any] = {"clip": 2.0, "tiles": (4, 4)}
+LUMBAR_LEVELS: tuple[str, ...] = ("L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2")  # bottom-up
+THORACIC_LEVELS: tuple[str, ...] = ("T12-L1",) + tuple(f"T{i}-T{i + 1}" for i in range(11, 0, -1))
+VIEWS = ("sagittal", "axial")
+_OUTPUTS = ("images", "manifest.csv", "missing.csv", "summary.json")
+
+MaskSource = Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel box, half-open: ``image[y0:y1, x0:x1]``; ``area`` = disc pixels, ``(cx, cy)`` their centroid."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    area: float = 0.0
+    cx: float = field(default=math.nan)
+    cy: float = field(default=math.nan)
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# boxes
+# ---------------------------------------------------------------------------------------------------------
+def disc_boxes(mask: np.ndarray, disc_class: int = 1, min_area: int = 20) -> list[Box]:
+    """One box per outer contour of ``mask == disc_class``, top → bottom (by centroid row).
+
+    ``area`` counts the component's disc pixels (holes excluded); contours with fewer than ``min_area``
+    pixels (segmentation specks) are dropped. ``cv2.contourArea`` is not used for this: it measures the
+    polygon through the boundary pixel centres, which for a 4-pixel-thin sagittal disc is half its pixels.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise DataError(f"disc_boxes: expected a 2-D class-id mask, got shape {m.shape}")
+    binary = (m == disc_class).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    boxes = []
+    for c in contours:
+        x, y, w, h = cv2.boundingRect(c)
+        filled = np.zeros((h, w), np.uint8)
+        cv2.drawContours(filled, [c], -1, 1, thickness=cv2.FILLED, offset=(-x, -y))
+        component = filled & binary[y : y + h, x : x + w]
+        moments = cv2.moments(component, binaryImage=True)
+        area = moments["m00"]
+        if area < min_area:
+            continue
+        boxes.append(
+            Box(x, y, x + w, y + h, float(area), x + moments["m10"] / area, y + moments["m01"] / area)
+        )
+    return sorted(boxes, key=lambda b: (b.cy, b.cx))
+
+
+def _edge(value: float, up: bool) -> int:
+    value = round(value, 6)  # 0.1 * 40 / 2 must be 2, not 2.0000000000000004 rounded up to 3
+    return math.ceil(value) if up else math.floor(value)
+
+
+def enlarge_box(box: Box, margin: float = 0.10, image_shape: Sequence[int] | None = None) -> Box:
+    """Grow width and height by ``margin`` each (``margin/2`` per side), outwards to whole pixels, clipped.
+
+    ``image_shape`` is ``(H, W, ...)``; without it the box is not clipped.
+    """
+    if margin < 0:
+        raise ConfigError(f"roi.margin must be >= 0, got {margin}")
+    dx, dy = margin * box.width / 2, margin * box.height / 2
+    x0, y0 = _edge(box.x0 - dx, up=False), _edge(box.y0 - dy, up=False)
+    x1, y1 = _edge(box.x1 + dx, up=True), _edge(box.y1 + dy, up=True)
+    if image_shape is not None:
+        h, w = int(image_shape[0]), int(image_shape[1])
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    return Box(x0, y0, x1, y1, box.area, box.cx, box.cy)
+
+
+def square_box(box: Box, image_shape: Sequence[int] | None = None) -> Box:
+    """Extend the shorter side symmetrically to a square (keeps the disc's aspect at resize), clipped."""
+    side = max(box.width, box.height)
+    x0 = box.x0 - (side - box.width) // 2
+    y0 = box.y0 - (side - box.height) // 2
+    x1, y1 = x0 + side, y0 + side
+    if image_shape is not None:
+        h, w = int(image_shape[0]), int(image_shape[1])
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    return Box(x0, y0, x1, y1, box.area, box.cx, box.cy)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# crops
+# ---------------------------------------------------------------------------------------------------------
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype == np.uint8:
+        return img
+    if np.issubdtype(img.dtype, np.floating):
+        return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise DataError(f"crop_roi: expected a float image in [0, 1] or uint8, got {img.dtype}")
+
+
+def _clahe(clahe: Mapping[str, Any]) -> cv2.CLAHE:
+    unknown = sorted(set(clahe) - {"clip", "tiles"})
+    if unknown:
+        raise ConfigError(f"roi.clahe: unknown key(s) {unknown}; valid: clip, tiles")
+    tiles = clahe.get("tiles", (4, 4))
+    tiles = (int(tiles), int(tiles)) if isinstance(tiles, int) else tuple(int(t) for t in tiles)
+    if len(tiles) != 2 or min(tiles) < 1:
+        raise ConfigError(f"roi.clahe.tiles: expected [columns, rows] >= 1, got {clahe.get('tiles')!r}")
+    return cv2.createCLAHE(clipLimit=float(clahe.get("clip", 2.0)), tileGridSize=tiles)
+
+
+def crop_roi(
+    image: np.ndarray,
+    box: Box | Sequence[int],
+    size: Sequence[int] | None = (64, 64),
+    clahe: Mapping[str, Any] | None = DEFAULT_CLAHE,
+    as_float: bool = False,
+) -> np.ndarray:
+    """Crop ``image[y0:y1, x0:x1]``, resize to ``size`` = (height, width) and apply CLAHE.
+
+    ``image``: float in [0, 1] (as ``read_image`` returns it) or uint8, gray ``(H, W)`` or ``(H, W, 3)``
+    (CLAHE then works on the L channel of Lab). Returns uint8, or float32 in [0, 1] with ``as_float``.
+    ``size=None`` keeps the crop's size; ``clahe=None`` skips the enhancement.
+    """
+    x0, y0, x1, y1 = box.as_tuple() if isinstance(box, Box) else tuple(int(v) for v in box)
+    img = _as_uint8(image)
+    crop = img[max(0, y0) : y1, max(0, x0) : x1]
+    if crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise DataError(f"crop_roi: box {(x0, y0, x1, y1)} is empty inside an image of shape {img.shape[:2]}")
+    if size is not None:
+        h, w = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        shrink = crop.shape[0] * crop.shape[1] >= h * w
+        crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    if clahe is not None:
+        op = _clahe(clahe)
+        if crop.ndim == 2:
+            crop = op.apply(np.ascontiguousarray(crop))
+        else:
+            lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB)
+            lab[..., 0] = op.apply(np.ascontiguousarray(lab[..., 0]))
+            crop = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    return crop.astype(np.float32) / 255.0 if as_float else crop
+
+
+# ---------------------------------------------------------------------------------------------------------
+# levels
+# ---------------------------------------------------------------------------------------------------------
+def level_names(n: int, upper: str = "thoracic") -> list[str]:
+    """Names of ``n`` discs counted from the bottom (index 0 = lowest = L5-S1)."""
+    if upper not in ("thoracic", "index"):
+        raise ConfigError(f"roi.upper_levels: choose thoracic or index, got {upper!r}")
+    named = LUMBAR_LEVELS + (THORACIC_LEVELS if upper == "thoracic" else ())
+    return [named[k] if k < len(named) else f"disc_{k + 1}" for k in range(n)]
+
+
+def assign_levels(boxes: Sequence[Box], upper: str = "thoracic") -> list[str]:
+    """Level of each box (same order as ``boxes``), bottom-up: the lowest centroid is L5-S1."""
+    order = sorted(range(len(boxes)), key=lambda i: -boxes[i].cy)  # bottom first
+    names = level_names(len(boxes), upper)
+    out = [""] * len(boxes)
+    for rank, i in enumerate(order):
+        out[i] = names[rank]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# writing data sets
+# ---------------------------------------------------------------------------------------------------------
+def _prepare_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"roi output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"roi output folder {out} is not empty; choose a new folder or pass --overwrite"
+            )
+        for name in _OUTPUTS:  # only what this module writes, never the user's other files
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _size_tuple(size: Sequence[int] | int) -> tuple[int, int]:
+    s = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
+    if len(s) != 2 or min(s) < 1:
+        raise ConfigError(f"roi.size: expected [height, width] >= 1, got {size!r}")
+    return s  # type: ignore[return-value]
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+class _Writer:
+    """Writes crops with unique names and collects manifest and missing rows."""
+
+    def __init__(self, out: Path):
+        self.out, self.rows, self.missing, self._names = out, [], [], set()
+
+    def save(self, crop: np.ndarray, stem: str, row: dict[str, Any]) -> None:
+        name, k = _safe(stem), 2
+        while name in self._names:  # the same stem in two source folders
+            name, k = f"{_safe(stem)}_{k}", k + 1
+        self._names.add(name)
+        rel = f"images/{name}.png"
+        if not cv2.imwrite(
+            str(self.out / rel), crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+        ):
+            raise DataError(f"cannot write {self.out / rel}")
+        self.rows.append({"patient_id": row.pop("patient_id"), "image": rel, **row})
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        head = ["patient_id", "image", "source_image", "level", "disc_index", "x0", "y0", "x1", "y1", "area"]
+        df = pd.DataFrame(self.rows)
+        cols = [c for c in head if c in df.columns] + [c for c in df.columns if c not in head]
+        (df[cols] if len(df) else pd.DataFrame(columns=head)).to_csv(self.out / "manifest.csv", index=False)
+        pd.DataFrame(self.missing, columns=["patient_id", "source_image", "reason"]).to_csv(
+            self.out / "missing.csv", index=False
+        )
+        labels = Counter(str(r["label"]) for r in self.rows if "label" in r)
+        summary.update(
+            n_crops=len(self.rows),
+            n_missing=len(self.missing),
+            label_counts=dict(sorted(labels.items())),
+            missing=[m["source_image"] for m in self.missing[:50]],
+        )
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        msg = (
+            f"roi: {summary['n_crops']} crops from {summary['n_images']} images in {self.out}; "
+            f"{summary['n_missing']} without a disc (listed in missing.csv)"
+        )
+        log.warning(msg) if self.missing else log.info(msg)
+
+
+def _spec(spec: Any) -> Any:
+    from spinenet.data.manifest import DatasetSpec
+
+    return spec if isinstance(spec, DatasetSpec) else DatasetSpec.from_config(spec)
+
+
+def _disc_label(row: Mapping[str, Any], level: str, label_col: str | None) -> int | None:
+    """1 when the slice's grading names this disc's level as herniated; None when there is no grading.
+
+    A per-level column ``herniation_<L4L5>`` (phantom, SPIDER) is used when present; otherwise the slice
+    label is compared with the level (``both`` stands for L4-L5 and L5-S1, as in SPIDER's manifest).
+    """
+    col = f"herniation_{level.replace('-', '')}"
+    if col in row and not pd.isna(row[col]):
+        return int(float(row[col]))
+    if label_col is None or pd.isna(row.get(label_col)):
+        return None
+    value = str(row[label_col])
+    return int(value == level or (value == "both" and level in ("L4-L5", "L5-S1")))
+
+
+def crop_dataset(
+    spec: Any,
+    out_dir: str | Path,
+    view: str = "sagittal",
+    size: Sequence[int] | int = (64, 64),
+    margin: float = 0.10,
+    clahe: Mapping[str, Any] | None = DEFAULT_CLAHE,
+    mask_source: str | MaskSource = "gt",
+    disc_class: int = 1,
+    min_area: int = 20,
+    levels: Sequence[str] | None = None,
+    upper_levels: str = "thoracic",
+    square: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Crop every disc of a segmentation data set into a classification data set; return ``out_dir``.
+
+    ``spec``: a :class:`~spinenet.data.manifest.DatasetSpec` (or its config mapping) of the source data.
+    ``mask_source``: ``"gt"`` reads each row's mask (``dataset.mask_col``, ``dataset.mask_values``); a
+    callable ``(image, row) -> class-id mask`` supplies a segmenter's prediction instead (``image`` as ``read_image``
+    returns it). ``view="sagittal"``: every disc is a crop, named by its level (:func:`assign_levels`);
+    ``levels`` keeps only those (Šušteršič 2022 classified L4-L5 and L5-S1). ``view="axial"``: one crop per
+    image from the largest disc contour. ``square`` makes boxes square before the margin.
+
+    Written to ``out_dir``: ``images/<source stem>_<level>.png``; ``manifest.csv`` with ``patient_id, image,
+    source_image, level, disc_index, x0, y0, x1, y1, area`` (the box actually cropped, after margin and
+    clipping), the source row's other columns, and ``label``: axial: the slice's ``dataset.label_col`` value;
+    sagittal: ``herniated`` (0/1, see :func:`_disc_label`) and ``label`` = the level if herniated, else
+    ``healthy`` (so labels are Šušteršič's sagittal classes healthy / L4-L5 / L5-S1); ``missing.csv``
+    (``patient_id, source_image, reason``) for images without a disc; ``summary.json``.
+    """
+    from spinenet.data.io import read_image, read_mask
+    from spinenet.data.manifest import load_manifest
+
+    if view not in VIEWS:
+        raise ConfigError(f"roi.view: choose one of {', '.join(VIEWS)}, got {view!r}")
+    spec = _spec(spec)
+    size_t = _size_tuple(size)
+    if clahe is not None:
+        _clahe(clahe)  # fail on a bad setting before any file is written
+    if isinstance(mask_source, str):
+        if mask_source != "gt":
+            raise ConfigError(f"roi.mask_source: 'gt' or a segmenter callable, got {mask_source!r}")
+        if not spec.mask_col or not spec.mask_values:
+            raise ConfigError("roi.mask_source=gt needs dataset.mask_col and dataset.mask_values")
+    df = load_manifest(spec)
+    out = _prepare_out_dir(out_dir, overwrite)
+    writer = _Writer(out)
+    drop = {
+        spec.image_col,
+        spec.mask_col,
+        spec.patient_col,
+        "image_path",
+        "mask_path",
+        "label_idx",
+        "csv_line",
+    }
+    carried = [c for c in df.columns if c not in drop]
+    keep = set(levels) if levels is not None else None
+    for rec in df.to_dict("records"):
+        image = read_image(rec["image_path"])
+        if callable(mask_source):
+            mask = np.asarray(mask_source(image, rec))
+            if mask.shape[:2] != image.shape[:2]:
+                raise DataError(
+                    f"roi: the segmenter returned a {mask.shape} mask for {rec['image_path']} "
+                    f"of shape {image.shape}"
+                )
+        else:
+            mask = read_mask(rec["mask_path"], spec.mask_values)
+        boxes = disc_boxes(mask, disc_class, min_area)
+        pid, source = str(rec[spec.patient_col]), str(rec[spec.image_col])
+        if not boxes:
+            writer.missing.append(
+                {
+                    "patient_id": pid,
+                    "source_image": source,
+                    "reason": f"no disc contour of >= {min_area} pixels (class {disc_class}, "
+                    f"mask from {'gt' if isinstance(mask_source, str) else 'segmenter'})",
+                }
+            )
+            continue
+        if view == "axial":
+            chosen = [max(boxes, key=lambda b: b.area)]
+            names = [str(rec["level"]) if "level" in rec and not pd.isna(rec["level"]) else ""]
+        else:
+            chosen, names = boxes, assign_levels(boxes, upper_levels)
+        stem = Path(source).stem
+        for idx, (box, level) in enumerate(zip(chosen, names, strict=True)):
+            if keep is not None and level not in keep:
+                continue
+            roi = square_box(box, image.shape) if square else box
+            roi = enlarge_box(roi, margin, image.shape)
+            crop = crop_roi(image, roi, size_t, clahe)
+            row: dict[str, Any] = {c: rec[c] for c in carried}
+            row.update(
+                patient_id=pid,
+                source_image=source,
+                level=level,
+                disc_index=idx,
+                x0=roi.x0,
+                y0=roi.y0,
+                x1=roi.x1,
+                y1=roi.y1,
+                area=box.area,
+            )
+            if view == "sagittal":
+                herniated = _disc_label(rec, level, spec.label_col)
+                if herniated is not None:
+                    row.update(herniated=herniated, label=level if herniated else "healthy")
+            elif spec.label_col:
+                row["label"] = rec[spec.label_col]
+            writer.save(crop, f"{stem}_{level or idx}", row)
+    summary = {
+        "source": str(spec.manifest_path),
+        "view": view,
+        "n_images": len(df),
+        "mask_source": mask_source if isinstance(mask_source, str) else "segmenter",
+        "size": list(size_t),
+        "margin": margin,
+        "clahe": dict(clahe) if clahe is not None else None,
+        "square": square,
+        "levels": list(levels) if levels is not None else None,
+    }
+    writer.finish(summary)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bounding-box CSV (Al-Ajaj 2024, VinDr-SpineXR style)
+# ---------------------------------------------------------------------------------------------------------
+BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
+
+
+def _find_image(root: Path, image_id: str) -> Path | None:
+    direct = root / image_id
+    if direct.suffix.lower() in IMAGE_SUFFIXES and direct.is_file():
+        return direct
+    for suffix in IMAGE_SUFFIXES:
+        p = root / f"{image_id}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def crops_from_box_csv(
+    csv_path: str | Path,
+    image_root: str | Path,
+    out_dir: str | Path,
+    size: Sequence[int] | int = (64, 64),
+    margin: float = 0.0,
+    clahe: Mapping[str, Any] | None = DEFAULT_CLAHE,
+    label_col: str | None = None,
+    patient_col: str | None = None,
+    square: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Crops from a box CSV: ``image_id, label, xmin, ymin, xmax, ymax`` (``lesion_type`` for ``label``).
+
+    ``image_id`` is a file under ``image_root``, with or without suffix (.png, .jpg, .tif, .dcm tried).
+    Coordinates are pixels of that file; boxes reaching past the image edge are clipped. Every row is
+    checked before anything is written: a missing image, a non-numeric or partly empty box, ``xmin >= xmax``
+    or a box wholly outside the image raises ``DataError`` naming the CSV line(s). Rows whose four
+    coordinates are all empty (VinDr's "No finding") are listed in ``missing.csv``. Several rows for one
+    image give several crops, ``images/<image_id>_<k>.png``. ``margin`` defaults to 0 (Al-Ajaj cropped the
+    box as annotated). ``patient_col``: the patient id column (default: ``image_id``).
+    """
+    from spinenet.data.io import image_size, read_image
+
+    csv_path, root = Path(csv_path), Path(image_root)
+    if not csv_path.is_file():
+        raise DataError(f"box CSV not found: {csv_path}")
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {csv_path} as CSV: {e}") from e
+    label_col = label_col or ("label" if "label" in df.columns else "lesion_type")
+    need = ["image_id", label_col, *BOX_COLUMNS] + ([patient_col] if patient_col else [])
+    absent = [c for c in need if c not in df.columns]
+    if absent:
+        raise DataError(
+            f"{csv_path}: missing column(s) {absent}; expected image_id, label (or lesion_type), "
+            f"xmin, ymin, xmax, ymax; its columns are: {', '.join(df.columns)}"
+        )
+    if len(df) == 0:
+        raise DataError(f"{csv_path} has no rows")
+    size_t = _size_tuple(size)
+    if clahe is not None:
+        _clahe(clahe)
+
+    problems: list[str] = []
+    sizes: dict[Path, tuple[int, int]] = {}
+    jobs: list[tuple[int, dict[str, Any], Path | None, tuple[float, ...] | None]] = []
+    for i, rec in enumerate(df.to_dict("records")):
+        line = i + 2  # header is line 1
+        image_id = rec["image_id"]
+        if pd.isna(image_id) or not str(image_id).strip():
+            problems.append(f"line {line}: empty image_id")
+            continue
+        raw = [rec[c] for c in BOX_COLUMNS]
+        if all(pd.isna(v) for v in raw):
+            jobs.append((line, rec, None, None))
+            continue
+        try:
+            coords = tuple(float(v) for v in raw)
+            if any(math.isnan(v) for v in coords):
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.append(
+                f"line {line} ({image_id}): box {dict(zip(BOX_COLUMNS, raw, strict=True))} is not "
+                "four numbers (leave all four empty for an image without a finding)"
+            )
+            continue
+        if coords[0] >= coords[2] or coords[1] >= coords[3]:
+            problems.append(f"line {line} ({image_id}): xmin < xmax and ymin < ymax needed, got {coords}")
+            continue
+        path = _find_image(root, str(image_id).strip())
+        if path is None:
+            problems.append(
+                f"line {line}: image {image_id!r} not found under {root} (tried {', '.join(IMAGE_SUFFIXES)})"
+            )
+            continue
+        if path not in sizes:
+            sizes[path] = image_size(path)
+        h, w = sizes[path]
+        if coords[0] >= w or coords[1] >= h or coords[2] <= 0 or coords[3] <= 0:
+            problems.append(f"line {line} ({image_id}): box {coords} lies outside the {w}×{h} image {path}")
+            continue
+        jobs.append((line, rec, path, coords))
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (
+            f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        raise DataError(f"{csv_path}: {len(problems)} bad row(s):\n  {shown}")
+
+    out = _prepare_out_dir(out_dir, overwrite)
+    writer = _Writer(out)
+    counts: Counter[str] = Counter()
+    cache: dict[Path, np.ndarray] = {}
+    carried = [c for c in df.columns if c not in ("image_id", label_col, *BOX_COLUMNS, patient_col)]
+    for line, rec, path, coords in jobs:
+        image_id = str(rec["image_id"]).strip()
+        pid = str(rec[patient_col]) if patient_col else image_id
+        if coords is None:
+            label = rec[label_col] if not pd.isna(rec[label_col]) else ""
+            writer.missing.append(
+                {
+                    "patient_id": pid,
+                    "source_image": image_id,
+                    "reason": f"line {line}: no box ({label or 'no label'})",
+                }
+            )
+            continue
+        assert path is not None
+        if path not in cache:
+            cache = {path: read_image(path)}  # rows of one image are usually adjacent
+        image = cache[path]
+        box = Box(math.floor(coords[0]), math.floor(coords[1]), math.ceil(coords[2]), math.ceil(coords[3]))
+        roi = enlarge_box(square_box(box, image.shape) if square else box, margin, image.shape)
+        crop = crop_roi(image, roi, size_t, clahe)
+        k = counts[image_id]
+        counts[image_id] += 1
+        row = {c: rec[c] for c in carried}
+        row.update(
+            patient_id=pid,
+            source_image=str(path.relative_to(root)),
+            level="",
+            disc_index=k,
+            x0=roi.x0,
+            y0=roi.y0,
+            x1=roi.x1,
+            y1=roi.y1,
+            label=rec[label_col],
+            csv_line=line,
+        )
+        writer.save(crop, f"{Path(image_id).stem}_{k}", row)
+    summary = {
+        "source": str(csv_path),
+        "view": "box_csv",
+        "n_images": int(df["image_id"].nunique()),
+        "mask_source": "box_csv",
+        "size": list(size_t),
+        "margin": margin,
+        "clahe": dict(clahe) if clahe is not None else None,
+        "square": square,
+    }
+    writer.finish(summary)
+    return out
+
+
+__all__ = [
+    "BOX_COLUMNS",
+    "Box",
+    "DEFAULT_CLAHE",
+    "LUMBAR_LEVELS",
+    "assign_levels",
+    "crop_dataset",
+    "crop_roi",
+    "crops_from_box_csv",
+    "disc_boxes",
+    "enlarge_box",
+    "level_names",
+    "square_box",
+]
