@@ -38,28 +38,37 @@ def _run_hydra(command: str, argv: Sequence[str]) -> int:
         from spinenet.tasks.train import ensure_torch_threads
 
         ensure_torch_threads()
+        from spinenet.sweeps import run_trial
+
+        if command == "train":
+            from spinenet.tasks.train import train as run
+        else:
+            from spinenet.tasks.evaluate import evaluate as run
         try:
-            if command == "train":
-                from spinenet.tasks.train import train
-
-                metrics = train(cfg)
-            else:
-                from spinenet.tasks.evaluate import evaluate
-
-                metrics = evaluate(cfg)
+            metrics = run_trial(run, cfg)
         except SpinenetError as exc:
             log.error("%s", exc)
             raise SystemExit(2) from None
+        if metrics is None:  # a failed sweep trial, already recorded
+            return float("nan")
         _print_summary(metrics)
         return metrics.get("test", {}).get(str(cfg.get("monitor", "")).split("/", 1)[-1])
+
+    from spinenet.sweeps import LAST_SWEEP
 
     main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
     saved = sys.argv
     sys.argv = [f"spinenet-{command}", *argv]
+    LAST_SWEEP.clear()
     try:
         main()
     finally:
         sys.argv = saved
+    if LAST_SWEEP:
+        print(f"sweep summary: {LAST_SWEEP['summary']} ({LAST_SWEEP['trials']} trials, {LAST_SWEEP['failed']} failed)")
+        if LAST_SWEEP["failed"]:
+            print(f"spinenet {command}: {LAST_SWEEP['failed']} trial(s) failed; see summary.md", file=sys.stderr)
+            return 1
     return 0
 
 

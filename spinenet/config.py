@@ -38,6 +38,10 @@ def run_uid() -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("spinenet_uid"):
         OmegaConf.register_new_resolver("spinenet_uid", run_uid)
+    if not OmegaConf.has_resolver("sweep_group"):
+        from spinenet.sweeps import sweep_group
+
+        OmegaConf.register_new_resolver("sweep_group", sweep_group)
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda x: len(x))
 

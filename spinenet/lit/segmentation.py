@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from spinenet.metrics.segmentation import SegmentationMetrics, flatten_metrics
+from spinenet.metrics.segmentation import EMPTY_CLASS_POLICY, SegmentationMetrics, flatten_metrics
 from spinenet.utils.overlay import comparison_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,14 @@ class SegmentationModule(L.LightningModule):
         self.monitor, self.num_overlays = monitor, int(num_overlays)
         self.run_config = run_config or {}
         n = len(self.class_names)
-        self.metrics = nn.ModuleDict({s: SegmentationMetrics(n, self.class_names) for s in ("train", "val", "test")})
+        # keys get a suffix: "train" would clash with nn.Module.train
+        self.metrics = nn.ModuleDict(
+            {f"{s}_metrics": SegmentationMetrics(n, self.class_names) for s in ("train", "val", "test")}
+        )
         self._overlay_batch: dict[str, torch.Tensor] | None = None
+
+    # stated in metrics.json: how classes absent from an image or the data set are averaged
+    averaging_note = EMPTY_CLASS_POLICY
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -47,7 +53,7 @@ class SegmentationModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: "
                                      "lower optimizer.lr or check the data")
-        self.metrics[stage].update(logits.detach().argmax(1), batch["mask"])
+        self.metrics[f"{stage}_metrics"].update(logits.detach().argmax(1), batch["mask"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=batch["image"].shape[0], sync_dist=True)
         return loss if stage == "train" else logits
@@ -66,12 +72,12 @@ class SegmentationModule(L.LightningModule):
         self._step(batch, "test")
 
     def _log_metrics(self, stage: str) -> dict[str, Any]:
-        result = self.metrics[stage].compute()
+        result = self.metrics[f"{stage}_metrics"].compute()
         flat = flatten_metrics(result, prefix=stage)
         self.log_dict(flat, prog_bar=False, sync_dist=False)  # already synced by the metric's state reduction
         if f"{stage}/dice_mean_fg" in flat:
             self.log(f"{stage}/dice", flat[f"{stage}/dice_mean_fg"], prog_bar=True)
-        self.metrics[stage].reset()
+        self.metrics[f"{stage}_metrics"].reset()
         return result
 
     def on_train_epoch_end(self) -> None:

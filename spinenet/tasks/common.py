@@ -46,13 +46,15 @@ def build_module(cfg: DictConfig, class_names: list[str], label_names: list[str]
         "optimizer": optional_partial(cfg.get("optimizer")),
         "scheduler": optional_partial(cfg.get("scheduler")),
         "monitor": cfg.get("monitor", "val/loss"),
-        "run_config": to_plain_dict(cfg),
     }
     if cfg.get("task", "segmentation") == "segmentation":
         kwargs["class_names"] = class_names
     else:
         kwargs["label_names"] = label_names
-    return hydra.utils.instantiate(cfg.model, **kwargs)
+    module = hydra.utils.instantiate(cfg.model, **kwargs)
+    # set afterwards: passed to instantiate, its _target_ keys would be instantiated too
+    module.run_config = to_plain_dict(cfg)
+    return module
 
 
 def jsonable(value: Any) -> Any:

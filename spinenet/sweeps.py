@@ -1,0 +1,133 @@
+"""Grid sweeps (Hydra multirun): failed trials are recorded, not fatal, and every sweep gets a summary.
+
+Each trial writes ``trial.json`` (status ok/failed, error, elapsed) in its own folder. When the sweep ends,
+``SweepSummary`` (a Hydra callback) collects the trials' overrides and metrics into ``summary.csv`` and
+``summary.md`` in the sweep folder, sorted by the sweep's metric, and the ``spinenet`` command exits
+non-zero if any trial failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("spinenet")
+
+TRIAL_FILE = "trial.json"
+# filled by the callback in the process that launched the sweep; read by the CLI for its exit code
+LAST_SWEEP: dict[str, Any] = {}
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_group(task_name: str) -> str:
+    """W&B group: the task name, plus the sweep folder's name inside a multirun so its trials group together."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if in_multirun():
+        return f"{task_name}-{Path(HydraConfig.get().sweep.dir).name}"
+    return task_name
+
+
+def run_trial(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
+    """Run one trial; in a multirun a failure (exception, NaN loss) is recorded and the sweep goes on."""
+    output_dir = Path(cfg.paths.output_dir)
+    start = time.time()
+    if not in_multirun():
+        return task(cfg)
+    try:
+        metrics = task(cfg)
+        record = {"status": "ok", "elapsed_s": round(time.time() - start, 1)}
+        return metrics
+    except Exception as exc:  # noqa: BLE001 - any failure of one trial must not end the sweep
+        log.error("trial failed: %s: %s", type(exc).__name__, exc)
+        record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc(limit=20), "elapsed_s": round(time.time() - start, 1)}
+        return None
+    finally:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / TRIAL_FILE).write_text(json.dumps(record, indent=2))
+
+
+def _flatten(prefix: str, d: dict) -> dict[str, Any]:
+    return {f"{prefix}/{k}": v for k, v in d.items() if not isinstance(v, dict | list)}
+
+
+def collect_trials(sweep_dir: Path) -> pd.DataFrame:
+    """One row per trial folder: number, status, overrides (one column each), val/test metrics."""
+    rows = []
+    for trial in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        row: dict[str, Any] = {"trial": int(trial.name), "folder": str(trial)}
+        overrides = trial / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
+            for item in OmegaConf.load(overrides):
+                key, _, value = str(item).partition("=")
+                row[f"override:{key.lstrip('+~')}"] = value
+        status = json.loads((trial / TRIAL_FILE).read_text()) if (trial / TRIAL_FILE).is_file() else {}
+        row["status"] = status.get("status", "unknown")
+        row["error"] = status.get("error", "")
+        metrics_file = trial / "metrics.json"
+        if metrics_file.is_file():
+            metrics = json.loads(metrics_file.read_text())
+            row.update(_flatten("val", metrics.get("val", {})))
+            row.update(_flatten("test", metrics.get("test", {})))
+            row["best_score"] = metrics.get("best_score")
+            row["best_checkpoint"] = metrics.get("best_checkpoint")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_summary(sweep_dir: Path, monitor: str | None, mode: str = "max") -> tuple[pd.DataFrame, Path]:
+    """``summary.csv`` and ``summary.md`` in the sweep folder, sorted by ``monitor`` (failed trials last)."""
+    table = collect_trials(sweep_dir)
+    if not table.empty and monitor in table.columns:
+        table = table.sort_values(monitor, ascending=mode == "min", na_position="last", kind="stable")
+    csv = Path(sweep_dir) / "summary.csv"
+    table.to_csv(csv, index=False)
+    shown = [c for c in table.columns if c.startswith("override:") or c in ("trial", "status", monitor)]
+    shown += [c for c in table.columns if c.startswith("test/") and c.split("/", 1)[1] in
+              ("dice_mean_fg", "miou", "accuracy", "balanced_accuracy", "auroc", "f1_macro") and c not in shown]
+    lines = [f"# Sweep {Path(sweep_dir).name}", "", f"Sorted by `{monitor}` ({mode}). {len(table)} trials, "
+             f"{int((table.get('status', pd.Series()) == 'failed').sum())} failed.", ""]
+    if not table.empty:
+        view = table[shown].copy()
+        view.columns = [c.removeprefix("override:") for c in view.columns]
+        lines.append("| " + " | ".join(map(str, view.columns)) + " |")
+        lines.append("|" + "---|" * len(view.columns))
+        for _, r in view.iterrows():
+            cells = [f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else ("" if v is None or
+                     (isinstance(v, float) and not math.isfinite(v)) else str(v)) for v in r]
+            lines.append("| " + " | ".join(cells) + " |")
+        failed = table[table["status"] == "failed"]
+        if len(failed):
+            lines += ["", "## Failed trials", ""] + [f"- trial {r.trial}: {r.error}" for r in failed.itertuples()]
+    md = Path(sweep_dir) / "summary.md"
+    md.write_text("\n".join(lines) + "\n")
+    return table, csv
+
+
+class SweepSummary(Callback):
+    """Hydra callback: write the sweep summary when a multirun ends (in the launching process)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        monitor = config.get("monitor")
+        table, csv = write_summary(sweep_dir, monitor, config.get("monitor_mode", "max"))
+        failed = int((table["status"] != "ok").sum()) if not table.empty else 0
+        LAST_SWEEP.update({"dir": str(sweep_dir), "trials": len(table), "failed": failed, "summary": str(csv)})
+        log.info("sweep summary: %s (%d trials, %d failed)", csv, len(table), failed)
