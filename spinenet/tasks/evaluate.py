@@ -35,6 +35,10 @@ def model_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, DictConf
     """Rebuild the trained module from the config stored in its checkpoint, then load the weights."""
     ckpt = load_run_checkpoint(path)
     saved = OmegaConf.create(ckpt["spinenet"])
+    # the checkpoint holds every weight: never reload pretrained files (they may have moved)
+    for key in ("encoder_weights", "pretrained_path"):
+        if key in saved.model.get("net", {}):
+            saved.model.net[key] = None
     data = saved.data.dataset
     module = build_module(saved, list(data.get("class_names") or []), list(data.get("label_names") or []))
     module.load_state_dict(ckpt["state_dict"])

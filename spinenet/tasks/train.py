@@ -111,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "last_checkpoint": checkpoint.last_model_path if checkpoint is not None and checkpoint.last_model_path else None,
         "epochs": trainer.current_epoch,
         "classes": datamodule.class_names or datamodule.label_names,
-        "averaging": getattr(model, "averaging_note", None),
+        "empty_class_policy": getattr(model, "averaging_note", None),
         "val": val,
         "test": test,
         "wandb_dir": next((str(Path(lg.save_dir) / "wandb") for lg in loggers if type(lg).__name__ == "WandbLogger"), None),
