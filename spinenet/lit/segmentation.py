@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from spinenet.metrics.segmentation import EMPTY_CLASS_POLICY, SegmentationMetrics, flatten_metrics
 from spinenet.utils.overlay import comparison_grid, save_png
@@ -39,6 +40,9 @@ class SegmentationModule(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{s}_metrics": SegmentationMetrics(n, self.class_names) for s in ("train", "val", "test")}
         )
+        # epoch losses as metrics too: they sync across DDP processes in our own hooks, at the same point on
+        # every rank (a sync_dist log would sync inside rank 0's progress bar only, and deadlock)
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
         self._overlay_batch: dict[str, torch.Tensor] | None = None
 
     # stated in metrics.json: how classes absent from an image or the data set are averaged
@@ -54,8 +58,9 @@ class SegmentationModule(L.LightningModule):
             raise FloatingPointError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: "
                                      "lower optimizer.lr or check the data")
         self.metrics[f"{stage}_metrics"].update(logits.detach().argmax(1), batch["mask"])
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=batch["image"].shape[0], sync_dist=True)
+        self.losses[f"{stage}_loss"].update(loss.detach(), weight=batch["image"].shape[0])
+        if stage == "train":
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss if stage == "train" else logits
 
     def training_step(self, batch, batch_idx):
@@ -74,6 +79,8 @@ class SegmentationModule(L.LightningModule):
     def _log_metrics(self, stage: str) -> dict[str, Any]:
         result = self.metrics[f"{stage}_metrics"].compute()
         flat = flatten_metrics(result, prefix=stage)
+        flat[f"{stage}/loss"] = float(self.losses[f"{stage}_loss"].compute())
+        self.losses[f"{stage}_loss"].reset()
         self.log_dict(flat, prog_bar=False, sync_dist=False)  # already synced by the metric's state reduction
         if f"{stage}/dice_mean_fg" in flat:
             self.log(f"{stage}/dice", flat[f"{stage}/dice_mean_fg"], prog_bar=True)

@@ -60,6 +60,27 @@ def is_ddp_worker() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
 
 
+def _test_single_process(cfg: DictConfig, model, datamodule, ckpt: str | None, loggers: list) -> dict | None:
+    """Test in one process: a DistributedSampler would pad the test split with repeated images."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # DDP started by the command line: rank 0 goes on alone
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return None
+    if "spawn" in str(cfg.trainer.get("strategy", "")):
+        # the loggers lived in the spawned processes; reopening them here would clash with their files
+        loggers = []
+    tester = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, num_nodes=1,
+                       precision=cfg.trainer.get("precision", "32-true"), logger=loggers or False,
+                       callbacks=[], default_root_dir=cfg.paths.output_dir, enable_progress_bar=False,
+                       limit_test_batches=cfg.trainer.get("limit_test_batches", 1.0),
+                       fast_dev_run=cfg.trainer.get("fast_dev_run", False))
+    tester.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
+    return split_metrics(tester.callback_metrics, "test")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as configured; returns the metrics that are also written to ``metrics.json``."""
     output_dir = Path(cfg.paths.output_dir)
@@ -99,9 +120,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test: dict[str, float] = {}
     if cfg.get("test", True):
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=best if best else None, weights_only=True)
-        test = split_metrics(trainer.callback_metrics, "test")
-
+        test = _test_single_process(cfg, model, datamodule, best, loggers)
+        if test is None:  # a DDP worker: rank 0 tests and writes the metrics
+            return {}
     metrics = {
         "run_dir": str(output_dir),
         "task": cfg.get("task", "segmentation"),
