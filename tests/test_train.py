@@ -99,3 +99,4 @@ def test_batch_size_must_split_across_processes(tiny_phantom, compose_cfg):
     cfg = compose_cfg([*tiny_train_overrides(tiny_phantom["sagittal"]), "trainer=ddp_sim", "data.batch_size=3"])
     with pytest.raises(Exception, match="batch_size=3"):
         train(cfg)
+

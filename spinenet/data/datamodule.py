@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, check_dataset, load_manifest, raise_if_bad
@@ -57,6 +57,7 @@ class _ImageSet(Dataset):
     ):
         self.rows = rows.reset_index(drop=True)
         self.spec, self.transform, self.in_channels = spec, transform, in_channels
+        self.seed, self.epoch = 0, 0  # set by the DataModule / EpochShuffleSampler
         self.clahe, self.with_mask = clahe, with_mask
         self.label_swap_on_flip = label_swap_on_flip
 
@@ -65,6 +66,9 @@ class _ImageSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows.iloc[index]
+        # albumentations keeps its own RNG: seed it from (seed, epoch, image), so augmentation is reproducible
+        # whatever ran before (a resumed run replays exactly) and differs from epoch to epoch
+        self.transform.set_random_seed((self.seed * 1_000_003 + self.epoch * 100_003 + index) % 2**31)
         image = read_image(row["image_path"], channels=self.in_channels)
         if self.clahe:
             image = apply_clahe(image, **self.clahe)
@@ -95,6 +99,32 @@ def _was_flipped(out: Mapping) -> bool:
     )
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """Training order from (seed, epoch) only.
+
+    Lightning calls ``set_epoch`` before every epoch, also the first one after a resume (when it skips
+    ``on_train_epoch_start``), so this is where the epoch's RNGs are seeded: a run resumed from its last
+    checkpoint then replays exactly. Under DDP Lightning swaps in a DistributedSampler (seeded by epoch too)
+    and the ``EpochSeed`` callback seeds the rest.
+    """
+
+    def __init__(self, dataset: _ImageSet, seed: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        from spinenet.utils.callbacks import seed_everything_for_epoch
+
+        self.epoch = self.dataset.epoch = int(epoch)
+        seed_everything_for_epoch(self.seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+
+
 class SpineDataModule(L.LightningDataModule):
     """Shared base: manifest, checks, patient-level split, loaders. ``batch_size`` is global (all devices)."""
 
@@ -115,6 +145,7 @@ class SpineDataModule(L.LightningDataModule):
         output_dir: str | None = None,
         check: str = "deep",
         pin_memory: bool = False,
+        seed: int = 0,
         **_ignored: Any,
     ):
         super().__init__()
@@ -133,7 +164,7 @@ class SpineDataModule(L.LightningDataModule):
         self.output_dir = Path(output_dir) if output_dir else None
         if check not in CHECK_LEVELS:
             raise ConfigError(f"extras.data_check must be one of {list(CHECK_LEVELS)}, got {check!r}")
-        self.check, self.pin_memory = check, pin_memory
+        self.check, self.pin_memory, self.seed = check, pin_memory, int(seed)
         # fail on a bad resize mode or size now, not in a worker process
         build_transforms(self.image_size, train=False, resize_mode=resize_mode)
         self.frame: pd.DataFrame | None = None
@@ -147,10 +178,18 @@ class SpineDataModule(L.LightningDataModule):
             return
         if self.synthesize is None:
             raise DataError(f"data set not found: {root / self.spec.manifest} (data.dataset.root={root})")
+        synth = dict(self.synthesize)
+        crops = synth.pop("crops", None)
+        if crops is not None:  # a classification set: the phantom's discs, cropped with its masks
+            from spinenet.roi import phantom_crops
+
+            log.info("generating phantom disc crops in %s", root)
+            phantom_crops(root, synth, crops)
+            return
         from spinenet.data.phantom import generate_phantom
 
         log.info("generating the synthetic phantom in %s", root)
-        generate_phantom(root, **self.synthesize)
+        generate_phantom(root, **synth)
 
     # -- setup: manifest, checks, split ---------------------------------------------------------------
     def load_frame(self) -> pd.DataFrame:
@@ -226,13 +265,15 @@ class SpineDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         if len(dataset) == 0:
             raise DataError(f"the {name} split of {self.spec.root} is empty")
+        dataset.seed = self.seed
         return DataLoader(
             dataset,
             batch_size=self.per_device_batch_size(),
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(dataset, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            # workers must be re-created each epoch to see the dataset's new epoch (augmentation seeds)
+            persistent_workers=False,
             drop_last=False,
         )
 

@@ -10,7 +10,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from spinenet.errors import ConfigError
 from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
@@ -22,19 +22,46 @@ log = logging.getLogger("spinenet")
 DDP_CONFIG_ENV = "SPINENET_DDP_CONFIG"
 
 
-def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+def _overrides_of(run: Path) -> list[str] | None:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    return sorted(str(o) for o in OmegaConf.load(path) if not str(o).startswith(("ckpt_path=", "hydra.run.dir=")))
+
+
+def find_interrupted_run(output_dir: Path) -> Path | None:
+    """For ``ckpt_path=last`` in a new folder: the newest unfinished sibling run with the same overrides."""
+    mine = _overrides_of(output_dir)
+    siblings = sorted((p for p in output_dir.parent.iterdir() if p.is_dir() and p != output_dir), reverse=True)
+    for run in siblings:  # names start with the time stamp: newest first
+        if (run / "metrics.json").exists() or not (run / "checkpoints" / "last.ckpt").is_file():
+            continue
+        if mine is None or _overrides_of(run) == mine:
+            return run
+    return None
+
+
+def _resolve_resume(cfg: DictConfig, output_dir: Path) -> tuple[Path, str | None]:
+    """The run folder to write to and the checkpoint to resume from (``ckpt_path``: a file or "last")."""
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, ""):
-        return None
-    if ckpt == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise ConfigError(f"ckpt_path=last: no {last}; resume by naming the interrupted run's folder with "
-                              f"hydra.run.dir=<run folder> ckpt_path=last")
-        return str(last)
-    if not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path: checkpoint not found: {ckpt}")
-    return str(ckpt)
+        return output_dir, None
+    if ckpt != "last":
+        if not Path(ckpt).is_file():
+            raise ConfigError(f"ckpt_path: checkpoint not found: {ckpt}")
+        return output_dir, str(ckpt)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        run = find_interrupted_run(output_dir)
+        if run is None:
+            raise ConfigError(f"ckpt_path=last: no unfinished run with these overrides next to {output_dir}; "
+                              "name it with hydra.run.dir=<run folder> ckpt_path=last")
+        (output_dir / "RESUMED_IN.txt").write_text(f"this command resumed the interrupted run in {run}\n")
+        log.info("resuming the interrupted run in %s", run)
+        output_dir, last = run, run / "checkpoints" / "last.ckpt"
+        with read_write(cfg.paths):
+            cfg.paths.output_dir = str(run)
+    return output_dir, str(last)
 
 
 def _guard_output_dir(output_dir: Path, resuming: bool) -> None:
@@ -49,7 +76,8 @@ def _guard_output_dir(output_dir: Path, resuming: bool) -> None:
 
 def _share_config_with_ddp_workers(cfg: DictConfig, output_dir: Path) -> None:
     strategy = str(cfg.trainer.get("strategy", ""))
-    if strategy.startswith("ddp") and "spawn" not in strategy and DDP_CONFIG_ENV not in os.environ:
+    # rank 0 always writes its own (a multirun's next trial must not reuse the previous trial's)
+    if strategy.startswith("ddp") and "spawn" not in strategy and not is_ddp_worker():
         path = output_dir / ".ddp_config.yaml"
         OmegaConf.save(cfg, path, resolve=True)
         os.environ[DDP_CONFIG_ENV] = str(path)
@@ -84,11 +112,10 @@ def _test_single_process(cfg: DictConfig, model, datamodule, ckpt: str | None, l
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as configured; returns the metrics that are also written to ``metrics.json``."""
     output_dir = Path(cfg.paths.output_dir)
-    resuming = cfg.get("ckpt_path") not in (None, "")
-    if not is_ddp_worker():
-        _guard_output_dir(output_dir, resuming)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = _resolve_ckpt_path(cfg, output_dir)
+    output_dir, ckpt_path = _resolve_resume(cfg, output_dir)
+    if not is_ddp_worker():
+        _guard_output_dir(output_dir, resuming=ckpt_path is not None)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("extras", {}).get("print_config"):
@@ -104,6 +131,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # with logger=none there is nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:  # the config as a plain dict: readable in W&B and any other logger
         logger.log_hyperparams(model.run_config)
@@ -135,6 +164,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "empty_class_policy": getattr(model, "averaging_note", None),
         "val": val,
         "test": test,
+        # the test split's full report (classification: per class, confusion matrix, bootstrap intervals)
+        "per_class": getattr(model, "test_results", None) if test else None,
         "wandb_dir": next((str(Path(lg.save_dir) / "wandb") for lg in loggers if type(lg).__name__ == "WandbLogger"), None),
     }
     if trainer.is_global_zero:
