@@ -67,7 +67,9 @@ def _lightning_loop(module, batches, accelerator: str, skip: int, tmp: str) -> l
     trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, default_root_dir=tmp, callbacks=[timer])
-    trainer.fit(module, train_dataloaders=batches)
+    # batch_size=None: the loader hands out the ready-made batches as they are (a bare list would be taken
+    # by Lightning as several dataloaders)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False))
     return timer.step_times(skip)
 
 

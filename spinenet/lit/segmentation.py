@@ -57,7 +57,7 @@ class SegmentationModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: "
                                      "lower optimizer.lr or check the data")
-        self.metrics[f"{stage}_metrics"].update(logits.detach().argmax(1), batch["mask"])
+        self.metrics[f"{stage}_metrics"].update(logits.detach().max(1).indices, batch["mask"])
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=batch["image"].shape[0])
         if stage == "train":
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
@@ -71,7 +71,7 @@ class SegmentationModule(L.LightningModule):
         if batch_idx == 0 and self.num_overlays > 0:
             k = self.num_overlays
             self._overlay_batch = {"image": batch["image"][:k].cpu(), "mask": batch["mask"][:k].cpu(),
-                                   "pred": logits[:k].argmax(1).cpu()}
+                                   "pred": logits[:k].max(1).indices.cpu()}
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
