@@ -1,0 +1,643 @@
+"""Ensemble members: resolving them, checking they fit together, and their cached predictions.
+
+A member is a trained checkpoint. It can be named as
+- a checkpoint file (``.../checkpoints/epoch_012.ckpt``);
+- a run folder (its ``metrics.json`` names the best checkpoint);
+- a sweep folder: every successful trial, or the top k of them (:func:`top_k_of_sweep`), ranked by the
+  sweep's monitor at each trial's best checkpoint (``best_score`` in ``metrics.json``; the monitor's last
+  validation value where that is missing), ``monitor_mode`` deciding the direction.
+
+Members of one ensemble must see the same input and predict the same classes: same task, class names
+(segmentation) or label names (classification), image size, input channels, resize mode, CLAHE and mask
+values. Anything else (architecture, encoder, optimizer) may differ.
+
+Every member predicts the validation and test split of ONE data set with ONE split (the first member's
+``splits.json`` unless ``--splits`` names another), each split once: the class probabilities are cached
+with :func:`~spinenet.utils.safe_io.save_tensors` (float16 for segmentation, float32 for classification),
+keyed by a hash of the checkpoint file, the data set (preprocessing, manifest rows of the split and their
+files' sizes and modification times) and the split. A new search over the same members costs no inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from spinenet.errors import ConfigError, DataError
+
+log = logging.getLogger("spinenet")
+
+CACHE_FORMAT = "spinenet-member-predictions"
+CACHE_VERSION = 1
+SPLITS = ("val", "test")
+
+
+@dataclass
+class Member:
+    """One trained model of an ensemble. ``config`` is the run config stored in its checkpoint."""
+
+    name: str
+    checkpoint: Path
+    config: dict[str, Any]
+    sha256: str
+    run_dir: Path | None = None
+    source: str = "checkpoint"  # checkpoint | run | sweep
+    description: str = ""  # its run's overrides that the other members do not share
+    overrides: list[str] = field(default_factory=list)  # its run's Hydra overrides
+    rank_score: float | None = None  # the monitor at the best checkpoint, for sweep members
+
+    @property
+    def task(self) -> str:
+        return str(self.config.get("task", "segmentation"))
+
+    @property
+    def classes(self) -> list[str]:
+        ds = self.config.get("data", {}).get("dataset", {})
+        key = "class_names" if self.task == "segmentation" else "label_names"
+        return [str(c) for c in (ds.get(key) or [])]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "checkpoint": str(self.checkpoint),
+            "sha256": self.sha256,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "source": self.source,
+            "description": self.description,
+            "rank_score": self.rank_score,
+            "architecture": architecture(self.config),
+        }
+
+
+def architecture(config: dict[str, Any]) -> str:
+    """A short model description from a run config, e.g. ``unet/resnet34`` or ``discnet``."""
+    net = config.get("model", {}).get("net", {}) or {}
+    parts = [str(net.get("name", "?"))]
+    if net.get("encoder"):
+        parts.append(str(net["encoder"]))
+    return "/".join(parts)
+
+
+# --------------------------------------------------------------------------------------------- hashing
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (memoised per path, size and modification time in this process)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- resolving
+def is_ensemble_file(path: Path) -> bool:
+    from spinenet.ensemble.artifact import is_ensemble_artifact
+
+    return is_ensemble_artifact(path)
+
+
+def member_from_checkpoint(
+    path: str | Path,
+    name: str | None = None,
+    run_dir: Path | None = None,
+    source: str = "checkpoint",
+    rank_score: float | None = None,
+) -> Member:
+    from spinenet.tasks.evaluate import load_run_checkpoint
+
+    path = Path(path).expanduser().resolve()
+    if is_ensemble_file(path):
+        raise ConfigError(
+            f"{path} is an ensemble artifact; name its members instead (ensembles of ensembles "
+            "are not supported)"
+        )
+    ckpt = load_run_checkpoint(path)
+    if run_dir is None and path.parent.name == "checkpoints":
+        run_dir = path.parent.parent
+    return Member(
+        name=name or _default_name(path, run_dir),
+        checkpoint=path,
+        config=dict(ckpt["spinenet"]),
+        sha256=file_sha256(path),
+        run_dir=run_dir,
+        source=source,
+        rank_score=rank_score,
+        overrides=_overrides(run_dir) if run_dir is not None else [],
+    )
+
+
+def _run_name(run_dir: Path) -> str:
+    # a sweep trial's folder is just its number: name the sweep too
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
+
+
+def _default_name(path: Path, run_dir: Path | None) -> str:
+    if run_dir is not None:
+        return f"{_run_name(run_dir)}/{path.stem}"
+    return path.stem
+
+
+def _run_checkpoint(run_dir: Path) -> Path:
+    """The best checkpoint of a finished run (moved folders work: the file name is looked up locally)."""
+    metrics_file = run_dir / "metrics.json"
+    candidates: list[Path] = []
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        for key in ("best_checkpoint", "last_checkpoint"):
+            if metrics.get(key):
+                saved = Path(metrics[key])
+                candidates += [saved, run_dir / "checkpoints" / saved.name]
+    candidates.append(run_dir / "checkpoints" / "last.ckpt")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"run folder {run_dir} has no checkpoint (looked for {[str(c) for c in candidates]})")
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (
+        path.is_dir()
+        and not (path / "metrics.json").is_file()
+        and ((path / "summary.csv").is_file() or any(p.is_dir() and p.name.isdigit() for p in path.iterdir()))
+    )
+
+
+def _monitor_mode(run_dir: Path) -> tuple[str | None, str]:
+    """The monitor and its direction of a trial (from its metrics.json and .hydra/config.yaml)."""
+    monitor, mode = None, "max"
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        monitor = json.loads(metrics_file.read_text()).get("monitor")
+    cfg_file = run_dir / ".hydra" / "config.yaml"
+    if cfg_file.is_file():
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(cfg_file)
+        monitor = monitor or cfg.get("monitor")
+        mode = str(cfg.get("monitor_mode", "max"))
+    return monitor, mode
+
+
+def rank_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, str | None, str]:
+    """Successful trials of a sweep with a checkpoint, best first: ``(table, monitor, mode)``.
+
+    Ranked by ``best_score`` (the monitor at the checkpoint that will be used) where recorded, else by the
+    monitor's column; ``monitor_mode`` (max/min) from the trials' config.
+    """
+    from spinenet.sweeps import collect_trials
+
+    sweep_dir = Path(sweep_dir)
+    table = collect_trials(sweep_dir)
+    if table.empty:
+        raise ConfigError(f"sweep folder {sweep_dir} holds no trial folders (0/, 1/, ...)")
+    ok = table[table["status"] == "ok"].copy()
+    if ok.empty:
+        raise ConfigError(
+            f"sweep folder {sweep_dir}: no trial finished successfully "
+            f"({len(table)} trials, statuses {sorted(set(table['status']))})"
+        )
+    monitor, mode = _monitor_mode(Path(ok.iloc[0]["folder"]))
+    key = pd.to_numeric(ok.get("best_score", pd.Series(index=ok.index, dtype=float)), errors="coerce")
+    if monitor and monitor in ok.columns:
+        key = key.fillna(pd.to_numeric(ok[monitor], errors="coerce"))
+    ok["rank_score"] = key
+    ok = ok.sort_values("rank_score", ascending=mode == "min", na_position="last", kind="stable")
+    return ok, monitor, mode
+
+
+def top_k_of_sweep(sweep_dir: str | Path, k: int | None = None) -> list[Member]:
+    """The k best successful trials of a sweep (all of them when k is None) as members."""
+    sweep_dir = Path(sweep_dir).expanduser().resolve()
+    if k is not None and k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {k}")
+    ranked, monitor, mode = rank_sweep(sweep_dir)
+    chosen = ranked if k is None else ranked.head(k)
+    if k is not None and len(chosen) < k:
+        log.warning(
+            "sweep %s has only %d successful trials; using all of them (asked for the top %d)",
+            sweep_dir,
+            len(chosen),
+            k,
+        )
+    members = []
+    for row in chosen.itertuples():
+        run_dir = Path(row.folder)
+        score = float(row.rank_score) if row.rank_score == row.rank_score else None
+        members.append(
+            member_from_checkpoint(
+                _run_checkpoint(run_dir),
+                name=_run_name(run_dir),
+                run_dir=run_dir,
+                source="sweep",
+                rank_score=score,
+            )
+        )
+    log.info(
+        "sweep %s: %d member(s) by %s (%s): %s",
+        sweep_dir,
+        len(members),
+        monitor,
+        mode,
+        ", ".join(m.name for m in members),
+    )
+    return members
+
+
+def resolve_members(
+    specs: Sequence[str | Path], sweeps: Sequence[str | Path] = (), top_k: int | None = None
+) -> list[Member]:
+    """Members from checkpoint files, run folders, sweep folders (all trials or ``top_k``) and ``sweeps``."""
+    if top_k is not None and not sweeps and not any(is_sweep_dir(Path(s).expanduser()) for s in specs):
+        raise ConfigError("--top-k needs a sweep folder (--sweep DIR or a sweep folder as MEMBER)")
+    members: list[Member] = []
+    for spec in [*specs, *sweeps]:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ConfigError(f"ensemble member {spec}: no such file or folder")
+        path = path.resolve()
+        if path.is_file():
+            members.append(member_from_checkpoint(path))
+        elif (path / "metrics.json").is_file() or (path / "checkpoints").is_dir():
+            members.append(
+                member_from_checkpoint(
+                    _run_checkpoint(path), run_dir=path, source="run", name=_run_name(path)
+                )
+            )
+        elif is_sweep_dir(path):
+            members.extend(top_k_of_sweep(path, top_k))
+        else:
+            raise ConfigError(
+                f"ensemble member {spec}: not a checkpoint, a run folder (metrics.json) or a sweep "
+                "folder (trial folders 0/, 1/, ...)"
+            )
+    seen: dict[str, str] = {}
+    for m in members:
+        if m.sha256 in seen:
+            raise ConfigError(
+                f"member {m.name} is the same checkpoint as {seen[m.sha256]} ({m.checkpoint}); "
+                "name each member once"
+            )
+        seen[m.sha256] = m.name
+    if not members:
+        raise ConfigError("no ensemble members: name checkpoints, run folders or a sweep folder (--sweep)")
+    # overrides every member shares (data root, epochs) say nothing about a member
+    shared = set.intersection(*(set(m.overrides) for m in members)) if len(members) > 1 else set()
+    for m in members:
+        m.description = ", ".join(o for o in m.overrides if o not in shared)
+    return members
+
+
+# --------------------------------------------------------------------------------------------- compatibility
+def input_signature(config: dict[str, Any]) -> dict[str, Any]:
+    """What a member's input and output look like; members of one ensemble must agree on all of it."""
+    data = config.get("data", {}) or {}
+    ds = data.get("dataset", {}) or {}
+    task = str(config.get("task", "segmentation"))
+    sig = {
+        "task": task,
+        "classes": list(ds.get("class_names") or [])
+        if task == "segmentation"
+        else list(ds.get("label_names") or []),
+        "image_size": [int(s) for s in data.get("image_size", [])],
+        "in_channels": int(data.get("in_channels", 1)),
+        "resize_mode": data.get("resize_mode", "resize"),
+        "clahe": data.get("clahe"),
+    }
+    if task == "segmentation":
+        sig["mask_values"] = list(ds.get("mask_values") or [])
+    return sig
+
+
+def check_compatible(members: Sequence[Member]) -> dict[str, Any]:
+    """The members' common :func:`input_signature`; ConfigError listing every difference otherwise."""
+    first = input_signature(members[0].config)
+    problems = []
+    for m in members[1:]:
+        sig = input_signature(m.config)
+        for key, value in first.items():
+            if sig.get(key) != value:
+                problems.append(f"{key}: {members[0].name} has {value!r}, {m.name} has {sig.get(key)!r}")
+    if problems:
+        raise ConfigError(
+            "ensemble members must see the same input and predict the same classes; they differ in "
+            + "; ".join(problems)
+        )
+    if first["task"] not in ("segmentation", "classification"):
+        raise ConfigError(f"unknown task {first['task']!r} in {members[0].checkpoint}")
+    if len(first["classes"]) < 2:
+        raise ConfigError(f"member {members[0].name}: its checkpoint names {len(first['classes'])} classes")
+    return first
+
+
+# --------------------------------------------------------------------------------------------- data
+def find_split_file(members: Sequence[Member], splits_file: str | Path | None) -> Path:
+    if splits_file is not None:
+        path = Path(splits_file).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"--splits: no such file: {path}")
+        return path
+    first = members[0]
+    for folder in (first.run_dir, first.checkpoint.parent, first.checkpoint.parent.parent):
+        if folder is not None and (folder / "splits.json").is_file():
+            return (folder / "splits.json").resolve()
+    raise ConfigError(
+        f"no splits.json found for the first member {first.name} ({first.checkpoint}); name the "
+        "split with --splits <run folder>/splits.json so every member is scored on the same images"
+    )
+
+
+def build_datamodule(
+    config: dict[str, Any],
+    split_file: Path,
+    data_root: str | Path | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+):
+    """The first member's data module with the ensemble's split, no augmentation, nothing written."""
+    import copy
+
+    import hydra
+    from omegaconf import OmegaConf
+
+    data = copy.deepcopy(config["data"])
+    data.setdefault("split", {})
+    data["split"] = {**(data["split"] or {}), "file": str(split_file)}
+    if data_root is not None:
+        data["dataset"]["root"] = str(Path(data_root).expanduser().resolve())
+        data["synthesize"] = None  # a named data set must exist; never generate into it
+    if batch_size is not None:
+        data["batch_size"] = int(batch_size)
+    if num_workers is not None:
+        data["num_workers"] = int(num_workers)
+    dm = hydra.utils.instantiate(OmegaConf.create(data), output_dir=None, check="fast")
+    dm.setup()
+    return dm
+
+
+def split_fingerprint(dm, split: str, signature: dict[str, Any]) -> dict[str, Any]:
+    """What the cached predictions of one split depend on besides the checkpoint (hashed into the key)."""
+    rows = dm.datasets[split].rows
+    root = Path(dm.spec.root).resolve()
+    files = []
+    for row in rows.itertuples():
+        entry = [str(row.image_path)]
+        for p in (row.image_path, getattr(row, "mask_path", None)):
+            if isinstance(p, str) and p:
+                st = Path(p).stat()
+                entry += [st.st_size, st.st_mtime_ns]
+        if "label_idx" in rows.columns:
+            entry.append(int(row.label_idx))
+        files.append(entry)
+    return {
+        "root": str(root),
+        "split": split,
+        "signature": signature,
+        "columns": [dm.spec.image_col, dm.spec.mask_col, dm.spec.label_col],
+        "files_sha256": _digest(files),
+        "images": len(rows),
+    }
+
+
+def _image_ids(dm, split: str) -> list[str]:
+    root = Path(dm.spec.root).resolve()
+    out = []
+    for p in dm.datasets[split].rows["image_path"]:
+        try:
+            out.append(str(Path(p).resolve().relative_to(root)))
+        except ValueError:
+            out.append(str(p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- predictions
+@dataclass
+class SplitPredictions:
+    """Stacked member probabilities of one split: (k, N, C) or (k, N, C, H, W), and targets (N[, H, W])."""
+
+    split: str
+    probs: torch.Tensor
+    targets: torch.Tensor
+    images: list[str]
+    patients: list[str]
+    cached: list[bool] = field(default_factory=list)  # per member: loaded from the cache (no inference)
+    cache_files: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.targets.shape[0])
+
+
+def member_probabilities(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A member's class probabilities: softmax over the class axis of its output (logits)."""
+    return torch.softmax(module(x).float(), dim=1)
+
+
+def _cache_path(member: Member, cache_dir: Path | None, split: str, key: str) -> Path:
+    if cache_dir is None:
+        base = member.run_dir if member.run_dir is not None else member.checkpoint.parent
+        cache_dir = base / "predictions"
+    return cache_dir / f"{member.checkpoint.stem}-{split}-{key[:20]}.safetensors"
+
+
+def _run_inference(
+    modules: Sequence[torch.nn.Module], loader, device: torch.device, seg: bool, names: Sequence[str]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One pass over the loader; every (uncached) member predicts each batch. Probabilities on the CPU."""
+    dtype = torch.float16 if seg else torch.float32
+    outs: list[list[torch.Tensor]] = [[] for _ in modules]
+    targets = []
+    with torch.inference_mode():
+        for batch in loader:
+            x = batch["image"].to(device)
+            targets.append(batch["mask" if seg else "label"].cpu())
+            for i, module in enumerate(modules):
+                outs[i].append(member_probabilities(module, x).to(dtype).cpu())
+    probs = [torch.cat(o) for o in outs]
+    for p, name in zip(probs, names, strict=True):
+        if not torch.isfinite(p).all():
+            raise DataError(f"member {name} predicts NaN or infinite values on this data")
+    return probs, torch.cat(targets)
+
+
+def collect_predictions(
+    members: Sequence[Member],
+    split_file: Path,
+    *,
+    splits: Sequence[str] = SPLITS,
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, SplitPredictions], Any]:
+    """Probabilities of every member on each split, from the cache or by inference (then cached).
+
+    Returns ``({split: SplitPredictions}, datamodule)``.
+    """
+    from spinenet.utils.safe_io import load_tensors, save_tensors
+
+    say = progress or log.info
+    signature = check_compatible(members)
+    seg = signature["task"] == "segmentation"
+    dm = build_datamodule(members[0].config, split_file, data_root, batch_size, num_workers)
+    device = torch.device(device)
+    cache_root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else None
+    out: dict[str, SplitPredictions] = {}
+    modules: dict[int, torch.nn.Module] = {}  # loaded once, for all splits
+    for split in splits:
+        if len(dm.datasets[split]) == 0:
+            raise DataError(f"the {split} split of {dm.spec.root} (from {split_file}) has no images")
+        fp = split_fingerprint(dm, split, signature)
+        fp_key = _digest(fp)
+        images = _image_ids(dm, split)
+        probs: list[torch.Tensor | None] = [None] * len(members)
+        targets: torch.Tensor | None = None
+        cached, files = [False] * len(members), []
+        for i, m in enumerate(members):
+            path = _cache_path(m, cache_root, split, _digest([m.sha256, fp_key]))
+            files.append(str(path))
+            if not path.is_file():
+                continue
+            try:
+                tensors, meta = load_tensors(path, expected_format=CACHE_FORMAT, max_version=CACHE_VERSION)
+            except DataError as exc:
+                log.warning("ignoring unreadable prediction cache (%s); predicting again", exc)
+                continue
+            if meta.get("checkpoint_sha256") != m.sha256 or meta.get("images") != images:
+                log.warning("prediction cache %s does not match %s; predicting again", path, m.name)
+                continue
+            if targets is not None and not torch.equal(targets, tensors["targets"].long()):
+                raise DataError(
+                    f"cached {split} targets differ between members ({path}); delete {path.parent}"
+                )
+            probs[i], cached[i] = tensors["probs"], True
+            targets = tensors["targets"].long()
+        todo = [i for i, p in enumerate(probs) if p is None]
+        if todo:
+            from spinenet.tasks.evaluate import model_from_checkpoint
+
+            for i in todo:
+                if i not in modules:
+                    modules[i] = model_from_checkpoint(members[i].checkpoint)[0].to(device).eval()
+            say(
+                f"predicting the {split} split ({len(images)} images) with {len(todo)} member(s): "
+                + ", ".join(members[i].name for i in todo)
+            )
+            new, y = _run_inference(
+                [modules[i] for i in todo],
+                dm.split_dataloader(split),
+                device,
+                seg,
+                [members[i].name for i in todo],
+            )
+            if targets is not None and not torch.equal(targets, y):
+                raise DataError(
+                    f"the {split} targets differ between cached and new predictions; delete the cache "
+                    f"files {files}"
+                )
+            targets = y
+            for i, p in zip(todo, new, strict=True):
+                probs[i] = p
+                meta = {
+                    "format": CACHE_FORMAT,
+                    "version": CACHE_VERSION,
+                    "checkpoint": str(members[i].checkpoint),
+                    "checkpoint_sha256": members[i].sha256,
+                    "split": split,
+                    "task": signature["task"],
+                    "classes": signature["classes"],
+                    "data": fp,
+                    "images": images,
+                }
+                store = {
+                    "probs": p,
+                    "targets": y.to(torch.uint8 if len(signature["classes"]) < 256 else torch.int64),
+                }
+                try:
+                    save_tensors(files[i], store, meta)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot write the prediction cache {files[i]} ({exc.strerror}); name a writable "
+                        "folder with --cache-dir"
+                    ) from None
+        else:
+            say(f"{split} split: all {len(members)} member(s) from the prediction cache")
+        shapes = {tuple(p.shape) for p in probs}
+        if len(shapes) != 1:
+            raise DataError(f"members' {split} predictions have different shapes {sorted(shapes)}")
+        assert targets is not None
+        patients = [str(p) for p in dm.datasets[split].rows[dm.spec.patient_col]]
+        out[split] = SplitPredictions(
+            split, torch.stack(probs), targets.long(), images, patients, cached, files
+        )
+    return out, dm
+
+
+# --------------------------------------------------------------------------------------------- sanity of the val split
+MIN_VAL_IMAGES = 30
+MIN_CLASS_EXAMPLES = 5
+
+
+def split_size_warnings(pred: SplitPredictions, classes: Sequence[str], task: str) -> list[str]:
+    """Why weights chosen on this split may not be trustworthy (empty list when it looks large enough).
+
+    "Too small": fewer than MIN_VAL_IMAGES images, or a class with fewer than MIN_CLASS_EXAMPLES examples
+    (classification: images of that label; segmentation: images in which that foreground class occurs).
+    """
+    notes = []
+    n_pat = len(set(pred.patients))
+    if pred.n < MIN_VAL_IMAGES:
+        notes.append(
+            f"the {pred.split} split has {pred.n} images from {n_pat} patient(s), fewer than {MIN_VAL_IMAGES}"
+        )
+    present = class_counts(pred, len(classes), task)
+    what, first = ("images showing", 1) if task == "segmentation" else ("examples of", 0)
+    few = [
+        f"{classes[c]} ({present[c]})" for c in range(first, len(classes)) if present[c] < MIN_CLASS_EXAMPLES
+    ]
+    if few:
+        notes.append(
+            f"fewer than {MIN_CLASS_EXAMPLES} {what} a class in the {pred.split} split: " + ", ".join(few)
+        )
+    return notes
+
+
+def class_counts(pred: SplitPredictions, n_classes: int, task: str) -> list[int]:
+    """Examples per class (classification) or images where each class occurs (segmentation)."""
+    y = pred.targets
+    if task == "segmentation":
+        return [int((y == c).flatten(1).any(1).sum()) for c in range(n_classes)]
+    return [int((y == c).sum()) for c in range(n_classes)]
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
