@@ -32,7 +32,14 @@ def load_run_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, DictConfig]:
-    """Rebuild the trained module from the config stored in its checkpoint, then load the weights."""
+    """Rebuild the trained module from the config stored in its checkpoint, then load the weights.
+
+    An ensemble file written by ``spinenet ensemble`` loads as one module whose net averages its members.
+    """
+    from spinenet.ensemble.artifact import is_ensemble_artifact, load_ensemble
+
+    if is_ensemble_artifact(path):
+        return load_ensemble(path)
     ckpt = load_run_checkpoint(path)
     saved = OmegaConf.create(ckpt["spinenet"])
     # the checkpoint holds every weight: never reload pretrained files (they may have moved)
