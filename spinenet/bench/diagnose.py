@@ -1,0 +1,169 @@
+"""``spinenet bench diagnose``: end-to-end images/s of the sagittal pipeline on 256x256 slices.
+
+Models: the Šušteršič U-Net (8->256 kernels, 5 poolings, 4 classes) and DiscNet (3 classes, 64x64 crops),
+random weights (speed does not depend on them). So that the stages after segmentation see the real number
+of discs (a random U-Net's mask is noise), the U-Net's logits get the phantom's ground-truth one-hot mask
+added (x10) before the arg-max; everything else is :func:`spinenet.pipeline.diagnose.diagnose_images`:
+preprocessing, batched U-Net, logits -> mask, disc contours, level names, crop + CLAHE, batched DiscNet.
+Images are in memory (file decoding is not timed).
+
+Printed: images/s end to end and for the U-Net alone, peak memory (CPU: process peak RSS; CUDA: max
+allocated), FLOPs per image (``torch.utils.flop_counter.FlopCounterMode``: U-Net + DiscNet x discs per
+image) and the achieved FLOP/s as a fraction of a practical peak, measured as a 2048x2048 float32 matmul's
+FLOP/s with the same threads (not the vendor's theoretical peak). Target: >= 40 images/s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from spinenet.pipeline.diagnose import diagnose_images
+from spinenet.pipeline.models import CropSettings, Predictor, Preprocessing
+
+
+def _phantom(n: int, size: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    import tempfile
+
+    from spinenet.data.io import read_image, read_mask
+    from spinenet.data.phantom import generate_phantom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = generate_phantom(Path(tmp) / "p", view="sagittal", patients=n, seed=seed, size=size,
+                             slices_per_patient=1)
+        import pandas as pd
+
+        df = pd.read_csv(m)
+        images = [read_image(m.parent / r) for r in df.image]
+        masks = [read_mask(m.parent / r, [0, 85, 170, 255]) for r in df["mask"]]
+    return images, masks
+
+
+class _OracleUNet(torch.nn.Module):
+    """The U-Net's logits plus the ground-truth one-hot (x10), looked up by the input's bytes."""
+
+    def __init__(self, unet: torch.nn.Module, pairs, channels_last: bool):
+        super().__init__()
+        self.unet, self.channels_last = unet, channels_last
+        self.table = {hash(img.tobytes()): torch.from_numpy(m) for img, m in pairs}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xin = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        logits = self.unet(xin)
+        masks = torch.stack([self.table[hash(xi[0].cpu().numpy().tobytes())] for xi in x]).to(x.device)
+        onehot = torch.nn.functional.one_hot(masks.long(), logits.shape[1]).permute(0, 3, 1, 2)
+        return logits + 10 * onehot.to(logits.dtype)
+
+
+def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _matmul_peak(device: str, n: int = 2048, reps: int = 10) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    p = argparse.ArgumentParser(prog="spinenet bench diagnose", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=64, help="slices per timed pass")
+    p.add_argument("--distinct", type=int, default=16, help="distinct phantom slices (repeated)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes; the best is reported")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(list(argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from spinenet.models.classification import build_classifier
+    from spinenet.models.segmentation import build_segmenter
+
+    dev = args.device
+    torch.manual_seed(0)
+    unet = build_segmenter("unet_sustersic", 4, 1, image_size=(256, 256), base_channels=8, depth=5).eval().to(dev)
+    discnet = build_classifier("discnet", 3, 1, image_size=(64, 64)).eval().to(dev)
+    channels_last = not args.no_channels_last
+    if channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    images, masks = _phantom(args.distinct, 256, seed=0)
+    data = [images[i % len(images)] for i in range(args.images)]
+    seg = Predictor(_OracleUNet(unet, zip(images, masks, strict=True), channels_last),
+                    Preprocessing("segmentation", [256, 256], classes=["background", "disc", "vertebra", "canal"]),
+                    Path("unet_sustersic"), dev)
+    crop = CropSettings(size=[64, 64], margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=["L4-L5", "L5-S1"])
+    cls = Predictor(discnet, Preprocessing("classification", [64, 64], classes=["healthy", "L4-L5", "L5-S1"],
+                                           crop=crop), Path("discnet"), dev)
+
+    print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last: {channels_last}, "
+          f"torch {torch.__version__}")
+    x1 = torch.rand(1, 1, 256, 256, device=dev)
+    unet_flops = _flops(unet, x1)
+    disc_flops = _flops(discnet, torch.rand(1, 1, 64, 64, device=dev))
+    res = diagnose_images(data[:8], "sagittal", seg, cls, 8)
+    classified = sum(d["classified"] for r in res for d in r["discs"]) / len(res)
+    found = sum(len(r["discs"]) for r in res) / len(res)
+    per_image = unet_flops + classified * disc_flops
+    print(f"FLOPs per image: U-Net {unet_flops / 1e9:.3f} G + DiscNet {disc_flops / 1e6:.2f} M x {classified:.1f} "
+          f"classified discs ({found:.1f} found) = {per_image / 1e9:.3f} GFLOP")
+    peak = _matmul_peak(dev)
+    print(f"practical peak (2048^2 float32 matmul, measured): {peak / 1e9:.1f} GFLOP/s")
+    if dev.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    best_overall = 0.0
+    for bs in args.batch_size:
+        times = []
+        for _ in range(args.repeats):
+            _sync(dev)
+            t = time.perf_counter()
+            diagnose_images(data, "sagittal", seg, cls, bs)
+            _sync(dev)
+            times.append(time.perf_counter() - t)
+        ips = len(data) / min(times)
+        best_overall = max(best_overall, ips)
+        # the U-Net alone, same batch size, same layout
+        xb = torch.rand(bs, 1, 256, 256, device=dev)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            unet(xb)
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(max(1, args.images // bs)):
+                unet(xb)
+            _sync(dev)
+        unet_ips = bs * max(1, args.images // bs) / (time.perf_counter() - t)
+        print(f"batch {bs:3d}: end to end {ips:6.1f} images/s ({1000 / ips:.1f} ms/image), U-Net alone "
+              f"{unet_ips:6.1f} images/s; achieved {ips * per_image / 1e9:.1f} GFLOP/s = "
+              f"{ips * per_image / peak:.0%} of the practical peak")
+    if dev.startswith("cuda"):
+        print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    target = 40.0
+    print(f"best: {best_overall:.1f} images/s end to end (target >= {target:.0f} on 2 CPU cores: "
+          f"{'met' if best_overall >= target else 'not met'} with {torch.get_num_threads()} threads on {dev})")
+    return 0

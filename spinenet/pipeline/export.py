@@ -1,0 +1,186 @@
+"""``spinenet export CKPT --out DIR``: TorchScript and ONNX files of a segmenter or classifier.
+
+Written to ``DIR``: ``<name>.pt`` (TorchScript, traced), ``<name>.onnx`` (opset 17, dynamic batch axis;
+input ``input`` (B, C, H, W) float32, output ``logits``) and ``<name>.json``, the sidecar: the preprocessing
+the model expects (:class:`~spinenet.pipeline.models.Preprocessing`: image size, channels, resize mode,
+CLAHE, classes, and for classifiers the crop recipe), the files, and the verification below. ``<name>`` is
+``segmenter`` or ``classifier`` unless ``--name`` is given. ``spinenet diagnose`` runs from these files.
+
+Verification: each exported file is run on random inputs (batch 1 and 3) and must reproduce the checkpoint's
+outputs within ``atol + rtol * |reference|`` (defaults 1e-4 and 1e-4, float32); the largest difference is
+recorded in the sidecar. ONNX is checked with ``onnx.checker`` and run with onnxruntime when they are
+installed (``pip install 'spinenet-mri[onnx]'``); without onnxruntime the numeric check is skipped and the
+sidecar says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spinenet.errors import ConfigError, DataError
+from spinenet.pipeline.models import EXPORT_FORMAT, EXPORT_VERSION, Predictor, load_predictor
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "onnx")
+ATOL, RTOL = 1e-4, 1e-4
+ONNX_OPSET = 17
+
+
+def _inputs(prep, batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    h, w = prep.image_size
+    return torch.rand(batch, prep.in_channels, h, w, generator=g)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, bool]:
+    a, b = a.float(), b.float()
+    ok = bool(torch.allclose(a, b, atol=ATOL, rtol=RTOL))
+    return float((a - b).abs().max()), ok
+
+
+def verify(reference: Predictor, exported: Predictor, batches: Sequence[int] = (1, 3)) -> float:
+    """Largest absolute difference of ``exported`` from ``reference`` on random inputs; raises when out of
+    tolerance (``atol + rtol * |reference|``)."""
+    worst = 0.0
+    for i, b in enumerate(batches):
+        x = _inputs(reference.prep, b, seed=i)
+        diff, ok = _max_diff(reference(x), exported(x))
+        worst = max(worst, diff)
+        if not ok:
+            raise DataError(
+                f"exported {exported.source.name} differs from the checkpoint by up to {diff:.3g} "
+                f"(tolerance atol {ATOL} + rtol {RTOL}); not usable"
+            )
+    return worst
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_model(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    formats: Sequence[str] = FORMATS,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export ``checkpoint`` (a .ckpt or ensemble .json) to ``out_dir``; returns the sidecar's path."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ConfigError(f"--format: choose from {', '.join(FORMATS)}, got {list(formats)}")
+    checkpoint = Path(checkpoint)
+    ref = load_predictor(checkpoint)
+    if ref.kind != "module":
+        raise ConfigError(f"{checkpoint}: export a .ckpt checkpoint or an ensemble .json, not an exported file")
+    name = name or ("segmenter" if ref.task == "segmentation" else "classifier")
+    out = Path(out_dir)
+    targets = [out / f"{name}.json"] + [out / f"{name}{'.pt' if f == 'torchscript' else '.onnx'}" for f in formats]
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    for t in targets:
+        t.unlink(missing_ok=True)
+    net = ref.net.net if hasattr(ref.net, "net") else ref.net
+    net = net.eval()
+    example = _inputs(ref.prep, 2, seed=7)
+    files: dict[str, str] = {}
+    checks: dict[str, Any] = {"atol": ATOL, "rtol": RTOL, "inputs": "uniform random, batch 1 and 3"}
+    # the sidecar must exist before the exported files can be loaded back for the check
+    sidecar = out / f"{name}.json"
+
+    def write_sidecar() -> None:
+        doc = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "source": checkpoint.name,
+            "source_sha256": _sha256(checkpoint),
+            "preprocessing": ref.prep.to_dict(),
+            "files": files,
+            "verification": checks,
+            "input": {"name": "input", "shape": ["batch", ref.prep.in_channels, *ref.prep.image_size],
+                      "dtype": "float32", "range": [0.0, 1.0]},
+            "output": {"name": "logits", "kind": "log-probabilities" if "ensemble" in str(type(net)).lower()
+                       else "logits"},
+        }
+        sidecar.write_text(json.dumps(doc, indent=2) + "\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and legacy-exporter warnings about constant shapes
+        if "torchscript" in formats:
+            path = out / f"{name}.pt"
+            with torch.inference_mode(False), torch.no_grad():
+                traced = torch.jit.trace(net, example, check_trace=False)
+            traced.save(str(path))
+            files["torchscript"] = path.name
+            write_sidecar()
+            checks["torchscript_max_abs_diff"] = verify(ref, load_predictor(path))
+        if "onnx" in formats:
+            path = out / f"{name}.onnx"
+            try:
+                with torch.no_grad():
+                    torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                                      input_names=["input"], output_names=["logits"],
+                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            except Exception as exc:  # torch raises its own error types, e.g. onnx not installed
+                raise ConfigError(f"ONNX export failed ({exc}); pip install 'spinenet-mri[onnx]'") from None
+            files["onnx"] = path.name
+            try:
+                import onnx
+            except ImportError:
+                checks["onnx_checker"] = "onnx not installed: not checked"
+            else:
+                onnx.checker.check_model(str(path))
+                checks["onnx_checker"] = "passed"
+            write_sidecar()
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                checks["onnx_max_abs_diff"] = None
+                checks["onnx_skipped"] = "onnxruntime not installed: numeric check skipped (onnx.checker passed)"
+            else:
+                checks["onnx_max_abs_diff"] = verify(ref, load_predictor(path))
+    write_sidecar()
+    return sidecar
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="spinenet export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a .ckpt checkpoint or a saved ensemble .json")
+    p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
+    p.add_argument("--format", nargs="+", default=list(FORMATS), choices=FORMATS)
+    p.add_argument("--name", help="file stem (default: segmenter or classifier)")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    from spinenet.tasks.train import ensure_torch_threads
+
+    ensure_torch_threads()
+    sidecar = export_model(args.checkpoint, args.out, args.format, args.name, args.overwrite)
+    doc = json.loads(sidecar.read_text())
+    print(f"exported {doc['source']} -> {sidecar.parent}: " + ", ".join(doc["files"].values()) + f", {sidecar.name}")
+    v = doc["verification"]
+    for f in doc["files"]:
+        diff = v.get(f"{f}_max_abs_diff")
+        print(f"  {f}: " + (f"max |diff| {diff:.2e} (tolerance atol {ATOL} + rtol {RTOL})" if diff is not None
+                            else v.get("onnx_skipped", "not checked")))
+    return 0
+
+
+__all__ = ["export_model", "main", "verify"]

@@ -1,0 +1,248 @@
+"""Models for the diagnosis pipeline: one interface over checkpoints, ensembles and exported files.
+
+:func:`load_predictor` opens, by suffix:
+
+- ``.ckpt``: a spinenet checkpoint (weights only); ``.json``: a saved ensemble (``spinenet ensemble``) or the
+  sidecar of an export (``spinenet export``, then its TorchScript file is used);
+- ``.pt`` / ``.ts``: TorchScript from ``spinenet export`` (the sidecar ``<stem>.json`` beside it);
+- ``.onnx``: ONNX from ``spinenet export``, run with onnxruntime (sidecar beside it).
+
+Every predictor carries :class:`Preprocessing`: what the model was trained on (size, channels, resize mode,
+CLAHE, class names) and, for classifiers, how its crops were made (size, margin, CLAHE, square, levels), so
+that ``diagnose`` crops and enhances each disc exactly as the classifier saw its training crops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spinenet.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "spinenet-export"
+EXPORT_VERSION = 1
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts")
+DEFAULT_MARGIN = 0.10
+
+
+@dataclass
+class CropSettings:
+    """How a classifier's training crops were made (``spinenet roi`` / ``data.synthesize.crops``)."""
+
+    size: list[int]
+    margin: float = DEFAULT_MARGIN
+    clahe: dict[str, Any] | None = field(default_factory=lambda: {"clip": 2.0, "tiles": [4, 4]})
+    square: bool = False
+    levels: list[str] | None = None
+    source: str = "default"  # where the settings were found: synthesize.crops, summary.json or default
+
+
+@dataclass
+class Preprocessing:
+    """What a model expects; written as the export sidecar."""
+
+    task: str  # segmentation | classification
+    image_size: list[int]
+    in_channels: int = 1
+    resize_mode: str = "resize"
+    clahe: dict[str, Any] | None = None  # data.clahe: applied to the whole input before resizing
+    classes: list[str] = field(default_factory=list)  # mask classes or labels
+    view: str | None = None
+    crop: CropSettings | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        d = dict(d)
+        crop = d.pop("crop", None)
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known, crop=CropSettings(**crop) if crop else None)
+
+
+def _plain(value: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _crop_settings(data: Any, image_size: list[int]) -> CropSettings:
+    """The crop recipe of a classifier's training data: the phantom's crop config, else the crop set's
+    ``summary.json`` (written by ``spinenet roi``), else the Šušteršič defaults at the model's input size."""
+    synth = _plain(data.get("synthesize")) or {}
+    crops = synth.get("crops") if isinstance(synth, dict) else None
+    if crops:
+        size = crops.get("size", image_size)
+        return CropSettings(
+            size=[int(size), int(size)] if isinstance(size, int) else [int(v) for v in size],
+            margin=float(crops.get("margin", DEFAULT_MARGIN)),
+            clahe=crops.get("clahe"),
+            square=bool(crops.get("square", False)),
+            levels=[str(v) for v in crops["levels"]] if crops.get("levels") else None,
+            source="data.synthesize.crops",
+        )
+    root = data.get("dataset", {}).get("root")
+    summary = Path(str(root)) / "summary.json" if root else None
+    if summary is not None and summary.is_file():
+        try:
+            s = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            s = {}
+        if "size" in s and "margin" in s:
+            return CropSettings(
+                size=[int(v) for v in s["size"]],
+                margin=float(s["margin"]),
+                clahe=s.get("clahe"),
+                square=bool(s.get("square", False)),
+                levels=list(s["levels"]) if s.get("levels") else None,
+                source=str(summary),
+            )
+    log.warning("classifier crop settings not recorded; using margin 0.1, CLAHE 2.0/4x4 at %s", image_size)
+    return CropSettings(size=list(image_size))
+
+
+def preprocessing_from_config(saved: Any) -> Preprocessing:
+    """:class:`Preprocessing` from a checkpoint's saved run config."""
+    data = saved.data
+    task = str(saved.get("task", "segmentation"))
+    size = [int(v) for v in data.image_size]
+    ds = data.dataset
+    classes = ds.get("class_names") if task == "segmentation" else ds.get("label_names")
+    synth = _plain(data.get("synthesize")) or {}
+    return Preprocessing(
+        task=task,
+        image_size=size,
+        in_channels=int(data.get("in_channels", 1)),
+        resize_mode=str(data.get("resize_mode", "resize")),
+        clahe=_plain(data.get("clahe")) or None,
+        classes=[str(c) for c in (classes or [])],
+        view=synth.get("view") if isinstance(synth, dict) else None,
+        crop=_crop_settings(data, size) if task == "classification" else None,
+    )
+
+
+class Predictor:
+    """``predictor(x)`` -> logits (or log-probabilities for ensembles) for a float32 batch (B, C, H, W)."""
+
+    kind = "module"
+
+    def __init__(self, net: Any, prep: Preprocessing, source: Path, device: str = "cpu"):
+        self.net, self.prep, self.source, self.device = net, prep, Path(source), device
+
+    @property
+    def task(self) -> str:
+        return self.prep.task
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.net(x.to(self.device)).float().cpu()
+
+
+class OnnxPredictor(Predictor):
+    kind = "onnx"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self.net.run(None, {"input": np.ascontiguousarray(x.cpu().numpy(), np.float32)})
+        return torch.from_numpy(out)
+
+
+def _sidecar(path: Path) -> Preprocessing:
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        raise DataError(f"{path}: its preprocessing sidecar {side.name} is missing (written by spinenet export)")
+    doc = json.loads(side.read_text())
+    if doc.get("format") != EXPORT_FORMAT:
+        raise DataError(f"{side}: not a spinenet export sidecar (format {doc.get('format')!r})")
+    return Preprocessing.from_dict(doc["preprocessing"])
+
+
+def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
+    """A checkpoint, ensemble JSON, export sidecar JSON, TorchScript (``.pt``/``.ts``) or ONNX file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            raise DataError(f"{path}: not a JSON file ({exc})") from None
+        if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
+            return load_predictor(path.with_name(doc["files"]["torchscript"]), device)
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        prep = _sidecar(path)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            net = torch.jit.load(str(path), map_location=device).eval()
+        p = Predictor(net, prep, path, device)
+        p.kind = "torchscript"
+        return p
+    if suffix == ".onnx":
+        prep = _sidecar(path)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError(
+                f"{path}: running ONNX needs onnxruntime (pip install 'spinenet-mri[onnx]'); "
+                "or pass the TorchScript file (.pt) exported beside it"
+            ) from None
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        return OnnxPredictor(session, prep, path, device)
+    if suffix not in (".ckpt", ".json"):
+        raise ConfigError(
+            f"{path}: unknown model file type {suffix!r}; give a .ckpt checkpoint, an ensemble .json, "
+            "or an exported .pt (TorchScript) / .onnx file"
+        )
+    from spinenet.tasks.evaluate import model_from_checkpoint
+
+    module, saved = model_from_checkpoint(path)
+    module = module.to(device).eval()
+    return Predictor(module, preprocessing_from_config(saved), path, device)
+
+
+def prepare_inputs(
+    images: Sequence[np.ndarray], prep: Preprocessing
+) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+    """Images (float [0, 1], as ``read_image`` returns them) -> a batch as the model was trained on, and for
+    each image the region ``(y0, y1, x0, x1)`` it occupies in the model input (``resize_mode=pad`` pads)."""
+    import cv2
+
+    from spinenet.data.transforms import apply_clahe, build_transforms
+
+    transform = build_transforms(prep.image_size, train=False, resize_mode=prep.resize_mode)
+    batch, regions = [], []
+    for image in images:
+        img = np.asarray(image, np.float32)
+        if prep.in_channels == 3 and img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=-1)
+        elif prep.in_channels == 1 and img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        if prep.clahe:
+            img = apply_clahe(img, **prep.clahe)
+        if prep.resize_mode == "pad":  # a mask of ones marks where the image lands after padding
+            out = transform(image=img, mask=np.ones(img.shape[:2], np.uint8))
+            ys, xs = np.nonzero(np.asarray(out["mask"]))
+            regions.append((int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1))
+        else:
+            out = transform(image=img)
+            regions.append((0, prep.image_size[0], 0, prep.image_size[1]))
+        x = np.asarray(out["image"], np.float32)
+        batch.append(x[None] if x.ndim == 2 else x.transpose(2, 0, 1))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(batch))), regions

@@ -1,0 +1,273 @@
+"""`spinenet diagnose`: level naming, combination rules, a phantom study's finding, no-disc images, no PHI.
+
+The phantom study test checks the pipeline's wiring deterministically, without trained models: a stub
+segmenter returns the phantom's ground-truth masks, and a stub classifier answers only for the exact crop
+(box + margin, size, CLAHE) that the classifier's recipe prescribes for each level, so a wrong level, box,
+crop recipe or batch order gives a wrong finding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from spinenet.cli import main as cli_main
+from spinenet.data.io import read_image, read_mask
+from spinenet.errors import ConfigError
+from spinenet.pipeline.combine import combine
+from spinenet.pipeline.diagnose import Item, diagnose_images, run
+from spinenet.pipeline.models import CropSettings, Predictor, Preprocessing
+from spinenet.roi import assign_levels, crop_roi, disc_boxes, enlarge_box
+
+SAG_LABELS = ["healthy", "L4-L5", "L5-S1"]
+AX_LABELS = ["healthy", "bulge", "central", "left", "right"]
+CLAHE = {"clip": 2.0, "tiles": [4, 4]}
+
+
+def _key(x: torch.Tensor) -> bytes:
+    return np.round(x.numpy().astype(np.float32), 5).tobytes()
+
+
+def stub_segmenter(pairs: list[tuple[np.ndarray, np.ndarray]], classes: int = 4, size: int = 64) -> Predictor:
+    """Returns one-hot logits of the mask stored for each input image (images must be ``size`` already)."""
+    table = {_key(torch.from_numpy(img.astype(np.float32))[None]): mask for img, mask in pairs}
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        masks = [torch.from_numpy(table[_key(xi)]).long() for xi in x]
+        return torch.nn.functional.one_hot(torch.stack(masks), classes).permute(0, 3, 1, 2).float() * 10
+
+    names = ["background", "disc", "vertebra", "canal"][:classes]
+    return Predictor(net, Preprocessing("segmentation", [size, size], classes=names), Path("stub_seg"))
+
+
+def oracle_classifier(answers: dict[bytes, str], labels: list[str], crop: CropSettings) -> Predictor:
+    """Answers ``answers[crop]``; any crop it was not told about is an error (wrong box or recipe)."""
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(x), len(labels)), -5.0)
+        for i, xi in enumerate(x):
+            out[i, labels.index(answers[_key(xi)])] = 5.0
+        return out
+
+    prep = Preprocessing("classification", list(crop.size), classes=labels, crop=crop)
+    return Predictor(net, prep, Path("stub_cls"))
+
+
+def _expected_crop(image, box, crop: CropSettings) -> bytes:
+    roi = enlarge_box(box, crop.margin, image.shape)
+    return _key(torch.from_numpy(crop_roi(image, roi, crop.size, crop.clahe).astype(np.float32) / 255.0)[None])
+
+
+def _slice_with_discs(n: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros((size, size), np.uint8)
+    for k in range(n):
+        cy = int(size * (k + 1) / (n + 1))
+        cv2.ellipse(mask, (size // 2, cy), (14, 3), 0, 0, 360, 1, -1)
+    mask = mask.astype(np.int64)
+    image = (0.2 + 0.6 * (mask == 1)).astype(np.float32)
+    return image, mask
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_levels_named_bottom_up_and_only_trained_levels_classified(n):
+    image, mask = _slice_with_discs(n)
+    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=["L4-L5", "L5-S1"])
+    boxes = disc_boxes(mask)
+    names = assign_levels(boxes)
+    answers = {_expected_crop(image, b, crop): "healthy" for b, lv in zip(boxes, names, strict=True)
+               if lv in crop.levels}
+    seg = stub_segmenter([(image, mask)], size=128)
+    (res,) = diagnose_images([image], "sagittal", seg, oracle_classifier(answers, SAG_LABELS, crop))
+    levels = [d["level"] for d in res["discs"]]  # top -> bottom
+    expected = {4: ["L2-L3", "L3-L4", "L4-L5", "L5-S1"],
+                7: ["T11-T12", "T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]}[n]
+    assert levels == expected
+    assert [d["level"] for d in res["discs"] if d["classified"]] == ["L4-L5", "L5-S1"]
+    assert all("class" not in d for d in res["discs"] if not d["classified"])
+
+
+def test_combination_rules():
+    def sag(level, cls, p):
+        return {"level": level, "class": cls, "p_herniation": p, "probability": max(p, 1 - p)}
+
+    def ax(level, cls, p, pb=0.0):
+        return {"level": level, "class": cls, "p_herniation": p, "probability": 0.9,
+                "probabilities": {"bulge": pb}}
+
+    out = {c["level"]: c for c in combine(
+        [sag("L4-L5", "healthy", 0.1), sag("L5-S1", "L5-S1", 0.9)],
+        [ax(None, "left", 0.8)],
+    )}
+    # sagittal names the level, axial the side; the unlevelled axial slice joins the one herniated level
+    assert out["L5-S1"]["finding"] == "herniation" and out["L5-S1"]["side"] == "left"
+    assert out["L5-S1"]["agreement"] == "agree" and out["L5-S1"]["probability"] == pytest.approx(0.85)
+    assert out["L5-S1"]["axial"]["level_from"] == "sagittal"
+    assert out["L4-L5"] == {**out["L4-L5"], "finding": "healthy", "side": None, "agreement": "sagittal only"}
+    assert out["L4-L5"]["probability"] == pytest.approx(0.9)
+
+    # disagreement is kept and flagged; a bulge is not a herniation; several axial slices: the worst speaks
+    out = {c["level"]: c for c in combine(
+        [sag("L4-L5", "L4-L5", 0.7), sag("L5-S1", "healthy", 0.2), sag("L3-L4", "healthy", 0.1)],
+        [ax("L4-L5", "healthy", 0.1), ax("L5-S1", "central", 0.6), ax("L5-S1", "right", 0.9),
+         ax("L3-L4", "bulge", 0.05, pb=0.8)],
+    )}
+    assert (out["L4-L5"]["finding"], out["L4-L5"]["side"], out["L4-L5"]["agreement"]) == (
+        "herniation", "unspecified", "disagree")
+    assert (out["L5-S1"]["finding"], out["L5-S1"]["side"], out["L5-S1"]["agreement"]) == (
+        "herniation", "right", "disagree")
+    assert (out["L3-L4"]["finding"], out["L3-L4"]["side"]) == ("bulge", "diffuse")
+    assert list(out) == ["L3-L4", "L4-L5", "L5-S1"]  # top to bottom
+
+    # two herniated sagittal levels: an unlevelled axial slice cannot be placed
+    out = combine([sag("L4-L5", "L4-L5", 0.8), sag("L5-S1", "L5-S1", 0.8)], [ax(None, "left", 0.9)])
+    assert [c["level"] for c in out] == ["L4-L5", "L5-S1", "unknown"]
+    assert out[-1]["agreement"] == "axial only" and out[-1]["side"] == "left"
+
+
+@pytest.fixture(scope="module")
+def phantom_study(tmp_path_factory):
+    """One patient: a sagittal slice herniated at L5-S1 and an axial slice herniated on the left."""
+    from spinenet.data.phantom import generate_phantom
+
+    root = tmp_path_factory.mktemp("study")
+    out = {}
+    for view, label in (("sagittal", "L5-S1"), ("axial", "left")):
+        manifest = generate_phantom(root / view, view=view, patients=1, seed=3, size=128, slices_per_patient=1,
+                                    class_balance={label: 1})
+        row = manifest.read_text().splitlines()[1].split(",")
+        image = read_image(manifest.parent / row[3])
+        out[view] = (image, read_mask(manifest.parent / row[4], [0, 85, 170, 255]))
+    return out
+
+
+def test_phantom_study_gives_its_finding(phantom_study, tmp_path):
+    crop_sag = CropSettings(size=[64, 64], margin=0.1, clahe=CLAHE, levels=["L4-L5", "L5-S1"])
+    crop_ax = CropSettings(size=[64, 64], margin=0.1, clahe=CLAHE)
+    s_img, s_mask = phantom_study["sagittal"]
+    a_img, a_mask = phantom_study["axial"]
+    boxes = disc_boxes(s_mask)
+    assert len(boxes) >= 5
+    answers = {}
+    for box, level in zip(boxes, assign_levels(boxes), strict=True):
+        if level in crop_sag.levels:
+            answers[_expected_crop(s_img, box, crop_sag)] = "L5-S1" if level == "L5-S1" else "healthy"
+    ax_answers = {_expected_crop(a_img, max(disc_boxes(a_mask), key=lambda b: b.area), crop_ax): "left"}
+    blank = (np.zeros((128, 128), np.float32), np.zeros((128, 128), np.int64))
+    items = [Item("P1", "sag.png", "sagittal", lambda: s_img), Item("P1", "ax.png", "axial", lambda: a_img),
+             Item("P2", "blank.png", "sagittal", lambda: blank[0])]
+    segs = {"sagittal": stub_segmenter([(s_img, s_mask), blank], size=128),
+            "axial": stub_segmenter([(a_img, a_mask)], size=128)}
+    clss = {"sagittal": oracle_classifier(answers, SAG_LABELS, crop_sag),
+            "axial": oracle_classifier(ax_answers, AX_LABELS, crop_ax)}
+    summary = run(items, segs, clss, tmp_path / "out", batch_size=2, progress=False)
+    assert summary["studies"] == 2 and summary["images_without_disc"] == 1
+
+    doc = json.loads((tmp_path / "out" / "P1" / "findings.json").read_text())
+    combined = {c["level"]: c for c in doc["findings"]["combined"]}
+    assert combined["L5-S1"]["finding"] == "herniation" and combined["L5-S1"]["side"] == "left"
+    assert combined["L5-S1"]["agreement"] == "agree"
+    assert combined["L4-L5"]["finding"] == "healthy"
+    sag = {d["level"]: d for d in doc["findings"]["sagittal"]}
+    assert sag["L5-S1"]["class"] == "L5-S1" and sag["L5-S1"]["probability"] > 0.99
+    assert sag["L5-S1"]["box"] == list(boxes[-1].as_tuple())  # the lowest disc
+    report = (tmp_path / "out" / "P1" / "report.txt").read_text()
+    assert "L5-S1: herniation, left" in report
+    overlay = cv2.imread(str(tmp_path / "out" / "P1" / "overlay.png"))
+    assert overlay is not None and overlay.shape[0] == 256 and overlay.shape[1] > 2 * 256 - 10
+
+    blank_doc = json.loads((tmp_path / "out" / "P2" / "findings.json").read_text())
+    assert blank_doc["images"][0]["status"].startswith("no disc found") and blank_doc["findings"] == {}
+    assert "No disc found in 1 image(s): blank.png" in (tmp_path / "out" / "P2" / "report.txt").read_text()
+    # a second run refuses the non-empty folder unless told to overwrite
+    with pytest.raises(ConfigError, match="not empty"):
+        run(items, segs, clss, tmp_path / "out", progress=False)
+    run(items[:1], segs, clss, tmp_path / "out", overwrite=True, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI on checkpoints and DICOM
+# ---------------------------------------------------------------------------------------------------------
+def make_checkpoint(path: Path, overrides: list[str]) -> Path:
+    """A spinenet checkpoint with random weights built from a composed config (no training needed)."""
+    from spinenet.config import compose, to_plain_dict
+    from spinenet.tasks.common import build_module
+
+    cfg = compose("train", overrides, output_dir=path.parent / "run")
+    ds = cfg.data.dataset
+    torch.manual_seed(0)
+    module = build_module(cfg, list(ds.get("class_names") or []), list(ds.get("label_names") or []))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "spinenet": to_plain_dict(cfg)}, path)
+    return path
+
+
+SEG_OVERRIDES = ["experiment=seg/sustersic2022_sagittal", "data.image_size=[64,64]"]
+CLS_OVERRIDES = ["experiment=cls/sustersic2022_sagittal"]
+
+PHI = {"PatientName": "DOE^JANE", "PatientID": "PID-12345", "PatientBirthDate": "19700101"}
+
+
+def _write_dicom(folder: Path, images: list[np.ndarray]) -> None:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True)
+    series = generate_uid()
+    for k, img in enumerate(images):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"IM{k}"), {}, file_meta=meta, preamble=b"\0" * 128)
+        for key, value in PHI.items():
+            setattr(ds, key, value)
+        ds.SeriesInstanceUID, ds.StudyInstanceUID = series, series
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "MR", "T2 SAG DOE^JANE", k + 1
+        ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # sagittal
+        ds.ImagePositionPatient = [float(k) * 4.0, 0.0, 0.0]
+        ds.Rows, ds.Columns = img.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = (img * 4000).astype(np.uint16).tobytes()
+        ds.save_as(folder / f"IM{k}", enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {"seg": make_checkpoint(root / "seg" / "seg.ckpt", SEG_OVERRIDES),
+            "cls": make_checkpoint(root / "cls" / "cls.ckpt", CLS_OVERRIDES)}
+
+
+def test_dicom_series_outputs_carry_no_phi(phantom_study, checkpoints, tmp_path, capsys):
+    from spinenet.utils.privacy import scan_for_phi
+
+    s_img = phantom_study["sagittal"][0]
+    _write_dicom(tmp_path / "DOE_JANE_dicom", [s_img, s_img[:, ::-1].copy()])
+    out = tmp_path / "out"
+    rc = cli_main(["diagnose", str(tmp_path / "DOE_JANE_dicom"), "--segmenter", str(checkpoints["seg"]),
+                   "--classifier", str(checkpoints["cls"]), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    doc = json.loads((out / "study1" / "findings.json").read_text())
+    assert [im["image"] for im in doc["images"]] == ["series1_slice_000", "series1_slice_001"]
+    assert doc["images"][0]["view"] == "sagittal"  # from the slice orientation
+    assert doc["images"][0]["dicom"]["Modality"] == "MR"
+    assert "SeriesDescription" not in doc["images"][0]["dicom"]  # it held the patient's name
+    values = [*PHI.values(), "DOE", "JANE", "1970-01-01"]
+    assert scan_for_phi(out, values) == []
+    assert scan_for_phi([out / "study1" / "findings.json"], ["series1_slice_000"])  # the scan does find text
+    printed = capsys.readouterr().out
+    assert "diagnosis written" in printed and not any(v.lower() in printed.lower() for v in values)
+
+
+def test_cli_rejects_a_classifier_as_segmenter(checkpoints, phantom_study, tmp_path):
+    cv2.imwrite(str(tmp_path / "s.png"), (phantom_study["sagittal"][0] * 255).astype(np.uint8))
+    rc = cli_main(["diagnose", str(tmp_path / "s.png"), "--segmenter", str(checkpoints["cls"]),
+                   "--classifier", str(checkpoints["cls"]), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2

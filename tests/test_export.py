@@ -1,0 +1,85 @@
+"""`spinenet export`: TorchScript and ONNX reproduce the checkpoint (atol 1e-4 + rtol 1e-4, float32), and
+`spinenet diagnose` runs from the exported files with the same findings."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from spinenet.cli import main as cli_main
+from spinenet.pipeline.export import ATOL, RTOL
+from spinenet.pipeline.models import load_predictor, prepare_inputs
+from tests.test_diagnose import CLS_OVERRIDES, SEG_OVERRIDES, make_checkpoint
+
+pytest.importorskip("onnxruntime", reason="ONNX numeric checks need onnxruntime (pip install '.[onnx]')")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    ckpts = {"seg": make_checkpoint(root / "seg.ckpt", SEG_OVERRIDES),
+             "cls": make_checkpoint(root / "cls.ckpt", CLS_OVERRIDES)}
+    for key, ckpt in ckpts.items():
+        assert cli_main(["export", str(ckpt), "--out", str(root / f"{key}_export")]) == 0
+    return root, ckpts
+
+
+@pytest.mark.parametrize("key,name", [("seg", "segmenter"), ("cls", "classifier")])
+def test_exported_models_match_the_checkpoint(exported, key, name):
+    root, ckpts = exported
+    folder = root / f"{key}_export"
+    side = json.loads((folder / f"{name}.json").read_text())
+    assert side["format"] == "spinenet-export" and side["files"] == {"torchscript": f"{name}.pt",
+                                                                     "onnx": f"{name}.onnx"}
+    prep = side["preprocessing"]
+    assert prep["image_size"] == [64, 64] and prep["in_channels"] == 1
+    if key == "cls":
+        assert prep["classes"] == ["healthy", "L4-L5", "L5-S1"]
+        assert prep["crop"]["levels"] == ["L4-L5", "L5-S1"] and prep["crop"]["margin"] == 0.1
+        assert prep["crop"]["clahe"] == {"clip": 2.0, "tiles": [4, 4]}
+    else:
+        assert prep["classes"] == ["background", "disc", "vertebra", "canal"]
+    assert side["verification"]["onnx_checker"] == "passed"
+    ref = load_predictor(ckpts[key])
+    # structured images, not only the random inputs the export checked, at a batch size not traced
+    rng = np.random.default_rng(0)
+    images = [cv2.GaussianBlur(rng.random((64, 64)).astype(np.float32), (7, 7), 2) for _ in range(5)]
+    x, _ = prepare_inputs(images, ref.prep)
+    expected = ref(x)
+    for suffix in (".pt", ".onnx"):
+        got = load_predictor(folder / f"{name}{suffix}")(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    # the sidecar JSON opens the TorchScript file
+    assert load_predictor(folder / f"{name}.json").kind == "torchscript"
+
+
+def test_diagnose_runs_from_exported_files(exported, tmp_path):
+    from spinenet.data.phantom import generate_phantom
+
+    root, ckpts = exported
+    manifest = generate_phantom(tmp_path / "ph", view="sagittal", patients=2, seed=0, size=128,
+                                slices_per_patient=1)
+    images = manifest.parent / "images"
+    runs = {}
+    for tag, seg, cls in (
+        ("ckpt", ckpts["seg"], ckpts["cls"]),
+        ("onnx", root / "seg_export" / "segmenter.onnx", root / "cls_export" / "classifier.pt"),
+    ):
+        out = tmp_path / tag
+        assert cli_main(["diagnose", str(images), "--segmenter", str(seg), "--classifier", str(cls),
+                         "--out", str(out), "--batch-size", "2", "--no-progress"]) == 0
+        runs[tag] = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/findings.json")}
+    assert runs["ckpt"].keys() == runs["onnx"].keys() and len(runs["ckpt"]) == 2
+    for study, doc in runs["ckpt"].items():
+        other = runs["onnx"][study]
+        for a, b in zip(doc["images"], other["images"], strict=True):
+            assert [d["box"] for d in a["discs"]] == [d["box"] for d in b["discs"]]
+            for da, db in zip(a["discs"], b["discs"], strict=True):
+                if da["classified"]:
+                    assert da["class"] == db["class"]
+                    assert da["probability"] == pytest.approx(db["probability"], abs=1e-3)
