@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from spinenet.config import compose, config_dir, to_plain_dict
 
 EXPERIMENTS = sorted(
