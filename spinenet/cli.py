@@ -81,9 +81,12 @@ def _print_summary(metrics: dict) -> None:
     if metrics.get("best_checkpoint"):
         lines.append(f"checkpoint: {metrics['best_checkpoint']}")
     test = metrics.get("test") or {}
-    shown = {k: v for k, v in test.items() if k.startswith(("dice", "miou", "acc", "auroc", "balanced"))}
+    headline = ("dice_mean_fg", "miou", "miou_fg", "accuracy", "balanced_accuracy", "f1_macro", "auroc_macro")
+    shown = [f"{k}={test[k]:.4f}" for k in headline if isinstance(test.get(k), float)]
+    shown += [f"{k}={v:.4f}" for k, v in test.items() if k.startswith("dice_") and k not in headline
+              and "per_image" not in k and isinstance(v, float)]
     if shown:
-        lines.append("test:       " + ", ".join(f"{k}={v:.4f}" for k, v in list(shown.items())[:8]))
+        lines.append("test:       " + ", ".join(shown))
     if metrics.get("wandb_dir"):
         lines.append(f"W&B (offline): {metrics['wandb_dir']}  ->  wandb sync {metrics['wandb_dir']}/offline-run-*")
     print("\n".join(lines), flush=True)
@@ -196,6 +199,11 @@ def _module_main(module: str, attr: str = "main") -> Callable[[Sequence[str]], i
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "data": _data_command,
     "bench": _module_main("spinenet.bench", "main"),
+    "roi": _module_main("spinenet.roi", "main"),
+    "ensemble": _module_main("spinenet.ensemble.cli", "main"),
+    "report": _module_main("spinenet.report", "main"),
+    "diagnose": _module_main("spinenet.pipeline.diagnose", "main"),
+    "export": _module_main("spinenet.pipeline.export", "main"),
 }
 
 

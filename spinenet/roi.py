@@ -601,6 +601,307 @@ def crops_from_box_csv(
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------
+# phantom crops (the classification experiments' embedded data) and masks from a trained segmenter
+# ---------------------------------------------------------------------------------------------------------
+PHANTOM_CROP_OPTIONS = ("source", "size", "margin", "clahe", "levels", "square", "min_area", "upper_levels")
+_PHANTOM_META_KEYS = ("view", "patients", "seed", "size", "slices_per_patient")
+
+
+def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mapping[str, Any] | None) -> Path:
+    """Disc crops of a synthetic phantom, cropped with its ground-truth masks (``data.synthesize.crops``).
+
+    ``phantom``: :func:`~spinenet.data.phantom.generate_phantom` arguments (view, patients, seed, size,
+    slices_per_patient, class_balance). ``crops``: :func:`crop_dataset` options (size, margin, clahe, levels,
+    square, min_area, upper_levels) and ``source``, the phantom's folder (default ``<out_dir>_source``): it is
+    generated there unless it exists, so a segmentation experiment's phantom is reused. Returns ``out_dir``.
+    """
+    from spinenet.data.manifest import DatasetSpec
+    from spinenet.data.phantom import MASK_GRAY_STEP, classes_for, generate_phantom
+
+    crops = dict(crops or {})
+    phantom = {k: v for k, v in phantom.items() if k != "tag"}  # tag only names the folders
+    unknown = sorted(set(crops) - set(PHANTOM_CROP_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"data.synthesize.crops: unknown setting(s) {unknown}; valid: {', '.join(PHANTOM_CROP_OPTIONS)}"
+        )
+    view = str(phantom.get("view", "sagittal"))
+    out = Path(out_dir)
+    source = Path(crops.pop("source", None) or out.with_name(out.name + "_source"))
+    meta_path = source / "phantom.json"
+    if (source / "manifest.csv").is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        differ = {
+            k: (meta.get(k), phantom[k])
+            for k in _PHANTOM_META_KEYS
+            if k in phantom and meta.get(k) != phantom[k]
+        }
+        if differ:
+            raise DataError(
+                f"data.synthesize.crops.source {source} holds another phantom ({differ}: found, asked); "
+                "choose another source folder"
+            )
+    elif not (source / "manifest.csv").is_file():
+        log.info("generating the synthetic phantom in %s", source)
+        generate_phantom(source, **phantom)
+    spec = DatasetSpec(
+        root=source,
+        label_col=f"{view}_class",
+        mask_values=[MASK_GRAY_STEP * i for i in range(len(classes_for(view)))],
+        class_names=list(classes_for(view)),
+    )
+    if crops.get("size") is not None and not isinstance(crops["size"], int):
+        crops["size"] = list(crops["size"])
+    if crops.get("levels") is not None:
+        crops["levels"] = [str(v) for v in crops["levels"]]
+    # overwrite: only this module's own outputs of an interrupted earlier attempt are replaced
+    return crop_dataset(spec, out, view=view, mask_source="gt", overwrite=True, **crops)
+
+
+def segmenter_mask_source(checkpoint: str | Path, device: str = "cpu") -> tuple[MaskSource, list[str]]:
+    """A ``mask_source`` for :func:`crop_dataset` that predicts masks with a trained segmenter.
+
+    The checkpoint's own data settings are applied (channels, CLAHE, ``image_size``, ``resize_mode``); the
+    logits are mapped back onto the source image (undoing the padding of ``resize_mode=pad``) and upsampled
+    bilinearly before the arg-max. Returns the source and the segmenter's class names.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from spinenet.data.transforms import apply_clahe, build_transforms
+    from spinenet.tasks.evaluate import model_from_checkpoint
+
+    module, saved = model_from_checkpoint(checkpoint)
+    if saved.get("task", "segmentation") != "segmentation":
+        raise ConfigError(f"--segmenter {checkpoint}: a {saved.get('task')} checkpoint, not a segmenter")
+    module = module.to(device)
+    data = saved.data
+    size = tuple(int(v) for v in data.image_size)
+    in_channels, enhance = int(data.get("in_channels", 1)), data.get("clahe")
+    transform = build_transforms(size, train=False, resize_mode=data.get("resize_mode", "resize"))
+    class_names = [str(c) for c in data.dataset.get("class_names") or []]
+
+    def predict(image: np.ndarray, row: Mapping[str, Any]) -> np.ndarray:
+        img = np.asarray(image, np.float32)
+        if in_channels == 3 and img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=-1)
+        elif in_channels == 1 and img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        if enhance:
+            img = apply_clahe(img, **enhance)
+        h, w = img.shape[:2]
+        # a mask of ones marks where the image lands after resizing (and padding)
+        out = transform(image=img, mask=np.ones((h, w), np.uint8))
+        x = np.asarray(out["image"], np.float32)
+        x = x[None, None] if x.ndim == 2 else x.transpose(2, 0, 1)[None]
+        with torch.no_grad():
+            logits = module(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float()
+        ys, xs = np.nonzero(np.asarray(out["mask"]))
+        logits = logits[..., ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits.argmax(1)[0].cpu().numpy()
+
+    return predict, class_names
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `spinenet roi`
+# ---------------------------------------------------------------------------------------------------------
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="spinenet roi",
+        description="Crop every disc of a data set into a classification data set (images + manifest.csv), "
+        "from ground-truth masks, a trained segmenter's masks (--segmenter) or a bounding-box CSV (--boxes).",
+        epilog="examples:\n"
+        "  spinenet roi --data phantom_axial --root data/my_axial --out data/my_axial_crops\n"
+        "  spinenet roi --data spider_seg --segmenter outputs/.../epoch_012.ckpt --levels L4-L5,L5-S1 --out crops\n"
+        "  spinenet roi --boxes train.csv --images pngs/ --out crops",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
+    src = p.add_argument_group("source data set (masks or a segmenter)")
+    src.add_argument(
+        "--root", help="data set folder holding the manifest (default: the --data config's root)"
+    )
+    src.add_argument("--data", help="data config whose dataset block names the columns, e.g. phantom_axial")
+    src.add_argument("--manifest", help="manifest file name inside --root (default manifest.csv)")
+    src.add_argument("--image-col")
+    src.add_argument("--mask-col")
+    src.add_argument("--patient-col")
+    src.add_argument("--label-col", help="label column (box CSV: default label, else lesion_type)")
+    src.add_argument("--mask-values", help="gray value of each mask class, e.g. 0,85,170,255")
+    src.add_argument(
+        "--segmenter", metavar="CKPT", help="predict the masks with this segmentation checkpoint"
+    )
+    src.add_argument("--device", default="cpu", help="device for --segmenter (cpu, cuda, cuda:1)")
+    src.add_argument(
+        "--view",
+        choices=VIEWS,
+        help="sagittal: every disc, by level; axial: one crop per image "
+        "(default: the data config's view, else sagittal)",
+    )
+    src.add_argument("--levels", help="sagittal levels to keep, e.g. L4-L5,L5-S1 (default: all)")
+    src.add_argument(
+        "--disc-class",
+        type=int,
+        help="class id of the disc (default: 'disc' in the segmenter's or data config's class_names, else 1)",
+    )
+    src.add_argument("--min-area", type=int, default=20, help="smallest disc contour in pixels (default 20)")
+    box = p.add_argument_group("bounding-box CSV source (Al-Ajaj 2024)")
+    box.add_argument("--boxes", metavar="CSV", help="image_id, label, xmin, ymin, xmax, ymax")
+    box.add_argument("--images", help="folder of the images named by image_id (default: the CSV's folder)")
+    crop = p.add_argument_group("crop")
+    crop.add_argument("--size", default="64", help="crop size: 64 or HxW, e.g. 64x128 (default 64)")
+    crop.add_argument("--margin", type=float, default=None, help="box growth (default 0.10; box CSV: 0)")
+    crop.add_argument("--square", action="store_true", help="make boxes square before the margin")
+    crop.add_argument("--clahe-clip", type=float, default=2.0)
+    crop.add_argument("--clahe-tiles", type=int, default=4)
+    crop.add_argument("--no-clahe", action="store_true", help="skip the CLAHE enhancement")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier crops in --out")
+    return p
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in str(text).lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise ConfigError(f"--size: expected 64 or HxW such as 64x128, got {text!r}") from None
+    return _size_tuple(parts[0] if len(parts) == 1 else parts)
+
+
+def _source_spec(args) -> tuple[Any, str | None]:
+    """The data set to crop and its view, from --data and the column flags."""
+    fields: dict[str, Any] = {}
+    view = None
+    if args.data:
+        import os
+
+        from omegaconf import OmegaConf
+
+        from spinenet.config import compose
+
+        try:
+            cfg = compose("train", [f"data={args.data}"], output_dir=os.getcwd())
+        except Exception as exc:  # Hydra's "Could not find 'data/xyz'" lists the options
+            raise ConfigError(f"--data {args.data}: {exc}") from None
+        fields = OmegaConf.to_container(cfg.data.dataset, resolve=True)
+        synth = cfg.data.get("synthesize") or {}
+        view = synth.get("view")
+    if args.root:
+        fields["root"] = args.root
+    if not fields.get("root"):
+        raise ConfigError("spinenet roi: give --root (and --data or the column flags) or --boxes")
+    for key, value in (
+        ("manifest", args.manifest),
+        ("image_col", args.image_col),
+        ("mask_col", args.mask_col),
+        ("patient_col", args.patient_col),
+        ("label_col", args.label_col),
+    ):
+        if value is not None:
+            fields[key] = value
+    if args.mask_values:
+        try:
+            fields["mask_values"] = [int(v) for v in args.mask_values.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--mask-values: expected gray values like 0,85,170,255, got {args.mask_values!r}"
+            ) from None
+        if fields.get("class_names") and len(fields["class_names"]) != len(fields["mask_values"]):
+            fields["class_names"] = None
+    if not args.data and "mask_values" not in fields and not args.segmenter:
+        fields["mask_values"] = [0, 85, 170, 255]  # the phantom's convention
+    if args.segmenter:  # the masks come from the segmenter: the data set need not have any
+        fields["mask_col"] = None
+    return _spec(fields), view
+
+
+def _print_summary(out: Path) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [
+        f"roi written: {out}",
+        f"  source:  {summary['source']} ({summary['view']}, masks: {summary['mask_source']})",
+        f"  crops:   {summary['n_crops']} from {summary['n_images']} images, size {summary['size']}, "
+        f"margin {summary['margin']}, CLAHE {summary['clahe']}",
+    ]
+    if summary.get("label_counts"):
+        lines.append("  labels:  " + ", ".join(f"{k}={v}" for k, v in summary["label_counts"].items()))
+    missing = pd.read_csv(out / "missing.csv")
+    if len(missing):
+        lines.append(f"  no disc found in {len(missing)} image(s) (listed in {out / 'missing.csv'}):")
+        lines += [f"    {r.source_image}: {r.reason}" for r in missing.head(10).itertuples()]
+        if len(missing) > 10:
+            lines.append(f"    ... and {len(missing) - 10} more")
+    else:
+        lines.append("  no disc found in 0 images")
+    lines.append(f"  manifest: {out / 'manifest.csv'}")
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``spinenet roi``: write a classification data set of disc crops; prints a summary."""
+    args = _parser().parse_args(list(argv) if argv is not None else None)
+    from spinenet.tasks.train import ensure_torch_threads
+
+    ensure_torch_threads()
+    size = _parse_size(args.size)
+    clahe = (
+        None if args.no_clahe else {"clip": args.clahe_clip, "tiles": (args.clahe_tiles, args.clahe_tiles)}
+    )
+    if args.boxes:
+        if args.root or args.data or args.segmenter:
+            raise ConfigError(
+                "spinenet roi: --boxes is a source of its own; leave out --root, --data, --segmenter"
+            )
+        images = Path(args.images) if args.images else Path(args.boxes).parent
+        out = crops_from_box_csv(
+            args.boxes,
+            images,
+            args.out,
+            size=size,
+            margin=0.0 if args.margin is None else args.margin,
+            clahe=clahe,
+            label_col=args.label_col,
+            patient_col=args.patient_col,
+            overwrite=args.overwrite,
+        )
+        _print_summary(out)
+        return 0
+    spec, view = _source_spec(args)
+    view = args.view or view or "sagittal"
+    names = list(spec.class_names or [])
+    mask_source: str | MaskSource = "gt"
+    if args.segmenter:
+        mask_source, names = segmenter_mask_source(args.segmenter, args.device)
+    disc_class = args.disc_class
+    if disc_class is None:
+        disc_class = names.index("disc") if "disc" in names else 1
+    levels = [v.strip() for v in args.levels.split(",") if v.strip()] if args.levels else None
+    out = crop_dataset(
+        spec,
+        args.out,
+        view=view,
+        size=size,
+        margin=0.10 if args.margin is None else args.margin,
+        clahe=clahe,
+        mask_source=mask_source,
+        disc_class=disc_class,
+        min_area=args.min_area,
+        levels=levels,
+        square=args.square,
+        overwrite=args.overwrite,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    if args.segmenter:  # name the checkpoint: "segmenter" alone does not say which
+        summary["segmenter"] = str(Path(args.segmenter).resolve())
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _print_summary(out)
+    return 0
+
+
 __all__ = [
     "BOX_COLUMNS",
     "Box",
@@ -613,5 +914,8 @@ __all__ = [
     "disc_boxes",
     "enlarge_box",
     "level_names",
+    "main",
+    "phantom_crops",
+    "segmenter_mask_source",
     "square_box",
 ]

@@ -204,7 +204,10 @@ class ClassificationMetrics(Metric):
         self.target.append(target.detach().long().reshape(-1))
 
     def compute(self) -> dict[str, Any]:
-        if not self.probs:
+        # after a DDP sync the list states are already concatenated into one tensor
+        if (isinstance(self.probs, list) and not self.probs) or (
+            isinstance(self.probs, torch.Tensor) and self.probs.numel() == 0
+        ):
             raise DataError("no predictions were collected: the data split is empty")
         probs, target = dim_zero_cat(self.probs), dim_zero_cat(self.target)
         return classification_report(target.cpu(), probs.cpu(), self.class_names, self.num_classes)
