@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from spinenet.cli import main as cli_main
-from spinenet.errors import ConfigError
+from spinenet.errors import ConfigError, DataError
 from spinenet.metrics.classification import compute_class_weights
 from spinenet.tasks.common import build_module
 from spinenet.tasks.train import train
@@ -120,13 +120,12 @@ def test_spider_experiment_runs(experiment, compose_cfg):
     assert "agg_auroc" in on_disk["test"]
 
 
-@pytest.mark.xfail(reason="aggregate_by is unfinished (issue 4): fails on some runs", strict=False)
-def test_predictions_of_one_case_are_averaged(cls_data_dir, compose_cfg):
+def test_predictions_of_one_case_are_averaged(compose_cfg, tmp_path):
     """aggregate_by: the two slices of a phantom disc are one case; the mean of their predictions is scored."""
     cfg = compose_cfg(
         [
             "experiment=cls/sustersic2022_sagittal",
-            *tiny_cls_overrides(cls_data_dir),
+            *tiny_cls_overrides(tmp_path / "data"),  # its own phantom: 2 slices per patient
             "data.synthesize.slices_per_patient=2",
             "data.batch_size=64",
             "model.aggregate_by=[patient_id,level]",
@@ -222,7 +221,7 @@ def test_class_weights_from_config(cls_data_dir, compose_cfg):
         )
 
 
-def test_bad_crop_settings_are_named(cls_data_dir, compose_cfg):
+def test_bad_crop_settings_are_named(cls_data_dir, compose_cfg, tmp_path):
     cfg = compose_cfg(
         [
             "experiment=cls/sustersic2022_axial",
@@ -232,6 +231,24 @@ def test_bad_crop_settings_are_named(cls_data_dir, compose_cfg):
         ]
     )
     with pytest.raises(ConfigError, match=r"data.synthesize.crops: unknown setting\(s\) \['padding'\]"):
+        train(cfg)
+    # a source folder that holds a phantom made with other settings is refused, never silently cropped
+    from spinenet.data.phantom import generate_phantom
+
+    data = tmp_path / "data"
+    generate_phantom(
+        data / "phantom_axial_p3_s64_seed0", view="axial", patients=3, size=64, slices_per_patient=1
+    )
+    cfg = compose_cfg(
+        [
+            "experiment=cls/sustersic2022_axial",
+            *tiny_cls_overrides(data),
+            "data.synthesize.patients=3",
+            "data.synthesize.slices_per_patient=2",
+        ],
+        output_dir=tmp_path / "run2",
+    )
+    with pytest.raises(DataError, match=r"holds another phantom .*slices_per_patient.*\(1, 2\)"):
         train(cfg)
 
 
