@@ -4,6 +4,7 @@
     spinenet eval ckpt_path=... [overrides]  per-class metrics of a checkpoint on any data set
     spinenet data synth|check|import ...   make, check or import data sets
     spinenet bench data|train|ensemble|...  benchmarks that print their figures
+    spinenet diagnose ... / findings-eval ...  per-level findings of scans; their scores against gradings
 
 ``train`` and ``eval`` take Hydra overrides, ``-m`` for sweeps, ``--config-dir DIR`` to add a config
 folder of your own, ``--cfg job`` to print the config; the others take ordinary flags (``--help``).
@@ -203,6 +204,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "ensemble": _module_main("spinenet.ensemble.cli", "main"),
     "report": _module_main("spinenet.report", "main"),
     "diagnose": _module_main("spinenet.pipeline.diagnose", "main"),
+    "findings-eval": _module_main("spinenet.pipeline.evaluate", "main"),
     "export": _module_main("spinenet.pipeline.export", "main"),
 }
 

@@ -6,7 +6,9 @@ level is herniated, the axial classifier says *what kind* and *which side*):
 1. **Slices -> level.** Several slices of one view may show the same level (a sagittal series, several axial
    cuts). Per view and level the slice with the highest herniation probability speaks for the level
    (herniation is visible on few slices; averaging would dilute it). Herniation probability: sagittal
-   ``1 - p(healthy)``; axial ``p(central) + p(left) + p(right)`` (a bulge is not a herniation).
+   ``1 - p(negative)``, the negative label being ``healthy`` (phantom, Šušteršič) or ``0`` (0/1 gradings
+   such as SPIDER's ``disc_herniation``); axial ``p(central) + p(left) + p(right)`` (a bulge is not a
+   herniation).
 2. **Axial level.** An axial slice's level comes from the input (``--level-col``). An axial finding without a
    level is given the sagittal level when exactly one sagittal level is herniated (the paper's use: sagittal
    finds the level, axial types it); otherwise it is reported at level ``unknown``.
@@ -28,17 +30,20 @@ from spinenet.roi import LUMBAR_LEVELS, THORACIC_LEVELS
 
 HERNIATION_SIDES = ("central", "left", "right")
 UNKNOWN_LEVEL = "unknown"
+# sagittal labels meaning "no herniation": named classes (healthy / L4-L5 / L5-S1) or a 0/1 grading
+NEGATIVE_LABELS = ("healthy", "0")
 
 
 def herniation_probability(view: str, probabilities: Mapping[str, float]) -> float:
-    """Sagittal: 1 - p(healthy); axial: p(central) + p(left) + p(right)."""
+    """Sagittal: 1 - p(healthy), or 1 - p("0") for a 0/1 classifier; axial: p(central) + p(left) + p(right)."""
     if view == "axial":
         return float(sum(probabilities.get(s, 0.0) for s in HERNIATION_SIDES))
-    return float(1.0 - probabilities.get("healthy", 0.0))
+    negative = next((n for n in NEGATIVE_LABELS if n in probabilities), NEGATIVE_LABELS[0])
+    return float(1.0 - probabilities.get(negative, 0.0))
 
 
 def is_herniated(view: str, label: str) -> bool:
-    return label in HERNIATION_SIDES if view == "axial" else label != "healthy"
+    return label in HERNIATION_SIDES if view == "axial" else str(label) not in NEGATIVE_LABELS
 
 
 def _level_order(level: str) -> tuple[int, str]:

@@ -1,0 +1,486 @@
+"""``spinenet findings-eval``: ``spinenet diagnose`` findings against per-level herniation gradings.
+
+Reads every ``<study>/findings.json`` under a ``spinenet diagnose --out`` folder and a truth manifest with
+one row per patient and a 0/1 column per level (SPIDER ``midsag_t2/manifest.csv``: ``herniation_L4L5``,
+``herniation_L5S1``), matches each study to its patient (``diagnose --study-col patient_id`` names studies
+after the patient), drops every patient in the train or val split of any ``--exclude-splits`` file (the
+splits.json of the runs that trained the segmenter and the classifier), and scores:
+
+- **per level and pooled** (both levels of every patient together): TP/FN/TN/FP, sensitivity and specificity
+  with Wilson 95% intervals, and AUROC of the herniation probability (where both classes occur) with a
+  patient-level bootstrap 95% interval;
+- **image level, 4-way** (with exactly two levels: healthy / first level / second level / both): agreement
+  with its Wilson 95% interval and the 4x4 confusion matrix (rows truth, columns prediction).
+
+Calls per level: the view's finding at that level (``findings.<view>``, one per level, see
+:mod:`spinenet.pipeline.combine`); herniated per :func:`~spinenet.pipeline.combine.is_herniated` of its
+class; the probability per :func:`~spinenet.pipeline.combine.herniation_probability` of its stored class
+probabilities (recomputed, so findings written before 0/1 classifiers were understood score correctly).
+A level without a finding (the segmenter found no disc there) is **not found**: counted per level by truth,
+and treated as negative (no herniation, probability 0) in the headline numbers; ``found_only`` gives the
+metrics without those levels.
+
+The pooled intervals treat the two levels of a patient as independent (Wilson); the AUROC bootstrap
+resamples patients, so it keeps them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spinenet.errors import ConfigError, DataError
+from spinenet.pipeline.combine import best_per_level, herniation_probability, is_herniated
+
+FORMAT = "spinenet-findings-eval"
+VERSION = 1
+EVAL_VIEWS = ("sagittal", "axial", "combined")  # findings.<view> of a findings.json
+DEFAULT_LEVELS = ("L4-L5=herniation_L4L5", "L5-S1=herniation_L5S1")
+DEFAULT_CLASS_COL = "sagittal_class"
+HEALTHY, BOTH = "healthy", "both"
+Z95 = 1.959963984540054
+NOT_FOUND_POLICY = (
+    "a level the pipeline did not find (no classified disc at that level) is reported under 'not_found' and "
+    "treated as negative (no herniation, herniation probability 0) in the headline numbers; 'found_only' "
+    "scores the found levels alone"
+)
+CI_METHOD = (
+    "sensitivity, specificity, agreement: Wilson score 95% (pooled: the levels of a patient counted as "
+    "independent); AUROC: patient-level bootstrap, percentile 95%"
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------------------
+def wilson(k: int, n: int, z: float = Z95) -> list[float] | None:
+    """Wilson score interval of ``k`` successes in ``n`` trials (None when ``n == 0``)."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def _auroc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC of each row of ``y`` (0/1) and ``p`` (ties count half); NaN where a class is absent."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(p, axis=1)
+    n1 = y.sum(axis=1)
+    n0 = y.shape[1] - n1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = ((ranks * y).sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
+
+
+def auroc(y: Sequence[int], p: Sequence[float]) -> float | None:
+    """AUROC of scores ``p`` for 0/1 labels ``y``; None unless both classes occur."""
+    y_arr, p_arr = np.asarray(y, np.float64)[None], np.asarray(p, np.float64)[None]
+    if y_arr.size == 0:
+        return None
+    value = float(_auroc_rows(y_arr, p_arr)[0])
+    return None if math.isnan(value) else round(value, 4)
+
+
+def bootstrap_auroc(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float] | None:
+    """Percentile 95% interval of the AUROC, resampling rows (patients) of ``y``/``p`` (patients x levels)."""
+    if y.size == 0 or y.min() == y.max():
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    yb = y[idx].reshape(n_boot, -1)
+    pb = p[idx].reshape(n_boot, -1)
+    auc = _auroc_rows(yb, pb)
+    auc = auc[~np.isnan(auc)]
+    if auc.size < n_boot // 2:  # most resamples lack a class: no interval worth showing
+        return None
+    lo, hi = np.percentile(auc, [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
+def binary_metrics(y: np.ndarray, call: np.ndarray, p: np.ndarray, bootstrap: int = 2000) -> dict[str, Any]:
+    """TP/FN/TN/FP, sensitivity, specificity (Wilson 95%) and AUROC (bootstrap 95%) of 0/1 ``y`` and
+    ``call`` and probabilities ``p``, all shaped (patients, levels)."""
+    y, call = y.astype(bool), call.astype(bool)
+    tp, fn = int((y & call).sum()), int((y & ~call).sum())
+    tn, fp = int((~y & ~call).sum()), int((~y & call).sum())
+    pos, neg = tp + fn, tn + fp
+    return {
+        "n": pos + neg, "positives": pos, "negatives": neg, "tp": tp, "fn": fn, "tn": tn, "fp": fp,
+        "sensitivity": round(tp / pos, 4) if pos else None, "sensitivity_ci95": wilson(tp, pos),
+        "specificity": round(tn / neg, 4) if neg else None, "specificity_ci95": wilson(tn, neg),
+        "auroc": auroc(y.ravel().astype(int), p.ravel()),
+        "auroc_ci95": bootstrap_auroc(y.astype(np.float64), p, bootstrap) if bootstrap else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------------------
+def parse_levels(values: Sequence[str]) -> dict[str, str]:
+    """``["L4-L5=herniation_L4L5", ...]`` -> ``{"L4-L5": "herniation_L4L5", ...}`` (order kept)."""
+    out: dict[str, str] = {}
+    for value in values:
+        level, sep, col = value.partition("=")
+        if not sep or not level.strip() or not col.strip():
+            raise ConfigError(f"--level {value!r}: expected LEVEL=COLUMN, e.g. L4-L5=herniation_L4L5")
+        if level.strip() in out:
+            raise ConfigError(f"--level {level.strip()} given twice")
+        out[level.strip()] = col.strip()
+    if not out:
+        raise ConfigError("--level: name at least one LEVEL=COLUMN")
+    return out
+
+
+def expected_class(flags: Mapping[str, int]) -> str:
+    """The image-level class of per-level 0/1 flags: healthy, the one herniated level, or both."""
+    positive = [lv for lv, v in flags.items() if v]
+    return HEALTHY if not positive else positive[0] if len(positive) == 1 else BOTH
+
+
+def load_truth(
+    path: str | Path, patient_col: str, levels: Mapping[str, str], class_col: str | None = DEFAULT_CLASS_COL,
+    class_col_required: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Per patient id: ``{level: 0/1}``. ``DataError`` naming the file and column for a missing column, a
+    value other than 0/1, a patient whose rows disagree, or a ``class_col`` value the levels contradict."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--truth {path}: not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"--truth {path}: cannot read it as CSV: {e}") from e
+    need = [patient_col, *levels.values()] + ([class_col] if class_col and class_col_required else [])
+    absent = [c for c in need if c not in df.columns]
+    if absent:
+        raise DataError(
+            f"truth manifest {path}: missing column(s) {', '.join(repr(c) for c in absent)}; its columns are: "
+            f"{', '.join(df.columns)} (choose them with --patient-col, --level LEVEL=COLUMN, --class-col)"
+        )
+    check_class = class_col if class_col and class_col in df.columns else None
+    truth: dict[str, dict[str, int]] = {}
+    problems: list[str] = []
+    for i, row in enumerate(df.to_dict("records")):
+        line = i + 2
+        pid = str(row[patient_col]).strip()
+        if not pid:
+            problems.append(f"line {line}: empty {patient_col!r}")
+            continue
+        flags: dict[str, int] = {}
+        for level, col in levels.items():
+            value = str(row[col]).strip()
+            if value not in ("0", "1"):
+                problems.append(f"line {line}: {col} = {value!r} (expected 0 or 1)")
+                continue
+            flags[level] = int(value)
+        if len(flags) != len(levels):
+            continue
+        if check_class and len(levels) == 2 and row[check_class].strip() != expected_class(flags):
+            problems.append(f"line {line}: {check_class} = {row[check_class]!r} but "
+                            + ", ".join(f"{levels[lv]} = {v}" for lv, v in flags.items())
+                            + f" (expected {expected_class(flags)!r})")
+            continue
+        if pid in truth and truth[pid] != flags:
+            problems.append(f"line {line}: patient {pid!r} has other gradings than on an earlier line")
+            continue
+        truth[pid] = flags
+    if problems:
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(f"truth manifest {path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:10])
+                        + more)
+    if not truth:
+        raise DataError(f"truth manifest {path}: no rows")
+    return truth
+
+
+def load_exclusions(files: Sequence[str | Path]) -> tuple[dict[str, list[str]], list[str]]:
+    """Patients in the train or val split of any splits file (a run folder means its ``splits.json``):
+    ``{patient: [file, ...]}`` and the files read."""
+    from spinenet.data.splits import load_splits
+
+    where: dict[str, list[str]] = {}
+    read = []
+    for f in files:
+        path = Path(f)
+        if path.is_dir():
+            path = path / "splits.json"
+        splits = load_splits(path)  # DataError naming the file when it is absent or not a splits file
+        read.append(str(path))
+        for name in ("train", "val"):
+            for pid in splits[name]:
+                where.setdefault(str(pid), [])
+                if str(path) not in where[str(pid)]:
+                    where[str(pid)].append(str(path))
+    return where, read
+
+
+def load_findings(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Every ``<study>/findings.json`` under a ``spinenet diagnose`` output folder, by study name."""
+    from spinenet.pipeline.diagnose import FINDINGS_FORMAT
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--findings {folder}: not a folder (give the --out folder of spinenet diagnose)")
+    docs: dict[str, dict[str, Any]] = {}
+    for f in sorted(folder.glob("*/findings.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read {f}: {e}") from e
+        if not isinstance(doc, dict) or doc.get("format") != FINDINGS_FORMAT:
+            raise DataError(f'{f} is not a spinenet diagnose findings file (no "format": "{FINDINGS_FORMAT}")')
+        docs[str(doc.get("study") or f.parent.name)] = doc
+    if not docs:
+        raise DataError(f"--findings {folder}: no <study>/findings.json in it; run spinenet diagnose --out "
+                        f"{folder} first")
+    return docs
+
+
+def level_calls(doc: Mapping[str, Any], view: str, levels: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """Per level: ``{"herniated", "p_herniation", "class"}`` of the study's finding at that level in
+    ``view`` (sagittal, axial or combined), or None when the level was not found."""
+    entries = (doc.get("findings") or {}).get(view) or []
+    found: dict[str, dict[str, Any]] = {}
+    if view == "combined":
+        for e in entries:
+            briefs = [e[v] for v in ("sagittal", "axial") if e.get(v)]
+            p = [float(b["p_herniation"]) for b in briefs if "p_herniation" in b]
+            found[e["level"]] = {"herniated": e["finding"] == "herniation", "class": e["finding"],
+                                 "p_herniation": round(sum(p) / len(p), 4) if p else
+                                 float(e["finding"] == "herniation")}
+    else:
+        rows = []
+        for e in entries:
+            probs = e.get("probabilities")
+            p = herniation_probability(view, probs) if probs else float(e.get("p_herniation", 0.0))
+            rows.append({"level": e.get("level"), "class": e["class"], "p_herniation": round(p, 4),
+                         "herniated": is_herniated(view, e["class"])})
+        found = best_per_level(rows)
+    return {lv: ({k: found[lv][k] for k in ("herniated", "p_herniation", "class")} if lv in found else None)
+            for lv in levels}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------------------
+def _safe(text: str) -> str:
+    from spinenet.pipeline.diagnose import _safe as safe
+
+    return safe(text)
+
+
+def match_studies(studies: Sequence[str], patients: Sequence[str], findings: Path, truth: Path,
+                  patient_col: str) -> dict[str, str]:
+    """Study name -> patient id: equal, or equal once the id is made file-name safe (as diagnose does)."""
+    exact = set(patients)
+    safe: dict[str, str] = {}
+    for pid in patients:
+        safe.setdefault(_safe(pid), pid)
+    out, unmatched = {}, []
+    for s in studies:
+        pid = s if s in exact else safe.get(s)
+        if pid is None:
+            unmatched.append(s)
+        else:
+            out[s] = pid
+    if unmatched:
+        shown = ", ".join(repr(s) for s in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
+        raise DataError(
+            f"{findings}: {len(unmatched)} of {len(studies)} stud(y/ies) match no {patient_col!r} of truth "
+            f"manifest {truth}: {shown}; studies are named after diagnose's --study-col (run spinenet diagnose "
+            f"--manifest ... --study-col {patient_col}), otherwise after the image file"
+        )
+    twice: dict[str, list[str]] = {}
+    for s, pid in out.items():
+        twice.setdefault(pid, []).append(s)
+    clash = {p: s for p, s in twice.items() if len(s) > 1}
+    if clash:
+        raise DataError(f"{findings}: several studies match one patient: "
+                        + "; ".join(f"{p!r}: {s}" for p, s in list(clash.items())[:10]))
+    return out
+
+
+def evaluate_findings(
+    findings: str | Path,
+    truth: str | Path,
+    exclude_splits: Sequence[str | Path] = (),
+    patient_col: str = "patient_id",
+    levels: Mapping[str, str] | None = None,
+    class_col: str | None = None,
+    view: str = "sagittal",
+    bootstrap: int = 2000,
+) -> dict[str, Any]:
+    """Score the findings under ``findings`` against ``truth``; returns the eval.json document."""
+    if view not in EVAL_VIEWS:
+        raise ConfigError(f"--view: choose one of {', '.join(EVAL_VIEWS)}, got {view!r}")
+    levels = dict(levels) if levels is not None else parse_levels(DEFAULT_LEVELS)
+    findings, truth = Path(findings), Path(truth)
+    gradings = load_truth(truth, patient_col, levels, class_col or DEFAULT_CLASS_COL,
+                          class_col_required=class_col is not None)
+    docs = load_findings(findings)
+    study_of = {pid: s for s, pid in match_studies(list(docs), list(gradings), findings, truth,
+                                                   patient_col).items()}
+    excluded_where, split_files = load_exclusions(exclude_splits)
+
+    diagnosed = sorted(study_of)
+    excluded = [p for p in diagnosed if p in excluded_where]
+    evaluated = [p for p in diagnosed if p not in excluded_where]
+    if not evaluated:
+        raise DataError(f"no patient left to evaluate: {len(diagnosed)} diagnosed, {len(excluded)} of them in "
+                        f"a train/val split of {', '.join(split_files) or '(no splits file)'}")
+    names = list(levels)
+    y = np.array([[gradings[p][lv] for lv in names] for p in evaluated], np.int64)
+    calls = [level_calls(docs[study_of[p]], view, names) for p in evaluated]
+    found = np.array([[c[lv] is not None for lv in names] for c in calls], bool)
+    pred = np.array([[bool(c[lv] and c[lv]["herniated"]) for lv in names] for c in calls], np.int64)
+    prob = np.array([[c[lv]["p_herniation"] if c[lv] else 0.0 for lv in names] for c in calls], np.float64)
+
+    per_level = {}
+    for j, lv in enumerate(names):
+        m = binary_metrics(y[:, j : j + 1], pred[:, j : j + 1], prob[:, j : j + 1], bootstrap)
+        nf = ~found[:, j]
+        m["not_found"] = {"total": int(nf.sum()), "positive": int((nf & (y[:, j] == 1)).sum()),
+                          "negative": int((nf & (y[:, j] == 0)).sum())}
+        keep = found[:, j]
+        m["found_only"] = binary_metrics(y[keep, j : j + 1], pred[keep, j : j + 1], prob[keep, j : j + 1], 0)
+        per_level[lv] = {"truth_column": levels[lv], **m}
+    pooled = binary_metrics(y, pred, prob, bootstrap)
+    pooled["not_found"] = {"total": int((~found).sum()), "positive": int((~found & (y == 1)).sum()),
+                           "negative": int((~found & (y == 0)).sum())}
+    pooled["found_only"] = binary_metrics(y[found][:, None], pred[found][:, None], prob[found][:, None], 0)
+
+    four_way = None
+    if len(names) == 2:
+        classes = [HEALTHY, names[0], names[1], BOTH]
+        t = [expected_class(dict(zip(names, row, strict=True))) for row in y]
+        q = [expected_class(dict(zip(names, row, strict=True))) for row in pred]
+        matrix = np.zeros((4, 4), np.int64)
+        for a, b in zip(t, q, strict=True):
+            matrix[classes.index(a), classes.index(b)] += 1
+        correct = int(np.trace(matrix))
+        four_way = {"classes": classes, "n": len(t), "correct": correct,
+                    "agreement": round(correct / len(t), 4), "agreement_ci95": wilson(correct, len(t)),
+                    "confusion": matrix.tolist(), "confusion_axes": "rows: truth, columns: prediction"}
+
+    per_patient = []
+    for p, c, row in zip(evaluated, calls, y, strict=True):
+        per_patient.append({
+            "patient": p, "study": study_of[p],
+            "truth": dict(zip(names, (int(v) for v in row), strict=True)),
+            "call": {lv: (None if c[lv] is None else int(c[lv]["herniated"])) for lv in names},
+            "p_herniation": {lv: (None if c[lv] is None else c[lv]["p_herniation"]) for lv in names},
+        })
+    models = next((d.get("models") for d in docs.values() if d.get("models")), None)
+    not_diagnosed = sorted(p for p in gradings if p not in study_of and p not in excluded_where)
+    return {
+        "format": FORMAT, "version": VERSION, "findings": str(findings), "truth": str(truth), "view": view,
+        "levels": levels, "models": models,
+        "patients": {
+            "truth": len(gradings), "diagnosed": len(diagnosed), "excluded": len(excluded),
+            "evaluated": len(evaluated),
+            "excluded_by_file": {f: sum(1 for p in excluded if f in excluded_where[p]) for f in split_files},
+            "excluded_patients": excluded,
+            "not_diagnosed": len(not_diagnosed), "not_diagnosed_patients": not_diagnosed,
+        },
+        "exclusion": "patients in the train or val split of any --exclude-splits file are not evaluated",
+        "not_found_policy": NOT_FOUND_POLICY, "ci_method": CI_METHOD,
+        "per_level": per_level, "pooled": pooled, "four_way": four_way, "per_patient": per_patient,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------------------
+def _rate(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{value:.3f}"
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    pt = result["patients"]
+    lines = [
+        f"findings-eval ({result['view']}): {pt['evaluated']} patients evaluated; {pt['excluded']} excluded "
+        f"(train/val of {len(pt['excluded_by_file'])} splits file(s)); {pt['not_diagnosed']} other patient(s) of "
+        f"the truth not diagnosed",
+        "",
+        f"{'level':<8} {'n':>4} {'TP':>4} {'FN':>4} {'TN':>4} {'FP':>4}  {'sensitivity (95% CI)':<22} "
+        f"{'specificity (95% CI)':<22} {'AUROC (95% CI)':<22} {'not found':>9}",
+    ]
+    rows = [*result["per_level"].items(), ("pooled", result["pooled"])]
+    for name, m in rows:
+        lines.append(
+            f"{name:<8} {m['n']:>4} {m['tp']:>4} {m['fn']:>4} {m['tn']:>4} {m['fp']:>4}  "
+            f"{_rate(m['sensitivity'], m['sensitivity_ci95']):<22} "
+            f"{_rate(m['specificity'], m['specificity_ci95']):<22} "
+            f"{_rate(m['auroc'], m['auroc_ci95']):<22} {m['not_found']['total']:>9}"
+        )
+    fw = result.get("four_way")
+    if fw:
+        lines += ["", f"4-way agreement: {_rate(fw['agreement'], fw['agreement_ci95'])}, "
+                      f"{fw['correct']}/{fw['n']} (rows truth, columns prediction)"]
+        width = max(len(c) for c in fw["classes"]) + 2
+        lines.append(" " * width + "".join(f"{c:>{width}}" for c in fw["classes"]))
+        for c, row in zip(fw["classes"], fw["confusion"], strict=True):
+            lines.append(f"{c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+    lines += ["", "Levels not found count as negative (no herniation, p=0); see 'found_only' in the JSON."]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spinenet findings-eval",
+        description="Score spinenet diagnose findings against per-level herniation gradings: per-level and "
+        "pooled sensitivity / specificity / AUROC and the image-level 4-way agreement, with 95%% intervals.",
+        epilog="example (SPIDER mid-sagittal slices):\n"
+        "  spinenet diagnose --manifest spider/midsag_t2/manifest.csv --study-col patient_id \\\n"
+        "      --segmenter seg.ckpt --classifier cls.ckpt --out midsag_findings\n"
+        "  spinenet findings-eval --findings midsag_findings --truth spider/midsag_t2/manifest.csv \\\n"
+        "      --exclude-splits SEG_RUN/splits.json CLS_RUN/splits.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--findings", required=True, help="the --out folder of spinenet diagnose")
+    p.add_argument("--truth", required=True, help="CSV with a patient column and a 0/1 column per level")
+    p.add_argument("--exclude-splits", nargs="+", default=[], metavar="SPLITS",
+                   help="splits.json files (or run folders holding one): their train and val patients are "
+                   "not evaluated")
+    p.add_argument("--out", help="JSON to write (default: <findings>/eval.json)")
+    p.add_argument("--patient-col", default="patient_id")
+    p.add_argument("--level", action="append", metavar="LEVEL=COLUMN",
+                   help=f"a level and its 0/1 truth column (repeatable; default {' '.join(DEFAULT_LEVELS)})")
+    p.add_argument("--class-col", help=f"image-level class column checked against the level columns "
+                   f"(healthy / LEVEL / both; default {DEFAULT_CLASS_COL} when present)")
+    p.add_argument("--view", choices=EVAL_VIEWS, default="sagittal",
+                   help="which findings to score (default sagittal)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the AUROC interval "
+                   "(0: none)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    levels = parse_levels(args.level or DEFAULT_LEVELS)
+    result = evaluate_findings(args.findings, args.truth, args.exclude_splits, args.patient_col, levels,
+                               args.class_col, args.view, args.bootstrap)
+    out = Path(args.out) if args.out else Path(args.findings) / "eval.json"
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name the JSON file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(format_table(result))
+    print(f"\nevaluation written: {out}")
+    return 0
