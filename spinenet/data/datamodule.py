@@ -102,20 +102,22 @@ def _was_flipped(out: Mapping) -> bool:
 class EpochShuffleSampler(Sampler[int]):
     """Training order from (seed, epoch) only.
 
-    Lightning calls ``set_epoch`` before every epoch, also the first one after a resume (when it skips
-    ``on_train_epoch_start``), so this is where the epoch's RNGs are seeded: a run resumed from its last
-    checkpoint then replays exactly. Under DDP Lightning swaps in a DistributedSampler (seeded by epoch too)
-    and the ``EpochSeed`` callback seeds the rest.
+    Lightning calls ``set_epoch`` before every epoch (also the first one after a resume), so this is where the
+    epoch's RNGs are seeded; the ``EpochSeed`` callback seeds them again (per rank) in ``on_train_epoch_start``.
+    ``generator`` is the DataLoader's own generator (see ``SpineDataModule._loader``), reseeded here too.
+    Under DDP Lightning wraps this sampler in a ``DistributedSamplerWrapper``, which forwards ``set_epoch``.
     """
 
-    def __init__(self, dataset: _ImageSet, seed: int = 0):
-        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+    def __init__(self, dataset: _ImageSet, seed: int = 0, generator: torch.Generator | None = None):
+        self.dataset, self.seed, self.epoch, self.generator = dataset, int(seed), 0, generator
 
     def set_epoch(self, epoch: int) -> None:
         from spinenet.utils.callbacks import seed_everything_for_epoch
 
         self.epoch = self.dataset.epoch = int(epoch)
         seed_everything_for_epoch(self.seed, epoch)
+        if self.generator is not None:
+            self.generator.manual_seed(_epoch_seed(self.seed, epoch))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -123,6 +125,10 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % 2**63
 
 
 class SpineDataModule(L.LightningDataModule):
@@ -266,16 +272,37 @@ class SpineDataModule(L.LightningDataModule):
         if len(dataset) == 0:
             raise DataError(f"the {name} split of {self.spec.root} is empty")
         dataset.seed = self.seed
+        # Every iterator draws its workers' base seed when it is created: from this generator, never from the
+        # global torch RNG. Lightning creates the training iterator after EpochSeed's reseed in a straight run
+        # but before it on the first epoch after a resume (FitLoop.setup_data); a draw from the global RNG
+        # there shifted that epoch's dropout masks, and a resumed run no longer matched an uninterrupted one.
+        epoch = self._starting_epoch() if shuffle else 0
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        sampler = None
+        if shuffle:
+            # the epoch is set now too: on a resume the iterator (and its worker processes, which copy the
+            # data set) is made before Lightning calls set_epoch
+            sampler = EpochShuffleSampler(dataset, self.seed, generator)
+            sampler.epoch = dataset.epoch = epoch
         return DataLoader(
             dataset,
             batch_size=self.per_device_batch_size(),
-            sampler=EpochShuffleSampler(dataset, self.seed) if shuffle else None,
+            sampler=sampler,
+            generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             # workers must be re-created each epoch to see the dataset's new epoch (augmentation seeds)
             persistent_workers=False,
             drop_last=False,
         )
+
+    def _starting_epoch(self) -> int:
+        """The epoch the trainer is about to run (on a resume: the first one after the checkpoint)."""
+        loop = getattr(self.trainer, "fit_loop", None) if self.trainer is not None else None
+        try:
+            return int(loop.epoch_progress.current.processed)  # what Lightning passes to set_epoch
+        except AttributeError:
+            return 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

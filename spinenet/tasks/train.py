@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -83,6 +84,37 @@ def _share_config_with_ddp_workers(cfg: DictConfig, output_dir: Path) -> None:
         os.environ[DDP_CONFIG_ENV] = str(path)
 
 
+# What Lightning's DDP launcher writes into rank 0's own environment when it starts the other processes.
+_DDP_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_CONFIG_ENV)
+
+
+@contextlib.contextmanager
+def _restore_ddp_launch_env():
+    """Leave the environment as it was after a run that launched its own DDP processes.
+
+    Lightning (``strategy=ddp``) sets LOCAL_RANK, MASTER_PORT... in the launching process and never removes
+    them. In a Hydra multirun the next trial runs in the same process: with LOCAL_RANK set, Lightning takes the
+    processes as launched by someone else, starts no worker, and rank 0 waits for it forever. Where the
+    environment came with these values (torchrun, SLURM), nothing is touched.
+    """
+    if "LOCAL_RANK" in os.environ or is_ddp_worker():
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in _DDP_LAUNCH_ENV}
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # e.g. test=false: the next trial makes its own group
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def is_ddp_worker() -> bool:
     """True in the processes Lightning starts beside rank 0 (they inherit rank 0's run folder)."""
     return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
@@ -111,6 +143,11 @@ def _test_single_process(cfg: DictConfig, model, datamodule, ckpt: str | None, l
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as configured; returns the metrics that are also written to ``metrics.json``."""
+    with _restore_ddp_launch_env():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     output_dir, ckpt_path = _resolve_resume(cfg, output_dir)
@@ -133,7 +170,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # with logger=none there is nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra = {}
+    if cfg.trainer.get("sync_batchnorm") and not cfg.trainer.get("plugins"):
+        from spinenet.utils.syncbn import CpuSyncBatchNormPlugin, runs_on_cpu
+
+        if runs_on_cpu(cfg.trainer.get("accelerator")):  # torch's SyncBatchNorm is for GPUs only
+            extra["plugins"] = [CpuSyncBatchNormPlugin()]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     for logger in loggers:  # the config as a plain dict: readable in W&B and any other logger
         logger.log_hyperparams(model.run_config)
 

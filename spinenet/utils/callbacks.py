@@ -21,8 +21,10 @@ class EpochSeed(L.Callback):
         self.seed = int(seed)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning skips this hook for the first epoch after a resume; the training sampler
-        # (spinenet.data.datamodule.EpochShuffleSampler) reseeds then, through set_epoch
+        # Lightning skips this hook on a restart from a mid-epoch checkpoint; the training sampler
+        # (spinenet.data.datamodule.EpochShuffleSampler) reseeds then, through set_epoch. Nothing may draw from
+        # the global RNGs between here and the first batch that differs between a straight and a resumed run:
+        # the DataLoaders therefore draw their iterator seeds from their own generator (SpineDataModule._loader)
         seed_everything_for_epoch(self.seed, trainer.current_epoch, trainer.global_rank)
         datamodule = getattr(trainer, "datamodule", None)
         train_set = getattr(datamodule, "datasets", {}).get("train") if datamodule is not None else None
@@ -36,3 +38,52 @@ def seed_everything_for_epoch(seed: int, epoch: int, rank: int = 0) -> None:
     random.seed(epoch_seed)
     np.random.seed(epoch_seed)
     torch.manual_seed(epoch_seed)
+
+
+class PlateauResume(L.Callback):
+    """A resumed run makes the ``ReduceLROnPlateau`` step of the epoch its checkpoint ended.
+
+    Lightning steps plateau schedulers after ``on_train_epoch_end``, so after ``ModelCheckpoint``
+    (``save_on_train_epoch_end``) has written that epoch's checkpoint, and a run resumed from it skips the step
+    (the monitored value is not in the checkpoint): from then on its learning rate lags the uninterrupted
+    run's. This callback stores in the checkpoint the values that step would use, and makes it on resuming.
+    Other schedulers need nothing: Lightning steps them before validation, so before the checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+        self._at_epoch_end = False  # between on_train_epoch_end and Lightning's plateau step
+        self._pending: list[dict] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._at_epoch_end = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._at_epoch_end = True  # checkpoint callbacks run after this one
+
+    def state_dict(self) -> dict:
+        trainer, steps = self._trainer, []
+        if self._at_epoch_end and trainer is not None and trainer.lightning_module.automatic_optimization:
+            for index, config in enumerate(trainer.lr_scheduler_configs):
+                # the same conditions as Lightning's own step (fit loop, end of epoch)
+                if not config.reduce_on_plateau or config.interval != "epoch":
+                    continue
+                if (trainer.current_epoch + 1) % config.frequency:
+                    continue
+                value = trainer.callback_metrics.get(config.monitor)
+                if value is not None:
+                    steps.append({"index": index, "value": float(value)})
+        return {"plateau_steps": steps}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = list(state_dict.get("plateau_steps") or [])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        configs = trainer.lr_scheduler_configs
+        for step in pending or []:
+            if step["index"] < len(configs) and configs[step["index"]].reduce_on_plateau:
+                pl_module.lr_scheduler_step(configs[step["index"]].scheduler, step["value"])
