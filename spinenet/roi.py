@@ -110,14 +110,28 @@ def _edge(value: float, up: bool) -> int:
     return math.ceil(value) if up else math.floor(value)
 
 
-def enlarge_box(box: Box, margin: float = 0.10, image_shape: Sequence[int] | None = None) -> Box:
+def margin_pair(margin: float | Sequence[float]) -> tuple[float, float]:
+    """``margin`` as (width, height) growth: one number for both, or ``[width, height]``; checked >= 0."""
+    if isinstance(margin, int | float):
+        pair = (float(margin), float(margin))
+    else:
+        values = [float(v) for v in margin]
+        if len(values) != 2:
+            raise ConfigError(f"roi.margin must be a number or [width, height], got {list(margin)!r}")
+        pair = (values[0], values[1])
+    if min(pair) < 0:
+        raise ConfigError(f"roi.margin must be >= 0, got {margin}")
+    return pair
+
+
+def enlarge_box(box: Box, margin: float | Sequence[float] = 0.10, image_shape: Sequence[int] | None = None) -> Box:
     """Grow width and height by ``margin`` each (``margin/2`` per side), outwards to whole pixels, clipped.
 
-    ``image_shape`` is ``(H, W, ...)``; without it the box is not clipped.
+    ``margin`` is one number or ``[width, height]`` (e.g. third-party crops that show more above and below
+    the disc than beside it). ``image_shape`` is ``(H, W, ...)``; without it the box is not clipped.
     """
-    if margin < 0:
-        raise ConfigError(f"roi.margin must be >= 0, got {margin}")
-    dx, dy = margin * box.width / 2, margin * box.height / 2
+    mx, my = margin_pair(margin)
+    dx, dy = mx * box.width / 2, my * box.height / 2
     x0, y0 = _edge(box.x0 - dx, up=False), _edge(box.y0 - dy, up=False)
     x1, y1 = _edge(box.x1 + dx, up=True), _edge(box.y1 + dy, up=True)
     if image_shape is not None:
@@ -315,7 +329,7 @@ def crop_dataset(
     out_dir: str | Path,
     view: str = "sagittal",
     size: Sequence[int] | int = (64, 64),
-    margin: float = 0.10,
+    margin: float | Sequence[float] = 0.10,
     clahe: Mapping[str, Any] | None = DEFAULT_CLAHE,
     mask_source: str | MaskSource = "gt",
     disc_class: int = 1,
@@ -461,7 +475,7 @@ def crops_from_box_csv(
     image_root: str | Path,
     out_dir: str | Path,
     size: Sequence[int] | int = (64, 64),
-    margin: float = 0.0,
+    margin: float | Sequence[float] = 0.0,
     clahe: Mapping[str, Any] | None = DEFAULT_CLAHE,
     label_col: str | None = None,
     patient_col: str | None = None,
@@ -708,6 +722,11 @@ def segmenter_mask_source(checkpoint: str | Path, device: str = "cpu") -> tuple[
 # ---------------------------------------------------------------------------------------------------------
 # `spinenet roi`
 # ---------------------------------------------------------------------------------------------------------
+def _margin_arg(values: Sequence[float]) -> float | list[float]:
+    mx, my = margin_pair(values[0] if len(values) == 1 else values)
+    return mx if mx == my else [mx, my]
+
+
 def _parser():
     import argparse
 
@@ -755,7 +774,8 @@ def _parser():
     box.add_argument("--images", help="folder of the images named by image_id (default: the CSV's folder)")
     crop = p.add_argument_group("crop")
     crop.add_argument("--size", default="64", help="crop size: 64 or HxW, e.g. 64x128 (default 64)")
-    crop.add_argument("--margin", type=float, default=None, help="box growth (default 0.10; box CSV: 0)")
+    crop.add_argument("--margin", type=float, nargs="+", default=None,
+                      help="box growth: one number, or width and height (default 0.10; box CSV: 0)")
     crop.add_argument("--square", action="store_true", help="make boxes square before the margin")
     crop.add_argument("--clahe-clip", type=float, default=2.0)
     crop.add_argument("--clahe-tiles", type=int, default=4)
@@ -862,7 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images,
             args.out,
             size=size,
-            margin=0.0 if args.margin is None else args.margin,
+            margin=0.0 if args.margin is None else _margin_arg(args.margin),
             clahe=clahe,
             label_col=args.label_col,
             patient_col=args.patient_col,
@@ -885,7 +905,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out,
         view=view,
         size=size,
-        margin=0.10 if args.margin is None else args.margin,
+        margin=0.10 if args.margin is None else _margin_arg(args.margin),
         clahe=clahe,
         mask_source=mask_source,
         disc_class=disc_class,

@@ -271,3 +271,32 @@ def test_cli_rejects_a_classifier_as_segmenter(checkpoints, phantom_study, tmp_p
     rc = cli_main(["diagnose", str(tmp_path / "s.png"), "--segmenter", str(checkpoints["cls"]),
                    "--classifier", str(checkpoints["cls"]), "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 2
+
+
+def test_crop_recipe_of_third_party_crops_reaches_diagnosis():
+    """Crops made elsewhere (SPIDER's) have no summary.json: the data config's crop_recipe says how to crop."""
+    from omegaconf import OmegaConf
+
+    from spinenet.pipeline.models import preprocessing_from_config
+
+    saved = OmegaConf.create(
+        {
+            "task": "classification",
+            "data": {
+                "image_size": [48, 112],
+                "dataset": {"root": "/nonexistent/disc_crops", "label_names": ["0", "1"]},
+                "clahe": None,
+                "crop_recipe": {"margin": [0.05, 0.8], "clahe": None, "levels": ["L4-L5", "L5-S1"]},
+            },
+        }
+    )
+    crop = preprocessing_from_config(saved).crop
+    assert crop.margin == [0.05, 0.8] and crop.clahe is None and crop.size == [48, 112]
+    assert crop.levels == ["L4-L5", "L5-S1"] and crop.source == "data.crop_recipe"
+    saved.data.crop_recipe = {"margin": 0.1, "pad": 3}
+    with pytest.raises(ConfigError, match=r"data.crop_recipe: unknown key\(s\) \['pad'\]"):
+        preprocessing_from_config(saved)
+    # without a recipe or summary.json: the Šušteršič defaults (10 %, CLAHE 2.0 / 4x4)
+    del saved.data["crop_recipe"]
+    crop = preprocessing_from_config(saved).crop
+    assert crop.margin == 0.1 and crop.clahe == {"clip": 2.0, "tiles": [4, 4]} and crop.source == "default"

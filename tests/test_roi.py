@@ -45,6 +45,17 @@ def test_box_of_a_rectangle_with_margin_and_edge_clipping():
     assert crop.shape == (32, 48) and crop.dtype == np.uint8 and int(crop[0, 0]) == 128
 
 
+def test_margin_per_axis_and_its_errors():
+    box = Box(10, 20, 50, 40, 800, 29.5, 29.5)  # 40 wide, 20 high
+    # width +10 % (2 px per side), height +100 % (10 px per side): crops that show the endplates around a disc
+    assert enlarge_box(box, [0.10, 1.0]).as_tuple() == (8, 10, 52, 50)
+    assert enlarge_box(box, (0.10, 0.10)).as_tuple() == enlarge_box(box, 0.10).as_tuple()
+    with pytest.raises(ConfigError, match=r"roi.margin must be >= 0"):
+        enlarge_box(box, [0.1, -0.2])
+    with pytest.raises(ConfigError, match=r"number or \[width, height\]"):
+        enlarge_box(box, [0.1, 0.2, 0.3])
+
+
 def test_small_specks_are_dropped_and_thin_discs_kept():
     mask = np.zeros((40, 40), np.int64)
     mask[5:8, 5:8] = 1  # 9-pixel speck

@@ -39,7 +39,7 @@ class CropSettings:
     """How a classifier's training crops were made (``spinenet roi`` / ``data.synthesize.crops``)."""
 
     size: list[int]
-    margin: float = DEFAULT_MARGIN
+    margin: float | list[float] = DEFAULT_MARGIN  # one number, or [width, height]
     clahe: dict[str, Any] | None = field(default_factory=lambda: {"clip": 2.0, "tiles": [4, 4]})
     square: bool = False
     levels: list[str] | None = None
@@ -78,20 +78,41 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _margin(value: Any) -> float | list[float]:
+    from spinenet.roi import margin_pair
+
+    mx, my = margin_pair(value)
+    return mx if mx == my else [mx, my]
+
+
 def _crop_settings(data: Any, image_size: list[int]) -> CropSettings:
-    """The crop recipe of a classifier's training data: the phantom's crop config, else the crop set's
-    ``summary.json`` (written by ``spinenet roi``), else the Šušteršič defaults at the model's input size."""
+    """The crop recipe of a classifier's training data: the phantom's crop config, else ``data.crop_recipe``
+    (crops made by others), else the crop set's ``summary.json`` (written by ``spinenet roi``), else the
+    Šušteršič defaults at the model's input size."""
     synth = _plain(data.get("synthesize")) or {}
     crops = synth.get("crops") if isinstance(synth, dict) else None
     if crops:
         size = crops.get("size", image_size)
         return CropSettings(
             size=[int(size), int(size)] if isinstance(size, int) else [int(v) for v in size],
-            margin=float(crops.get("margin", DEFAULT_MARGIN)),
+            margin=_margin(crops.get("margin", DEFAULT_MARGIN)),
             clahe=crops.get("clahe"),
             square=bool(crops.get("square", False)),
             levels=[str(v) for v in crops["levels"]] if crops.get("levels") else None,
             source="data.synthesize.crops",
+        )
+    recipe = _plain(data.get("crop_recipe"))
+    if recipe:  # crops made elsewhere (e.g. SPIDER's disc crops), measured against segmented discs
+        unknown = sorted(set(recipe) - {"margin", "clahe", "square", "levels", "note"})
+        if unknown:
+            raise ConfigError(f"data.crop_recipe: unknown key(s) {unknown}; valid: margin, clahe, square, levels")
+        return CropSettings(
+            size=list(image_size),
+            margin=_margin(recipe.get("margin", DEFAULT_MARGIN)),
+            clahe=recipe.get("clahe"),
+            square=bool(recipe.get("square", False)),
+            levels=[str(v) for v in recipe["levels"]] if recipe.get("levels") else None,
+            source="data.crop_recipe",
         )
     root = data.get("dataset", {}).get("root")
     summary = Path(str(root)) / "summary.json" if root else None
@@ -103,7 +124,7 @@ def _crop_settings(data: Any, image_size: list[int]) -> CropSettings:
         if "size" in s and "margin" in s:
             return CropSettings(
                 size=[int(v) for v in s["size"]],
-                margin=float(s["margin"]),
+                margin=_margin(s["margin"]),
                 clahe=s.get("clahe"),
                 square=bool(s.get("square", False)),
                 levels=list(s["levels"]) if s.get("levels") else None,
