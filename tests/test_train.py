@@ -42,6 +42,9 @@ def test_train_then_eval(tiny_phantom, compose_cfg, tmp_path):
     # the checkpoint is loadable without unpickling objects, and eval reproduces the test metrics
     ckpt = torch.load(on_disk["best_checkpoint"], map_location="cpu", weights_only=True)
     assert ckpt["spinenet"]["model"]["net"]["name"] == "unet_sustersic"
+    # last.ckpt is the final epoch's, whichever epoch was best (what ckpt_path=last resumes from)
+    last = torch.load(on_disk["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert last["epoch"] == on_disk["epochs"] - 1 and last["epoch"] >= ckpt["epoch"]
     ecfg = compose_cfg([f"ckpt_path={on_disk['best_checkpoint']}", f"data.dataset.root={tiny_phantom['sagittal']}",
                         "data.synthesize=null", "split=test", "trainer.accelerator=cpu"], config_name="eval",
                        output_dir=tmp_path / "eval")

@@ -188,7 +188,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 logger.finalize("success")
     val = split_metrics(trainer.callback_metrics, "val")
 
-    checkpoint = trainer.checkpoint_callback
+    # the checkpoint of the monitored best (last_checkpoint, which only keeps the latest, has no monitor)
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test: dict[str, float] = {}
     if cfg.get("test", True):
@@ -201,7 +202,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "monitor": cfg.get("monitor"),
         "best_score": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
         "best_checkpoint": best,
-        "last_checkpoint": checkpoint.last_model_path if checkpoint is not None and checkpoint.last_model_path else None,
+        "last_checkpoint": str(last) if (last := output_dir / "checkpoints" / "last.ckpt").is_file() else None,
         "epochs": trainer.current_epoch,
         "classes": datamodule.class_names or datamodule.label_names,
         "empty_class_policy": getattr(model, "averaging_note", None),
