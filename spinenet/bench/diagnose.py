@@ -46,20 +46,30 @@ def _phantom(n: int, size: int, seed: int) -> tuple[list[np.ndarray], list[np.nd
     return images, masks
 
 
-class _OracleUNet(torch.nn.Module):
-    """The U-Net's logits plus the ground-truth one-hot (x10), looked up by the input's bytes."""
+class _Oracle(Predictor):
+    """A segmenter whose logits get the ground-truth one-hot (x10) added, looked up by the input's bytes, so
+    that the stages after segmentation see the real discs whatever runs the U-Net (PyTorch or ONNX Runtime).
+    """
 
-    def __init__(self, unet: torch.nn.Module, pairs, channels_last: bool):
-        super().__init__()
-        self.unet, self.channels_last = unet, channels_last
+    def __init__(self, inner: Predictor, pairs):
+        super().__init__(inner.net, inner.prep, inner.source, inner.device)
+        self.inner, self.kind = inner, inner.kind
         self.table = {hash(img.tobytes()): torch.from_numpy(m) for img, m in pairs}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xin = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-        logits = self.unet(xin)
-        masks = torch.stack([self.table[hash(xi[0].cpu().numpy().tobytes())] for xi in x]).to(x.device)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        masks = torch.stack([self.table[hash(xi[0].cpu().numpy().tobytes())] for xi in x])
         onehot = torch.nn.functional.one_hot(masks.long(), logits.shape[1]).permute(0, 3, 1, 2)
         return logits + 10 * onehot.to(logits.dtype)
+
+
+class _ChannelsLast(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.contiguous(memory_format=torch.channels_last))
 
 
 def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -87,14 +97,28 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _engines(requested: Sequence[str] | None, dev: str) -> list[str]:
+    if requested:
+        return list(requested)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return ["torch"]
+    return ["torch", "onnxruntime"] if dev == "cpu" else ["torch"]
+
+
 def main(argv: Sequence[str] = ()) -> int:
+    from spinenet.pipeline.diagnose import ENGINES
+
     p = argparse.ArgumentParser(prog="spinenet bench diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=64, help="slices per timed pass")
     p.add_argument("--distinct", type=int, default=16, help="distinct phantom slices (repeated)")
     p.add_argument("--batch-size", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
-    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--no-channels-last", action="store_true", help="PyTorch engine: keep NCHW")
+    p.add_argument("--engine", nargs="+", choices=ENGINES, default=None,
+                   help="default: torch, and onnxruntime where installed (CPU); as `spinenet diagnose --engine`")
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the best is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(list(argv))
@@ -102,29 +126,38 @@ def main(argv: Sequence[str] = ()) -> int:
         torch.set_num_threads(args.threads)
     from spinenet.models.classification import build_classifier
     from spinenet.models.segmentation import build_segmenter
+    from spinenet.pipeline.export import onnxruntime_predictor
 
     dev = args.device
+    engines = _engines(args.engine, dev)
+    if "onnxruntime" in engines and dev != "cpu":
+        raise SystemExit("--engine onnxruntime runs on the CPU; use --device cpu")
     torch.manual_seed(0)
     unet = build_segmenter("unet_sustersic", 4, 1, image_size=(256, 256), base_channels=8, depth=5).eval().to(dev)
     discnet = build_classifier("discnet", 3, 1, image_size=(64, 64)).eval().to(dev)
     channels_last = not args.no_channels_last
-    if channels_last:
-        unet = unet.to(memory_format=torch.channels_last)
     images, masks = _phantom(args.distinct, 256, seed=0)
     data = [images[i % len(images)] for i in range(args.images)]
-    seg = Predictor(_OracleUNet(unet, zip(images, masks, strict=True), channels_last),
-                    Preprocessing("segmentation", [256, 256], classes=["background", "disc", "vertebra", "canal"]),
-                    Path("unet_sustersic"), dev)
+    seg_prep = Preprocessing("segmentation", [256, 256], classes=["background", "disc", "vertebra", "canal"])
     crop = CropSettings(size=[64, 64], margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=["L4-L5", "L5-S1"])
-    cls = Predictor(discnet, Preprocessing("classification", [64, 64], classes=["healthy", "L4-L5", "L5-S1"],
-                                           crop=crop), Path("discnet"), dev)
+    cls_prep = Preprocessing("classification", [64, 64], classes=["healthy", "L4-L5", "L5-S1"], crop=crop)
+    torch_seg = Predictor(_ChannelsLast(unet) if channels_last else unet, seg_prep, Path("unet_sustersic"), dev)
+    torch_cls = Predictor(discnet, cls_prep, Path("discnet"), dev)
+    models = {}
+    for engine in engines:
+        if engine == "torch":
+            models[engine] = (torch_seg, torch_cls)
+        else:  # exported in memory and checked against PyTorch, as `spinenet diagnose --engine onnxruntime`
+            models[engine] = (onnxruntime_predictor(Predictor(unet, seg_prep, Path("unet_sustersic"), dev)),
+                              onnxruntime_predictor(torch_cls))
+    pairs = list(zip(images, masks, strict=True))
 
-    print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last: {channels_last}, "
-          f"torch {torch.__version__}")
+    print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last (torch): {channels_last}, "
+          f"torch {torch.__version__}, engines: {', '.join(engines)}")
     x1 = torch.rand(1, 1, 256, 256, device=dev)
     unet_flops = _flops(unet, x1)
     disc_flops = _flops(discnet, torch.rand(1, 1, 64, 64, device=dev))
-    res = diagnose_images(data[:8], "sagittal", seg, cls, 8)
+    res = diagnose_images(data[:8], "sagittal", _Oracle(torch_seg, pairs), torch_cls, 8)
     classified = sum(d["classified"] for r in res for d in r["discs"]) / len(res)
     found = sum(len(r["discs"]) for r in res) / len(res)
     per_image = unet_flops + classified * disc_flops
@@ -134,36 +167,38 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"practical peak (2048^2 float32 matmul, measured): {peak / 1e9:.1f} GFLOP/s")
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    best_overall = 0.0
-    for bs in args.batch_size:
-        times = []
-        for _ in range(args.repeats):
-            _sync(dev)
-            t = time.perf_counter()
-            diagnose_images(data, "sagittal", seg, cls, bs)
-            _sync(dev)
-            times.append(time.perf_counter() - t)
-        ips = len(data) / min(times)
-        best_overall = max(best_overall, ips)
-        # the U-Net alone, same batch size, same layout
-        xb = torch.rand(bs, 1, 256, 256, device=dev)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            unet(xb)
+    best: dict[str, float] = {}
+    for engine, (seg_model, cls_model) in models.items():
+        seg = _Oracle(seg_model, pairs)
+        for bs in args.batch_size:
+            times = []
+            for _ in range(args.repeats):
+                _sync(dev)
+                t = time.perf_counter()
+                diagnose_images(data, "sagittal", seg, cls_model, bs)
+                _sync(dev)
+                times.append(time.perf_counter() - t)
+            ips = len(data) / min(times)
+            best[engine] = max(best.get(engine, 0.0), ips)
+            # the U-Net alone, same engine and batch size
+            xb = torch.rand(bs, 1, 256, 256, device=dev)
+            seg_model(xb)
             _sync(dev)
             t = time.perf_counter()
             for _ in range(max(1, args.images // bs)):
-                unet(xb)
+                seg_model(xb)
             _sync(dev)
-        unet_ips = bs * max(1, args.images // bs) / (time.perf_counter() - t)
-        print(f"batch {bs:3d}: end to end {ips:6.1f} images/s ({1000 / ips:.1f} ms/image), U-Net alone "
-              f"{unet_ips:6.1f} images/s; achieved {ips * per_image / 1e9:.1f} GFLOP/s = "
-              f"{ips * per_image / peak:.0%} of the practical peak")
+            unet_ips = bs * max(1, args.images // bs) / (time.perf_counter() - t)
+            print(f"{engine:11s} batch {bs:3d}: end to end {ips:6.1f} images/s ({1000 / ips:.1f} ms/image), "
+                  f"U-Net alone {unet_ips:6.1f} images/s; achieved {ips * per_image / 1e9:.1f} GFLOP/s = "
+                  f"{ips * per_image / peak:.0%} of the practical peak")
     if dev.startswith("cuda"):
         print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if "torch" in best and "onnxruntime" in best:
+        print(f"onnxruntime / torch (best batch each, same run): {best['onnxruntime'] / best['torch']:.2f}x")
+    engine, top = max(best.items(), key=lambda kv: kv[1])
     target = 40.0
-    print(f"best: {best_overall:.1f} images/s end to end (target >= {target:.0f} on 2 CPU cores: "
-          f"{'met' if best_overall >= target else 'not met'} with {torch.get_num_threads()} threads on {dev})")
+    print(f"best: {top:.1f} images/s end to end with {engine} (target >= {target:.0f} on 2 CPU cores: "
+          f"{'met' if top >= target else 'not met'} with {torch.get_num_threads()} threads on {dev})")
     return 0

@@ -51,6 +51,7 @@ from spinenet.roi import Box, assign_levels, crop_roi, disc_boxes, enlarge_box, 
 log = logging.getLogger(__name__)
 
 VIEWS = ("sagittal", "axial")
+ENGINES = ("torch", "onnxruntime")
 FINDINGS_FORMAT = "spinenet-findings"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 DISCLAIMER = "Research software: not a medical device; findings need a radiologist's review."
@@ -503,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="torch: run checkpoints in PyTorch; onnxruntime: export them to ONNX in memory (checked "
+                   "against PyTorch) and run ONNX Runtime, faster on CPU (needs spinenet-mri[onnx])")
     p.add_argument("--study", help="treat every input as one study with this name")
     p.add_argument("--manifest", help="CSV listing images (paths relative to it)")
     p.add_argument("--image-col", default="image")
@@ -525,8 +529,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.view = args.view or "sagittal"
     if args.study_col and not args.manifest:
         raise ConfigError("--study-col needs --manifest (the CSV whose column groups images into studies)")
+    if args.engine == "onnxruntime" and args.device != "cpu":
+        raise ConfigError("--engine onnxruntime runs on the CPU; use --engine torch with --device cuda")
     segmenters = _models_by_view(args.segmenter, args.view, "segmenter", args.device)
     classifiers = _models_by_view(args.classifier, args.view, "classifier", args.device)
+    if args.engine == "onnxruntime":
+        from spinenet.pipeline.export import onnxruntime_predictor
+
+        segmenters = {v: onnxruntime_predictor(m) for v, m in segmenters.items()}
+        classifiers = {v: onnxruntime_predictor(m) for v, m in classifiers.items()}
     items = collect_items(args)
     out = Path(args.out)
     summary = run(items, segmenters, classifiers, out, args.batch_size, args.overwrite, args.min_area,
