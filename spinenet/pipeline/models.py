@@ -38,7 +38,7 @@ DEFAULT_MARGIN = 0.10
 class CropSettings:
     """How a classifier's training crops were made (``spinenet roi`` / ``data.synthesize.crops``)."""
 
-    size: list[int]
+    size: list[int] | None  # None: the crop as cut, resized later by the model's preprocessing
     margin: float | list[float] = DEFAULT_MARGIN  # one number, or [width, height]
     clahe: dict[str, Any] | None = field(default_factory=lambda: {"clip": 2.0, "tiles": [4, 4]})
     square: bool = False
@@ -107,7 +107,7 @@ def _crop_settings(data: Any, image_size: list[int]) -> CropSettings:
         if unknown:
             raise ConfigError(f"data.crop_recipe: unknown key(s) {unknown}; valid: margin, clahe, square, levels")
         return CropSettings(
-            size=list(image_size),
+            size=None,  # kept as cropped: the classifier's preprocessing resizes it, as its data module did
             margin=_margin(recipe.get("margin", DEFAULT_MARGIN)),
             clahe=recipe.get("clahe"),
             square=bool(recipe.get("square", False)),
