@@ -179,3 +179,18 @@ def test_patient_labels_most_frequent_then_most_severe():
     order = ["healthy", "L4-L5", "L5-S1"]
     assert patient_labels(rows_p, rows_l, order) == {"a": "healthy", "b": "L4-L5", "c": "L4-L5"}
     assert patient_labels([1, 1], [0, 1]) == {"1": 1}
+
+
+def test_rare_findings_are_stratified_by_the_most_severe_label():
+    # 10 patients of 10 discs each; 3 of them have one herniated disc: by majority nobody is positive
+    rows_p = [f"p{i}" for i in range(10) for _ in range(10)]
+    rows_l = [int(i < 3 and d == 0) for i in range(10) for d in range(10)]
+    assert set(patient_labels(rows_p, rows_l).values()) == {0}
+    severe = patient_labels(rows_p, rows_l, [0, 1], rule="most_severe")
+    assert sorted(p for p, lab in severe.items() if lab == 1) == ["p0", "p1", "p2"]
+    # stratified on it, each of train / val / test gets a positive patient
+    splits = split_patients(list(severe), list(severe.values()), ratios=(0.6, 0.2, 0.2), seed=0)
+    for name, members in splits.items():
+        assert any(severe[p] == 1 for p in members), name
+    with pytest.raises(ConfigError, match="split.stratify must be one of majority, most_severe"):
+        patient_labels(rows_p, rows_l, rule="any")

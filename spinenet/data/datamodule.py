@@ -218,8 +218,10 @@ class SpineDataModule(L.LightningDataModule):
             patients = list(dict.fromkeys(frame[pcol]))
             labels = None
             if "label_idx" in frame.columns:
-                # a patient's label for stratification: its most frequent (ties: the more severe) label
-                per_patient = patient_labels(frame[pcol], frame["label_idx"], range(len(self.label_names)))
+                # a patient's label for stratification: its most frequent (ties: the more severe) label, or
+                # with split.stratify=most_severe the most severe it has
+                per_patient = patient_labels(frame[pcol], frame["label_idx"], range(len(self.label_names)),
+                                             rule=str(self.split_cfg.get("stratify", "majority")))
                 labels = [per_patient[p] for p in patients]
             splits = split_patients(
                 patients,

@@ -28,14 +28,24 @@ class StratificationWarning(UserWarning):
     """Labels could not be balanced across splits (too few patients of some class)."""
 
 
-def patient_labels(
-    row_patients: Sequence[str], row_labels: Sequence[Hashable], order: Sequence[Hashable] | None = None
-) -> dict[str, Hashable]:
-    """One label per patient from its rows: the most frequent; ties go to the most severe.
+STRATIFY = ("majority", "most_severe")
 
-    ``order`` lists labels from least to most severe (e.g. ``label_names``); without it ties go to the label
-    that sorts last.
+
+def patient_labels(
+    row_patients: Sequence[str],
+    row_labels: Sequence[Hashable],
+    order: Sequence[Hashable] | None = None,
+    rule: str = "majority",
+) -> dict[str, Hashable]:
+    """One label per patient from its rows, for stratification.
+
+    ``majority``: the most frequent; ties go to the most severe. ``most_severe``: the most severe label the
+    patient has at all, for rare per-disc findings (SPIDER herniation: 5 % of discs, but 22 of 73 patients;
+    by majority every patient is negative and a split can get no positive patient). ``order`` lists labels
+    from least to most severe (e.g. ``label_names``); without it the label that sorts last is most severe.
     """
+    if rule not in STRATIFY:
+        raise ConfigError(f"split.stratify must be one of {', '.join(STRATIFY)}, got {rule!r}")
     if len(row_patients) != len(row_labels):
         raise DataError(f"{len(row_patients)} patient ids but {len(row_labels)} labels")
     rank = {lab: i for i, lab in enumerate(order)} if order is not None else None
@@ -43,9 +53,10 @@ def patient_labels(
     for p, lab in zip(row_patients, row_labels, strict=True):
         per[str(p)][lab] += 1
 
-    def key(item: tuple[Hashable, int]) -> tuple[int, Any]:
+    def key(item: tuple[Hashable, int]) -> tuple[Any, ...]:
         lab, n = item
-        return n, (rank.get(lab, -1) if rank is not None else str(lab))
+        severity = rank.get(lab, -1) if rank is not None else str(lab)
+        return (severity,) if rule == "most_severe" else (n, severity)
 
     return {p: max(c.items(), key=key)[0] for p, c in per.items()}
 
