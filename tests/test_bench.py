@@ -1,0 +1,23 @@
+"""`spinenet bench diagnose` runs and prints its figures for both engines (the figures are not asserted)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from spinenet.cli import main as cli_main
+
+pytest.importorskip("onnxruntime")
+
+
+def test_bench_diagnose_prints_both_engines(capsys):
+    rc = cli_main(["bench", "diagnose", "--images", "4", "--distinct", "2", "--batch-size", "2", "--repeats", "1",
+                   "--threads", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert re.search(r"FLOPs per image: U-Net 1\.\d+ G \+ DiscNet", out)  # 8->256 U-Net at 256x256
+    for engine in ("torch", "onnxruntime"):
+        assert re.search(rf"^{engine}\s+batch\s+2: end to end\s+[\d.]+ images/s", out, re.M), engine
+    assert "onnxruntime / torch (best batch each, same run):" in out
+    assert re.search(r"best: [\d.]+ images/s end to end with (torch|onnxruntime)", out)
