@@ -219,6 +219,31 @@ def level_names(n: int, upper: str = "thoracic") -> list[str]:
     return [named[k] if k < len(named) else f"disc_{k + 1}" for k in range(n)]
 
 
+def plausible_sagittal_discs(
+    boxes: Sequence[Box], min_aspect: float = 1.0, min_area_fraction: float = 0.2
+) -> tuple[list[Box], list[dict[str, Any]]]:
+    """Segmented components that can be discs on a sagittal slice, and the others with the reason.
+
+    Levels are counted from the bottom, so one false component below L5-S1 renames every disc. A disc seen
+    from the side is wider than tall: components with ``width / height < min_aspect`` go (on SPIDER's
+    mid-sagittal slices a U-Net trained on T2-SPACE marked tall strips behind the canal as disc), and so do
+    specks under ``min_area_fraction`` of the median area of the wide ones.
+    """
+    wide = [b for b in boxes if b.width >= min_aspect * b.height]
+    typical = float(np.median([b.area for b in wide])) if wide else 0.0
+    kept, rejected = [], []
+    for b in boxes:
+        if b.width < min_aspect * b.height:
+            why = f"taller than wide ({b.width}x{b.height} px)"
+        elif b.area < min_area_fraction * typical:
+            why = f"area {b.area:.0f} px < {min_area_fraction:g} x the median disc ({typical:.0f} px)"
+        else:
+            kept.append(b)
+            continue
+        rejected.append({"box": list(b.as_tuple()), "area": float(b.area), "reason": why})
+    return kept, rejected
+
+
 def assign_levels(boxes: Sequence[Box], upper: str = "thoracic") -> list[str]:
     """Level of each box (same order as ``boxes``), bottom-up: the lowest centroid is L5-S1."""
     order = sorted(range(len(boxes)), key=lambda i: -boxes[i].cy)  # bottom first

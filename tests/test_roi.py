@@ -260,3 +260,20 @@ def test_axial_crop_dataset_keeps_the_slice_label_and_level(tmp_path):
     assert list(manifest.image) == [
         f"images/{p}_axial_s0_{lv}.png" for p, lv in zip(source.patient_id, source.level, strict=True)
     ]
+
+
+def test_implausible_sagittal_components_are_left_out_before_levels_are_named():
+    from spinenet.roi import plausible_sagittal_discs
+
+    mask = np.zeros((200, 120), np.int64)
+    for k in range(5):  # five flat discs, 40 x 8 px, top to bottom
+        mask[20 + 30 * k : 28 + 30 * k, 40:80] = 1
+    mask[30:170, 5:12] = 1  # a tall strip beside the spine (a false positive seen on SPIDER)
+    mask[185:189, 60:64] = 1  # a 16-px speck below the lowest disc
+    boxes = disc_boxes(mask, min_area=10)
+    assert len(boxes) == 7 and assign_levels(boxes)[-1] == "L5-S1"  # the speck would be named L5-S1
+    kept, rejected = plausible_sagittal_discs(boxes)
+    assert [b.y0 for b in kept] == [20, 50, 80, 110, 140]
+    assert assign_levels(kept)[-1] == "L5-S1" and assign_levels(kept)[0] == "L1-L2"
+    reasons = sorted(r["reason"].split(" (")[0].split(" px")[0] for r in rejected)
+    assert len(rejected) == 2 and reasons[1] == "taller than wide" and reasons[0].startswith("area 16")

@@ -46,7 +46,15 @@ from spinenet.pipeline.combine import (
     is_herniated,
 )
 from spinenet.pipeline.models import Predictor, load_predictor, prepare_inputs
-from spinenet.roi import Box, assign_levels, crop_roi, disc_boxes, enlarge_box, square_box
+from spinenet.roi import (
+    Box,
+    assign_levels,
+    crop_roi,
+    disc_boxes,
+    enlarge_box,
+    plausible_sagittal_discs,
+    square_box,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +107,16 @@ def classify_crops(crops: Sequence[np.ndarray], classifier: Predictor, batch_siz
 
 
 def find_discs(
-    image: np.ndarray, mask: np.ndarray, view: str, classifier: Predictor, disc_class: int, min_area: int
+    image: np.ndarray,
+    mask: np.ndarray,
+    view: str,
+    classifier: Predictor,
+    disc_class: int,
+    min_area: int,
+    rejected: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """Discs of one image (level, boxes, whether classified) and the crops of those to classify."""
+    """Discs of one image (level, boxes, whether classified) and the crops of those to classify. Sagittal
+    components that cannot be discs are left out before levels are named and appended to ``rejected``."""
     crop = classifier.prep.crop
     assert crop is not None
     boxes = disc_boxes(mask, disc_class, min_area)
@@ -109,6 +124,9 @@ def find_discs(
         boxes = [max(boxes, key=lambda b: b.area)] if boxes else []
         levels = [""] * len(boxes)
     else:
+        boxes, dropped = plausible_sagittal_discs(boxes)
+        if rejected is not None:
+            rejected.extend(dropped)
         levels = assign_levels(boxes)
     discs, crops = [], []
     for box, level in zip(boxes, levels, strict=True):
@@ -149,11 +167,12 @@ def diagnose_images(
         masks = segment(chunk, segmenter)
         per_image, crops = [], []
         for img, mask in zip(chunk, masks, strict=True):
-            discs, c = find_discs(img, mask, view, classifier, dc, min_area)
-            per_image.append(discs)
+            dropped: list[dict[str, Any]] = []
+            discs, c = find_discs(img, mask, view, classifier, dc, min_area, dropped)
+            per_image.append((discs, dropped))
             crops += c
         probs = iter(classify_crops(crops, classifier, max(batch_size, 1) * 8))
-        for mask, discs in zip(masks, per_image, strict=True):
+        for mask, (discs, dropped) in zip(masks, per_image, strict=True):
             for d in discs:
                 if not d["classified"]:
                     continue
@@ -164,7 +183,7 @@ def diagnose_images(
                 d["p_herniation"] = round(herniation_probability(view, d["probabilities"]), 4)
                 d["herniated"] = is_herniated(view, d["class"])
             status = "ok" if discs else f"no disc found (no disc contour of >= {min_area} pixels)"
-            results.append({"mask": mask, "discs": discs, "status": status, "view": view})
+            results.append({"mask": mask, "discs": discs, "status": status, "view": view, "rejected": dropped})
         if progress is not None:
             progress(len(chunk))
     return results
@@ -395,6 +414,8 @@ def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dic
     for im in images:
         entry = {k: im[k] for k in ("image", "view", "status", "size", "level") if im.get(k) is not None}
         entry["discs"] = im["discs"]
+        if im.get("rejected"):  # segmented components left out as implausible discs (see find_discs)
+            entry["rejected_components"] = im["rejected"]
         if im.get("dicom"):
             entry["dicom"] = im["dicom"]
         public.append(entry)
