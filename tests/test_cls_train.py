@@ -325,3 +325,19 @@ def test_ddp_sim_two_cpu_processes(cls_data_dir, compose_cfg):
     metrics = train(cfg)
     assert metrics["val"] and 0.0 <= metrics["val"]["accuracy"] <= 1.0
     _check_run(metrics, Path(cfg.paths.output_dir), list(cfg.data.dataset.label_names))
+
+
+def test_a_last_training_batch_of_one_is_dropped(cls_data_dir, compose_cfg):
+    """Batch norm cannot train on one image: a split whose size leaves a last batch of one drops it."""
+    cfg = compose_cfg(["experiment=cls/sustersic2022_sagittal", *tiny_cls_overrides(cls_data_dir)])
+    datamodule, module = _datamodule_and_module(cfg)
+    n = len(datamodule.train_dataloader().dataset)
+    assert n > 3
+    datamodule.batch_size = n - 1  # n % (n - 1) == 1
+    loader = datamodule.train_dataloader()
+    assert loader.drop_last and [len(b["label"]) for b in loader] == [n - 1]
+    module.train()
+    module.net(next(iter(loader))["image"])  # batch norm trains on the full batch
+    datamodule.batch_size = n - 2 if n % (n - 2) != 1 else n  # no batch of one: nothing dropped
+    assert not datamodule.train_dataloader().drop_last
+    assert not datamodule.val_dataloader().drop_last  # evaluation never drops images

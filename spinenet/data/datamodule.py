@@ -295,7 +295,9 @@ class SpineDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             # workers must be re-created each epoch to see the dataset's new epoch (augmentation seeds)
             persistent_workers=False,
-            drop_last=False,
+            # a last training batch of one image breaks batch norm ("Expected more than 1 value per channel"),
+            # which some split seeds produce (SPIDER bulging, seed 4): drop that single image per epoch
+            drop_last=shuffle and len(dataset) % self.per_device_batch_size() == 1,
         )
 
     def _starting_epoch(self) -> int:
