@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from spinenet.errors import ConfigError, DataError
+from spinenet.metrics.classification import bootstrap_ci, macro_auroc
 from spinenet.pipeline.combine import best_per_level, herniation_probability, is_herniated
 
 FORMAT = "spinenet-findings-eval"
@@ -70,41 +71,24 @@ def wilson(k: int, n: int, z: float = Z95) -> list[float] | None:
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
-def _auroc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUROC of each row of ``y`` (0/1) and ``p`` (ties count half); NaN where a class is absent."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(p, axis=1)
-    n1 = y.sum(axis=1)
-    n0 = y.shape[1] - n1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = ((ranks * y).sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
-    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
-
-
 def auroc(y: Sequence[int], p: Sequence[float]) -> float | None:
-    """AUROC of scores ``p`` for 0/1 labels ``y``; None unless both classes occur."""
-    y_arr, p_arr = np.asarray(y, np.float64)[None], np.asarray(p, np.float64)[None]
-    if y_arr.size == 0:
+    """AUROC of scores ``p`` for 0/1 labels ``y`` (ties count half); None unless both classes occur."""
+    y_arr = np.asarray(y, np.int64).ravel()
+    if y_arr.size == 0 or y_arr.min() == y_arr.max():
         return None
-    value = float(_auroc_rows(y_arr, p_arr)[0])
-    return None if math.isnan(value) else round(value, 4)
+    return round(macro_auroc(y_arr, np.asarray(p, np.float64).ravel()), 4)
 
 
 def bootstrap_auroc(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float] | None:
-    """Percentile 95% interval of the AUROC, resampling rows (patients) of ``y``/``p`` (patients x levels)."""
+    """Percentile 95% interval of the AUROC, resampling rows (patients) of ``y``/``p`` (patients x levels)
+    together, with the project's patient-level bootstrap."""
     if y.size == 0 or y.min() == y.max():
         return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
-    yb = y[idx].reshape(n_boot, -1)
-    pb = p[idx].reshape(n_boot, -1)
-    auc = _auroc_rows(yb, pb)
-    auc = auc[~np.isnan(auc)]
-    if auc.size < n_boot // 2:  # most resamples lack a class: no interval worth showing
+    patients = np.repeat(np.arange(y.shape[0]), y.shape[1])
+    ci = bootstrap_ci(macro_auroc, y.ravel().astype(np.int64), p.ravel(), n=n_boot, seed=seed, groups=patients)
+    if ci["n_valid"] < n_boot // 2:  # most resamples lack a class: no interval worth showing
         return None
-    lo, hi = np.percentile(auc, [2.5, 97.5])
-    return [round(float(lo), 4), round(float(hi), 4)]
+    return [round(ci["low"], 4), round(ci["high"], 4)]
 
 
 def binary_metrics(y: np.ndarray, call: np.ndarray, p: np.ndarray, bootstrap: int = 2000) -> dict[str, Any]:
@@ -118,7 +102,7 @@ def binary_metrics(y: np.ndarray, call: np.ndarray, p: np.ndarray, bootstrap: in
         "n": pos + neg, "positives": pos, "negatives": neg, "tp": tp, "fn": fn, "tn": tn, "fp": fp,
         "sensitivity": round(tp / pos, 4) if pos else None, "sensitivity_ci95": wilson(tp, pos),
         "specificity": round(tn / neg, 4) if neg else None, "specificity_ci95": wilson(tn, neg),
-        "auroc": auroc(y.ravel().astype(int), p.ravel()),
+        "auroc": auroc(y, p),
         "auroc_ci95": bootstrap_auroc(y.astype(np.float64), p, bootstrap) if bootstrap else None,
     }
 
@@ -275,15 +259,11 @@ def level_calls(doc: Mapping[str, Any], view: str, levels: Sequence[str]) -> dic
 # ---------------------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------------------
-def _safe(text: str) -> str:
-    from spinenet.pipeline.diagnose import _safe as safe
-
-    return safe(text)
-
-
 def match_studies(studies: Sequence[str], patients: Sequence[str], findings: Path, truth: Path,
                   patient_col: str) -> dict[str, str]:
     """Study name -> patient id: equal, or equal once the id is made file-name safe (as diagnose does)."""
+    from spinenet.pipeline.diagnose import _safe
+
     exact = set(patients)
     safe: dict[str, str] = {}
     for pid in patients:
@@ -479,8 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(args.findings) / "eval.json"
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the JSON file to write")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from spinenet.tasks.common import write_json
+
+    write_json(result, out)
     print(format_table(result))
     print(f"\nevaluation written: {out}")
     return 0
