@@ -64,30 +64,30 @@ def verify(reference: Predictor, exported: Predictor, batches: Sequence[int] = (
     return worst
 
 
+def _write_onnx(net: torch.nn.Module, example: torch.Tensor, target: Any) -> None:
+    """``net`` as ONNX (opset 17, dynamic batch axis, ``input`` -> ``logits``) to a path or a binary buffer."""
+    with torch.no_grad():
+        torch.onnx.export(net, (example,), target, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
 def onnxruntime_predictor(reference: Predictor) -> Predictor:
     """``reference`` (a checkpoint or ensemble loaded in PyTorch) exported to ONNX in memory and run by ONNX
     Runtime: faster on CPU for these small-channel convolutions (see ``spinenet bench diagnose``). Checked
     against ``reference`` like an exported file; nothing is written."""
     if reference.kind != "module":
         return reference  # already an exported file
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ConfigError("--engine onnxruntime needs onnxruntime (pip install 'spinenet-mri[onnx]')") from None
     import io
 
-    from spinenet.pipeline.models import OnnxPredictor
+    from spinenet.pipeline.models import OnnxPredictor, onnx_session
 
     net = reference.net.net if hasattr(reference.net, "net") else reference.net
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval().cpu(), (_inputs(reference.prep, 2, seed=7),), buffer, dynamo=False,
-                          opset_version=ONNX_OPSET, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
+        _write_onnx(net.eval().cpu(), _inputs(reference.prep, 2, seed=7), buffer)
+    session = onnx_session(buffer.getvalue(), "cpu", "--engine onnxruntime")
     fast = OnnxPredictor(session, reference.prep, reference.source, "cpu")
     verify(reference, fast)
     return fast
@@ -163,10 +163,7 @@ def export_model(
         if "onnx" in formats:
             path = out / f"{name}.onnx"
             try:
-                with torch.no_grad():
-                    torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                                      input_names=["input"], output_names=["logits"],
-                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                _write_onnx(net, example, str(path))
             except Exception as exc:  # torch raises its own error types, e.g. onnx not installed
                 raise ConfigError(f"ONNX export failed ({exc}); pip install 'spinenet-mri[onnx]'") from None
             files["onnx"] = path.name

@@ -189,6 +189,19 @@ def _sidecar(path: Path) -> Preprocessing:
     return Preprocessing.from_dict(doc["preprocessing"])
 
 
+def onnx_session(model: str | bytes, device: str, what: str, alternative: str = "") -> Any:
+    """An ONNX Runtime session for a model file or its bytes, with torch's thread count."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        hint = f"; {alternative}" if alternative else ""
+        raise ConfigError(f"{what} needs onnxruntime (pip install 'spinenet-mri[onnx]'){hint}") from None
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
+
+
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """A checkpoint, ensemble JSON, export sidecar JSON, TorchScript (``.pt``/``.ts``) or ONNX file."""
     path = Path(path)
@@ -214,17 +227,8 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
         return p
     if suffix == ".onnx":
         prep = _sidecar(path)
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ConfigError(
-                f"{path}: running ONNX needs onnxruntime (pip install 'spinenet-mri[onnx]'); "
-                "or pass the TorchScript file (.pt) exported beside it"
-            ) from None
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        session = onnx_session(str(path), device, f"{path}: running ONNX",
+                               "or pass the TorchScript file (.pt) exported beside it")
         return OnnxPredictor(session, prep, path, device)
     if suffix not in (".ckpt", ".json"):
         raise ConfigError(
