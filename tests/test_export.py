@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import cv2
@@ -12,7 +13,7 @@ import torch
 
 from spinenet.cli import main as cli_main
 from spinenet.pipeline.export import ATOL, RTOL
-from spinenet.pipeline.models import load_predictor, prepare_inputs
+from spinenet.pipeline.models import Predictor, load_predictor, prepare_inputs
 from tests.test_diagnose import CLS_OVERRIDES, SEG_OVERRIDES, make_checkpoint
 
 pytest.importorskip("onnxruntime", reason="ONNX numeric checks need onnxruntime (pip install '.[onnx]')")
@@ -50,6 +51,10 @@ def test_exported_models_match_the_checkpoint(exported, key, name):
     images = [cv2.GaussianBlur(rng.random((64, 64)).astype(np.float32), (7, 7), 2) for _ in range(5)]
     x, _ = prepare_inputs(images, ref.prep)
     expected = ref(x)
+    # checkpoints run channels-last (faster on CPU) and give what the plain layout gives
+    plain = Predictor(copy.deepcopy(ref.net).to(memory_format=torch.contiguous_format), ref.prep, ref.source)
+    assert ref.channels_last and not plain.channels_last
+    torch.testing.assert_close(plain(x), expected, atol=ATOL, rtol=RTOL)
     for suffix in (".pt", ".onnx"):
         got = load_predictor(folder / f"{name}{suffix}")(x)
         assert got.shape == expected.shape

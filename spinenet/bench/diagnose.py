@@ -64,15 +64,6 @@ class _Oracle(Predictor):
         return logits + torch.stack([self.table[hash(xi[0].cpu().numpy().tobytes())] for xi in x])
 
 
-class _ChannelsLast(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.contiguous(memory_format=torch.channels_last))
-
-
 def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
@@ -142,15 +133,15 @@ def main(argv: Sequence[str] = ()) -> int:
     seg_prep = Preprocessing("segmentation", [256, 256], classes=["background", "disc", "vertebra", "canal"])
     crop = CropSettings(size=[64, 64], margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=["L4-L5", "L5-S1"])
     cls_prep = Preprocessing("classification", [64, 64], classes=["healthy", "L4-L5", "L5-S1"], crop=crop)
-    torch_seg = Predictor(_ChannelsLast(unet) if channels_last else unet, seg_prep, Path("unet_sustersic"), dev)
-    torch_cls = Predictor(discnet, cls_prep, Path("discnet"), dev)
+    # channels-last, as `spinenet diagnose` runs a checkpoint (--no-channels-last here to compare)
+    torch_seg = Predictor(unet, seg_prep, Path("unet_sustersic"), dev, channels_last=channels_last)
+    torch_cls = Predictor(discnet, cls_prep, Path("discnet"), dev, channels_last=channels_last)
     models = {}
     for engine in engines:
         if engine == "torch":
             models[engine] = (torch_seg, torch_cls)
         else:  # exported in memory and checked against PyTorch, as `spinenet diagnose --engine onnxruntime`
-            models[engine] = (onnxruntime_predictor(Predictor(unet, seg_prep, Path("unet_sustersic"), dev)),
-                              onnxruntime_predictor(torch_cls))
+            models[engine] = (onnxruntime_predictor(torch_seg), onnxruntime_predictor(torch_cls))
     pairs = list(zip(images, masks, strict=True))
 
     print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last (torch): {channels_last}, "

@@ -533,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
     p.add_argument("--engine", choices=ENGINES, default="torch",
                    help="torch: run checkpoints in PyTorch; onnxruntime: export them to ONNX in memory (checked "
-                   "against PyTorch) and run ONNX Runtime, faster on CPU (needs spinenet-mri[onnx])")
+                   "against PyTorch) and run ONNX Runtime (needs spinenet-mri[onnx]; compare with spinenet bench diagnose)")
     p.add_argument("--study", help="treat every input as one study with this name")
     p.add_argument("--manifest", help="CSV listing images (paths relative to it)")
     p.add_argument("--image-col", default="image")

@@ -159,16 +159,23 @@ class Predictor:
 
     kind = "module"
 
-    def __init__(self, net: Any, prep: Preprocessing, source: Path, device: str = "cpu"):
+    def __init__(self, net: Any, prep: Preprocessing, source: Path, device: str = "cpu", channels_last: bool = False):
         self.net, self.prep, self.source, self.device = net, prep, Path(source), device
+        # NHWC inputs and weights: the U-Net ran 1.6-2x faster on CPU (spinenet bench diagnose --no-channels-last)
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = net.to(memory_format=torch.channels_last)
 
     @property
     def task(self) -> str:
         return self.prep.task
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.net(x.to(self.device)).float().cpu()
+            return self.net(x).float().cpu()
 
 
 class OnnxPredictor(Predictor):
@@ -239,7 +246,7 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
 
     module, saved = model_from_checkpoint(path)
     module = module.to(device).eval()
-    return Predictor(module, preprocessing_from_config(saved), path, device)
+    return Predictor(module, preprocessing_from_config(saved), path, device, channels_last=True)
 
 
 def prepare_inputs(
