@@ -124,6 +124,13 @@ def margin_pair(margin: float | Sequence[float]) -> tuple[float, float]:
     return pair
 
 
+def margin_setting(margin: float | Sequence[float]) -> float | list[float]:
+    """A checked margin as it is stored (configs, summary.json): one number, or ``[width, height]`` when the
+    two differ."""
+    mx, my = margin_pair(margin)
+    return mx if mx == my else [mx, my]
+
+
 def enlarge_box(box: Box, margin: float | Sequence[float] = 0.10, image_shape: Sequence[int] | None = None) -> Box:
     """Grow width and height by ``margin`` each (``margin/2`` per side), outwards to whole pixels, clipped.
 
@@ -747,11 +754,6 @@ def segmenter_mask_source(checkpoint: str | Path, device: str = "cpu") -> tuple[
 # ---------------------------------------------------------------------------------------------------------
 # `spinenet roi`
 # ---------------------------------------------------------------------------------------------------------
-def _margin_arg(values: Sequence[float]) -> float | list[float]:
-    mx, my = margin_pair(values[0] if len(values) == 1 else values)
-    return mx if mx == my else [mx, my]
-
-
 def _parser():
     import argparse
 
@@ -907,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images,
             args.out,
             size=size,
-            margin=0.0 if args.margin is None else _margin_arg(args.margin),
+            margin=0.0 if args.margin is None else margin_setting(args.margin[0] if len(args.margin) == 1 else args.margin),
             clahe=clahe,
             label_col=args.label_col,
             patient_col=args.patient_col,
@@ -930,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out,
         view=view,
         size=size,
-        margin=0.10 if args.margin is None else _margin_arg(args.margin),
+        margin=0.10 if args.margin is None else margin_setting(args.margin[0] if len(args.margin) == 1 else args.margin),
         clahe=clahe,
         mask_source=mask_source,
         disc_class=disc_class,

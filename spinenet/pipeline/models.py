@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from spinenet.errors import ConfigError, DataError
+from spinenet.roi import margin_setting
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _margin(value: Any) -> float | list[float]:
-    from spinenet.roi import margin_pair
-
-    mx, my = margin_pair(value)
-    return mx if mx == my else [mx, my]
-
-
 def _crop_settings(data: Any, image_size: list[int]) -> CropSettings:
     """The crop recipe of a classifier's training data: the phantom's crop config, else ``data.crop_recipe``
     (crops made by others), else the crop set's ``summary.json`` (written by ``spinenet roi``), else the
@@ -95,7 +89,7 @@ def _crop_settings(data: Any, image_size: list[int]) -> CropSettings:
         size = crops.get("size", image_size)
         return CropSettings(
             size=[int(size), int(size)] if isinstance(size, int) else [int(v) for v in size],
-            margin=_margin(crops.get("margin", DEFAULT_MARGIN)),
+            margin=margin_setting(crops.get("margin", DEFAULT_MARGIN)),
             clahe=crops.get("clahe"),
             square=bool(crops.get("square", False)),
             levels=[str(v) for v in crops["levels"]] if crops.get("levels") else None,
@@ -108,7 +102,7 @@ def _crop_settings(data: Any, image_size: list[int]) -> CropSettings:
             raise ConfigError(f"data.crop_recipe: unknown key(s) {unknown}; valid: margin, clahe, square, levels")
         return CropSettings(
             size=None,  # kept as cropped: the classifier's preprocessing resizes it, as its data module did
-            margin=_margin(recipe.get("margin", DEFAULT_MARGIN)),
+            margin=margin_setting(recipe.get("margin", DEFAULT_MARGIN)),
             clahe=recipe.get("clahe"),
             square=bool(recipe.get("square", False)),
             levels=[str(v) for v in recipe["levels"]] if recipe.get("levels") else None,
@@ -124,7 +118,7 @@ def _crop_settings(data: Any, image_size: list[int]) -> CropSettings:
         if "size" in s and "margin" in s:
             return CropSettings(
                 size=[int(v) for v in s["size"]],
-                margin=_margin(s["margin"]),
+                margin=margin_setting(s["margin"]),
                 clahe=s.get("clahe"),
                 square=bool(s.get("square", False)),
                 levels=list(s["levels"]) if s.get("levels") else None,
