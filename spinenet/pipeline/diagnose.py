@@ -113,20 +113,17 @@ def find_discs(
     classifier: Predictor,
     disc_class: int,
     min_area: int,
-    rejected: list[dict[str, Any]] | None = None,
-) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """Discs of one image (level, boxes, whether classified) and the crops of those to classify. Sagittal
-    components that cannot be discs are left out before levels are named and appended to ``rejected``."""
+) -> tuple[list[dict[str, Any]], list[np.ndarray], list[dict[str, Any]]]:
+    """Discs of one image (level, boxes, whether classified), the crops of those to classify, and the sagittal
+    components that cannot be discs (left out before levels are named)."""
     crop = classifier.prep.crop
     assert crop is not None
     boxes = disc_boxes(mask, disc_class, min_area)
     if view == "axial":
         boxes = [max(boxes, key=lambda b: b.area)] if boxes else []
-        levels = [""] * len(boxes)
+        levels, rejected = [""] * len(boxes), []
     else:
-        boxes, dropped = plausible_sagittal_discs(boxes)
-        if rejected is not None:
-            rejected.extend(dropped)
+        boxes, rejected = plausible_sagittal_discs(boxes)
         levels = assign_levels(boxes)
     discs, crops = [], []
     for box, level in zip(boxes, levels, strict=True):
@@ -138,7 +135,7 @@ def find_discs(
         if classified:
             crops.append(crop_roi(image, roi, crop.size, crop.clahe))
         discs.append(disc)
-    return discs, crops
+    return discs, crops, rejected
 
 
 def diagnose_images(
@@ -167,8 +164,7 @@ def diagnose_images(
         masks = segment(chunk, segmenter)
         per_image, crops = [], []
         for img, mask in zip(chunk, masks, strict=True):
-            dropped: list[dict[str, Any]] = []
-            discs, c = find_discs(img, mask, view, classifier, dc, min_area, dropped)
+            discs, c, dropped = find_discs(img, mask, view, classifier, dc, min_area)
             per_image.append((discs, dropped))
             crops += c
         probs = iter(classify_crops(crops, classifier, max(batch_size, 1) * 8))
