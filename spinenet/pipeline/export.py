@@ -74,7 +74,7 @@ def _write_onnx(net: torch.nn.Module, example: torch.Tensor, target: Any) -> Non
 
 def onnxruntime_predictor(reference: Predictor) -> Predictor:
     """``reference`` (a checkpoint or ensemble loaded in PyTorch) exported to ONNX in memory and run by ONNX
-    Runtime, whose U-Net ran about 1.2x faster than PyTorch's on CPU (``spinenet bench diagnose``). Checked
+    Runtime, whose U-Net ran 1.2-1.4x faster than PyTorch's on CPU (``spinenet bench diagnose``). Checked
     against ``reference`` like an exported file; nothing is written."""
     if reference.kind != "module":
         return reference  # already an exported file
