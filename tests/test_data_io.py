@@ -316,3 +316,22 @@ def test_spider_midsag_rgb():
     img1, img3 = read_image(p), read_image(p, channels=3)
     assert img1.shape == (h, w) and img3.shape == (h, w, 3)
     assert 0.0 <= img1.min() and img1.max() <= 1.0 and img1.std() > 0.01
+
+
+def test_augment_crop_trains_on_patches_and_evaluates_whole_images():
+    from spinenet.data.transforms import build_transforms
+
+    image = np.random.default_rng(0).random((100, 80)).astype(np.float32)
+    mask = (image > 0.5).astype(np.uint8)
+    train = build_transforms((64, 48), train=True, augment={"crop": [32, 16]})
+    seen = set()
+    for seed in range(6):
+        train.set_random_seed(seed)
+        out = train(image=image, mask=mask)
+        assert out["image"].shape == (32, 16) and out["mask"].shape == (32, 16)
+        seen.add(out["image"].tobytes())
+    assert len(seen) > 1  # a random window, not a fixed one
+    # validation and test (no augmentation) see the whole resized image
+    assert build_transforms((64, 48), train=False, augment=None)(image=image)["image"].shape == (64, 48)
+    with pytest.raises(ConfigError, match=r"data.augment.crop \[80, 16\] must fit inside data.image_size"):
+        build_transforms((64, 48), train=True, augment={"crop": [80, 16]})

@@ -56,10 +56,20 @@ def build_transforms(
     """The albumentations pipeline for one split (augmentation only when ``train``)."""
     ops: list[A.BasicTransform] = list(_geometry(image_size, resize_mode))
     if train and augment:
-        known = {"hflip", "brightness", "rotate", "shift", "p_affine"}
+        known = {"crop", "hflip", "brightness", "rotate", "shift", "p_affine"}
         unknown = set(augment) - known
         if unknown:
             raise ConfigError(f"data.augment: unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        if augment.get("crop"):
+            # patch training: a random window of the resized image, so a finer resolution costs no more
+            # per step; validation and test still see the whole image (the networks are fully convolutional)
+            ch, cw = _size(augment["crop"])
+            h, w = _size(image_size)
+            if ch > h or cw > w:
+                raise ConfigError(
+                    f"data.augment.crop {[ch, cw]} must fit inside data.image_size {[h, w]} (height, width)"
+                )
+            ops.append(A.RandomCrop(ch, cw))
         if augment.get("hflip", 0) > 0:
             ops.append(A.HorizontalFlip(p=float(augment["hflip"])))
         if augment.get("brightness", 0) > 0:

@@ -245,7 +245,7 @@ def _image_size(image_size: Sequence[int] | int | None) -> tuple[int, int] | Non
     return size  # type: ignore[return-value]
 
 
-def _check_size(size: tuple[int, int], multiple: int, what: str) -> None:
+def _check_size(size: tuple[int, int], multiple: int, what: str, setting: str = "data.image_size") -> None:
     bad = [s for s in size if s % multiple]
     if not bad:
         return
@@ -254,7 +254,7 @@ def _check_size(size: tuple[int, int], multiple: int, what: str) -> None:
         lower, upper = s // multiple * multiple, (s // multiple + 1) * multiple
         near = f"{lower} or {upper}" if lower > 0 else f"{upper}"
         hints.append(f"{s} -> {near}")
-    raise ConfigError(f"data.image_size: {size[0]}x{size[1]} does not fit {what}: height and width must be "
+    raise ConfigError(f"{setting}: {size[0]}x{size[1]} does not fit {what}: height and width must be "
                       f"multiples of {multiple}; nearest valid sizes: {', '.join(hints)}")
 
 
@@ -297,12 +297,13 @@ def _load_encoder_weights(model: nn.Module, path: str, in_channels: int, what: s
 
 def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: str | None = None,
                     encoder_weights: str | None = None, image_size: Sequence[int] | int | None = None,
-                    **kwargs: Any) -> nn.Module:
+                    crop_size: Sequence[int] | int | None = None, **kwargs: Any) -> nn.Module:
     """Build segmenter ``name`` returning logits for ``num_classes`` classes (background included).
 
     ``encoder``: one of :data:`SEGMENTER_ENCODERS` for the smp nets (default ``resnet34``); must be unset
     for ``unet_sustersic``. ``encoder_weights``: None (random) or a local weights file for the encoder.
-    ``image_size`` (H, W): the input the data pipeline delivers, checked against :func:`required_multiple`.
+    ``image_size`` (H, W): the input the data pipeline delivers, checked against :func:`required_multiple`;
+    ``crop_size`` (H, W): the training patch when ``data.augment.crop`` is set, checked the same way.
     ``kwargs`` (None means the default): ``base_channels``, ``depth``, ``dropout``, ``batch_norm`` for
     ``unet_sustersic``; for the smp nets, options of smp's model class (e.g. ``decoder_channels``,
     ``encoder_depth``), except ``activation`` and ``aux_params`` (the nets return logits only).
@@ -315,6 +316,7 @@ def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: 
     if in_channels not in (1, 3):
         raise ConfigError(f"model.net.in_channels: expected 1 (gray) or 3 (RGB), got {in_channels!r}")
     size = _image_size(image_size)
+    crop = _image_size(crop_size)
     weights = _check_weights_arg(encoder_weights)
 
     if key == "unet_sustersic":
@@ -336,8 +338,9 @@ def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: 
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("model.net.dropout: expected a value in [0, 1) (the paper's grid: 0.1-0.5), "
                               f"got {dropout}")
-        if size is not None:
-            _check_size(size, 2**depth, f"unet_sustersic with depth {depth} (2**depth)")
+        for given, setting in ((size, "data.image_size"), (crop, "data.augment.crop")):
+            if given is not None:
+                _check_size(given, 2**depth, f"unet_sustersic with depth {depth} (2**depth)", setting)
         return SustersicUNet(num_classes, in_channels, base_channels=base, depth=depth, dropout=dropout,
                              batch_norm=bool(options.get("batch_norm", True)))
 
@@ -359,8 +362,9 @@ def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: 
             f"model.net.encoder: {key} cannot use {enc} (DeepLabv3+ needs a dilated encoder and VGG "
             f"downsamples by max pooling); encoders that work with {key}: {', '.join(_encoders_for(key))}"
         )
-    if size is not None:
-        _check_size(size, required_multiple(key, **smp_kwargs), f"{key} with {enc}")
+    for given, setting in ((size, "data.image_size"), (crop, "data.augment.crop")):
+        if given is not None:
+            _check_size(given, required_multiple(key, **smp_kwargs), f"{key} with {enc}", setting)
     try:
         # built RGB, so an ImageNet file's first convolution fits before it is adapted to in_channels
         model = smp.create_model(_SMP_ARCHS[key], encoder_name=_SMP_ENCODERS[enc], encoder_weights=None,
