@@ -59,7 +59,7 @@ class _Oracle(Predictor):
         self.table = {hash(img.tobytes()): 10 * torch.nn.functional.one_hot(torch.from_numpy(m).long(), classes)
                       .permute(2, 0, 1).float() for img, m in pairs}
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, levels=None) -> torch.Tensor:
         logits = self.inner(x)
         return logits + torch.stack([self.table[hash(xi[0].cpu().numpy().tobytes())] for xi in x])
 

@@ -87,6 +87,9 @@ class _ImageSet(Dataset):
             if self.label_swap_on_flip and _was_flipped(out):
                 label = self.label_swap_on_flip.get(label, label)
             sample["label"] = torch.tensor(label, dtype=torch.long)
+        if self.spec.level_col:  # the disc level, a covariate for model.level_prior ("" when unknown)
+            level = row[self.spec.level_col]
+            sample["level"] = "" if pd.isna(level) else str(level)
         return sample
 
 

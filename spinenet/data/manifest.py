@@ -54,6 +54,7 @@ class DatasetSpec:
     label_names: list[str] | None = None  # allowed labels, in class-index order
     mask_values: list[int] | None = None  # mask_values[i] is the gray value of class i
     class_names: list[str] | None = None  # segmentation class names, one per mask value
+    level_col: str | None = None  # the disc level of each row (e.g. "L4-L5"; empty: unknown), for model.level_prior
 
     def __post_init__(self) -> None:
         if not isinstance(self.root, str | os.PathLike):
@@ -63,7 +64,7 @@ class DatasetSpec:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"dataset.{name} must be a non-empty string, got {value!r}")
-        for name in ("mask_col", "label_col"):
+        for name in ("mask_col", "label_col", "level_col"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"dataset.{name} must be a column name or null, got {value!r}")
@@ -207,7 +208,9 @@ def _read_table(spec: DatasetSpec) -> tuple[pd.DataFrame | None, list[Problem]]:
             else f" (the folder {spec.root} does not exist either; check dataset.root)"
         )
         return None, [Problem(None, None, "manifest", f"no manifest file {path}{hint}")]
-    key_cols = [c for c in (spec.patient_col, spec.image_col, spec.mask_col, spec.label_col) if c]
+    key_cols = [
+        c for c in (spec.patient_col, spec.image_col, spec.mask_col, spec.label_col, spec.level_col) if c
+    ]
     try:
         # Key columns as strings ("007" stays "007"); only empty cells are missing ("NA" is a valid id).
         # Blank lines are kept so that index + 2 is the CSV line number; they are dropped below.
@@ -228,13 +231,14 @@ def _read_table(spec: DatasetSpec) -> tuple[pd.DataFrame | None, list[Problem]]:
             ("image_col", spec.image_col),
             ("mask_col", spec.mask_col),
             ("label_col", spec.label_col),
+            ("level_col", spec.level_col),
         )
         if c and c not in df.columns
     ]
     if missing:
         msgs = []
         for setting, col in missing:
-            extra = " or null if there are none" if setting in ("mask_col", "label_col") else ""
+            extra = " or null if there are none" if setting in ("mask_col", "label_col", "level_col") else ""
             msgs.append(f"no column {col!r} (dataset.{setting}; set it to one of the columns{extra})")
         have = ", ".join(map(str, df.columns)) or "(none)"
         return None, [Problem(None, None, "manifest", f"{path}: {'; '.join(msgs)}; its columns are: {have}")]

@@ -54,18 +54,20 @@ class EnsembleNet(nn.Module):
             raise ConfigError(f"ensemble weights must be non-negative with a positive sum, got {w.tolist()}")
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", w / w.sum())
+        # classifiers with a level prior need each image's disc level (ClassificationModule passes it on)
+        self.takes_levels = any(getattr(m, "level_offsets", None) is not None for m in members)
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
         from spinenet.ensemble.members import member_probabilities
 
         total = None
         for w, member in zip(self.weights, self.members, strict=True):
-            p = w * member_probabilities(member, x)
+            p = w * member_probabilities(member, x, levels)
             total = p if total is None else total + p
         return total
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log(self.probabilities(x).clamp_min(_LOG_FLOOR))
+    def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
+        return torch.log(self.probabilities(x, levels).clamp_min(_LOG_FLOOR))
 
 
 def is_ensemble(module: nn.Module) -> bool:

@@ -455,8 +455,13 @@ class SplitPredictions:
         return int(self.targets.shape[0])
 
 
-def member_probabilities(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A member's class probabilities: softmax over the class axis of its output (logits)."""
+def member_probabilities(
+    module: torch.nn.Module, x: torch.Tensor, levels: Sequence[str] | None = None
+) -> torch.Tensor:
+    """A member's class probabilities: softmax over the class axis of its output (logits); a classifier
+    with a level prior also gets the samples' disc levels."""
+    if levels is not None and getattr(module, "level_offsets", None) is not None:
+        return torch.softmax(module(x, levels).float(), dim=1)
     return torch.softmax(module(x).float(), dim=1)
 
 
@@ -479,7 +484,7 @@ def _run_inference(
             x = batch["image"].to(device)
             targets.append(batch["mask" if seg else "label"].cpu())
             for i, module in enumerate(modules):
-                outs[i].append(member_probabilities(module, x).to(dtype).cpu())
+                outs[i].append(member_probabilities(module, x, batch.get("level")).to(dtype).cpu())
     probs = [torch.cat(o) for o in outs]
     for p, name in zip(probs, names, strict=True):
         if not torch.isfinite(p).all():

@@ -16,6 +16,12 @@ predictions of the split tested (test in a training run, any split with ``spinen
 ``aggregate_by`` (manifest columns, e.g. ``[patient_id, ivd_label]`` for one SPIDER disc seen in several
 series) also scores the mean prediction of each group: logged as ``{val,test}/agg_<metric>``, reported in
 ``test_results["aggregated"]`` and written to ``predictions_aggregated.csv``.
+
+``level_prior`` (disc levels, e.g. ``[L5-S1, L4-L5, L3-L4, L2-L3, L1-L2]``) adds a learned logit offset per
+level to the net's logits; every other or unknown level shares one more offset. A crop does not show which
+disc it is, yet findings depend strongly on the level (SPIDER: 69-72% of L4-L5 and L5-S1 discs bulge, 9% of
+T11-T12), and the level is known wherever crops come from (the manifest's ``data.dataset.level_col``; in
+``spinenet diagnose``, the level named bottom-up). The offsets train with the net and start at zero.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ class ClassificationModule(L.LightningModule):
     ``trainer.datamodule.train_labels()``, scikit-learn's formula), a list with one weight per label, or
     None. They need a factory loss, or a loss module with a ``weight`` buffer of one value per class.
     ``optimizer``/``scheduler``: partials that get the trainable parameters / the optimizer.
-    ``bootstrap``: resamples for the test intervals (0: none). ``aggregate_by``: see the module docstring.
+    ``bootstrap``: resamples for the test intervals (0: none). ``aggregate_by``, ``level_prior``: see the
+    module docstring.
     ``run_config`` is stored in checkpoints.
     """
 
@@ -92,6 +99,7 @@ class ClassificationModule(L.LightningModule):
         bootstrap: int = 1000,
         plots: bool = True,
         aggregate_by: Sequence[str] | None = None,
+        level_prior: Sequence[str] | None = None,
         run_config: dict | None = None,
     ):
         super().__init__()
@@ -102,6 +110,11 @@ class ClassificationModule(L.LightningModule):
                 f"classification needs data.dataset.label_names with >= 2 labels, got {label_names}"
             )
         self.net = net
+        self.levels = [str(v) for v in level_prior] if level_prior else []
+        if len(set(self.levels)) != len(self.levels) or "" in self.levels:
+            raise ConfigError(f"model.level_prior: distinct non-empty level names, got {list(level_prior or [])}")
+        # row i: offset of levels[i]; the last row: any other or unknown level
+        self.level_offsets = nn.Parameter(torch.zeros(len(self.levels) + 1, k)) if self.levels else None
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.bootstrap, self.plots = monitor, int(bootstrap), bool(plots)
         self.run_config = run_config or {}
@@ -182,11 +195,34 @@ class ClassificationModule(L.LightningModule):
         )
 
     # -- steps ----------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
+        """Logits of images ``x``; with ``level_prior``, plus each image's level offset (``levels``: one
+        name per image, "" when unknown; None: the net alone, as exported, see :meth:`level_offset_table`)."""
+        # an ensemble of classifiers with level priors applies its members' offsets itself
+        logits = self.net(x, levels) if getattr(self.net, "takes_levels", False) else self.net(x)
+        if self.level_offsets is not None and levels is not None:
+            logits = logits + self.level_offsets[self.level_index(levels)].to(logits.dtype)
+        return logits
+
+    def level_index(self, levels: Sequence[str]) -> torch.Tensor:
+        other = len(self.levels)
+        rows = [self.levels.index(v) if v in self.levels else other for v in levels]
+        return torch.as_tensor(rows, dtype=torch.long, device=self.level_offsets.device)
+
+    def level_offset_table(self) -> dict[str, list[float]] | None:
+        """``{level: offsets}`` and ``"*"`` for any other level: what ``diagnose`` adds to the net's logits."""
+        if self.level_offsets is None:
+            return None
+        rows = self.level_offsets.detach().float().cpu().tolist()
+        return {**dict(zip(self.levels, rows[:-1], strict=True)), "*": rows[-1]}
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
+        if (self.level_offsets is not None or getattr(self.net, "takes_levels", False)) and "level" not in batch:
+            raise ConfigError(
+                "model.level_prior needs each sample's disc level: set data.dataset.level_col to the "
+                "manifest column that names it"
+            )
+        logits = self(batch["image"], batch.get("level"))
         if logits.ndim != 2 or logits.shape[1] != len(self.label_names):
             raise ConfigError(
                 f"the model returns {tuple(logits.shape)} logits for {len(self.label_names)} labels "

@@ -94,15 +94,19 @@ def _disc_class(segmenter: Predictor, disc_class: int | None) -> int:
     return segmenter.prep.classes.index("disc") if "disc" in segmenter.prep.classes else 1
 
 
-def classify_crops(crops: Sequence[np.ndarray], classifier: Predictor, batch_size: int) -> np.ndarray:
-    """Probabilities (N, K) of uint8 crops, preprocessed as the classifier's data module did."""
+def classify_crops(
+    crops: Sequence[np.ndarray], classifier: Predictor, batch_size: int, levels: Sequence[str] | None = None
+) -> np.ndarray:
+    """Probabilities (N, K) of uint8 crops, preprocessed as the classifier's data module did; ``levels``
+    (each crop's disc level, "" when unknown) feed a classifier's level prior."""
     if not crops:
         return np.zeros((0, len(classifier.prep.classes)), np.float32)
     out = []
     for i in range(0, len(crops), batch_size):
         chunk = [c.astype(np.float32) / 255.0 for c in crops[i : i + batch_size]]
         x, _ = prepare_inputs(chunk, classifier.prep)
-        out.append(torch.softmax(classifier(x).float(), dim=1).numpy())
+        lv = None if levels is None else list(levels[i : i + batch_size])
+        out.append(torch.softmax(classifier(x, lv).float(), dim=1).numpy())
     return np.concatenate(out)
 
 
@@ -162,12 +166,13 @@ def diagnose_images(
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         masks = segment(chunk, segmenter)
-        per_image, crops = [], []
+        per_image, crops, levels = [], [], []
         for img, mask in zip(chunk, masks, strict=True):
             discs, c, dropped = find_discs(img, mask, view, classifier, dc, min_area)
             per_image.append((discs, dropped))
             crops += c
-        probs = iter(classify_crops(crops, classifier, max(batch_size, 1) * 8))
+            levels += [d["level"] for d in discs if d["classified"]]
+        probs = iter(classify_crops(crops, classifier, max(batch_size, 1) * 8, levels))
         for mask, (discs, dropped) in zip(masks, per_image, strict=True):
             for d in discs:
                 if not d["classified"]:

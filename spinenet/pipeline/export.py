@@ -83,6 +83,9 @@ def onnxruntime_predictor(reference: Predictor) -> Predictor:
     from spinenet.pipeline.models import OnnxPredictor, onnx_session
 
     net = reference.net.net if hasattr(reference.net, "net") else reference.net
+    if getattr(net, "takes_levels", False):
+        raise ConfigError(f"--engine onnxruntime: {reference.source.name} is an ensemble of classifiers with a "
+                          "level prior, which runs in PyTorch only; use --engine torch")
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -127,6 +130,9 @@ def export_model(
     for t in targets:
         t.unlink(missing_ok=True)
     net = ref.net.net if hasattr(ref.net, "net") else ref.net
+    if getattr(net, "takes_levels", False):
+        raise ConfigError(f"{checkpoint}: an ensemble of classifiers with a level prior (model.level_prior) "
+                          "cannot be exported as one file; export its members, or use the .json with diagnose")
     net = net.eval()
     example = _inputs(ref.prep, 2, seed=7)
     files: dict[str, str] = {}

@@ -59,6 +59,9 @@ class Preprocessing:
     classes: list[str] = field(default_factory=list)  # mask classes or labels
     view: str | None = None
     crop: CropSettings | None = None
+    # classifiers with model.level_prior: logit offset per disc level ("*": any other), added to the net's
+    # logits (an exported file holds the net alone)
+    level_offsets: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,20 +167,30 @@ class Predictor:
     def task(self) -> str:
         return self.prep.task
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
+        """Logits of ``x``; ``levels`` (one disc level per image) for classifiers with a level prior."""
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.net(x).float().cpu()
+            if levels is not None and self.kind == "module" and self.task == "classification":
+                return self.net(x, list(levels)).float().cpu()  # ClassificationModule adds its offsets
+            return self.with_level_offsets(self.net(x).float().cpu(), levels)
+
+    def with_level_offsets(self, logits: torch.Tensor, levels: Sequence[str] | None) -> torch.Tensor:
+        table = self.prep.level_offsets
+        if not table or levels is None:
+            return logits
+        offsets = torch.tensor([table.get(str(v), table["*"]) for v in levels], dtype=logits.dtype)
+        return logits + offsets
 
 
 class OnnxPredictor(Predictor):
     kind = "onnx"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
         (out,) = self.net.run(None, {"input": np.ascontiguousarray(x.cpu().numpy(), np.float32)})
-        return torch.from_numpy(out)
+        return self.with_level_offsets(torch.from_numpy(out), levels)
 
 
 def _sidecar(path: Path) -> Preprocessing:
@@ -240,7 +253,10 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
 
     module, saved = model_from_checkpoint(path)
     module = module.to(device).eval()
-    return Predictor(module, preprocessing_from_config(saved), path, device, channels_last=True)
+    prep = preprocessing_from_config(saved)
+    table = getattr(module, "level_offset_table", None)
+    prep.level_offsets = table() if callable(table) else None
+    return Predictor(module, prep, path, device, channels_last=True)
 
 
 def prepare_inputs(
