@@ -125,3 +125,22 @@ def test_onnxruntime_engine_keeps_the_offsets_of_a_checkpoint(tmp_path):
     fast = onnxruntime_predictor(copy.copy(ref))
     x = torch.rand(2, 1, 64, 64)
     torch.testing.assert_close(fast(x, ["L5-S1", ""]), ref(x, ["L5-S1", ""]), atol=1e-4, rtol=1e-4)
+
+
+def test_ensemble_members_get_the_levels_and_refuse_data_without_them():
+    from spinenet.ensemble.artifact import EnsembleNet
+
+    a, b = _module(), _module()
+    with torch.no_grad():
+        a.level_offsets.copy_(torch.tensor([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]]))
+    ens = EnsembleNet([a, b], [3.0, 1.0])
+    assert ens.takes_levels
+    x, levels = torch.randn(3, 1, 4, 4), ["L5-S1", "", "L4-L5"]
+    expected = 0.75 * torch.softmax(a(x, levels), 1) + 0.25 * torch.softmax(b(x, levels), 1)
+    torch.testing.assert_close(ens.probabilities(x, levels), expected)
+    with pytest.raises(ConfigError, match="data.dataset.level_col"):
+        ens(x)
+    # wrapped as a classifier (how a saved ensemble loads), the levels are passed on
+    wrapper = ClassificationModule(net=ens, loss=nn.NLLLoss(), optimizer=None,
+                                   label_names=["healthy", "L4-L5", "L5-S1"])
+    torch.testing.assert_close(torch.exp(wrapper(x, levels)), expected)

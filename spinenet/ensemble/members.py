@@ -460,7 +460,10 @@ def member_probabilities(
 ) -> torch.Tensor:
     """A member's class probabilities: softmax over the class axis of its output (logits); a classifier
     with a level prior also gets the samples' disc levels."""
-    if levels is not None and getattr(module, "level_offsets", None) is not None:
+    if getattr(module, "level_offsets", None) is not None:
+        if levels is None:  # the net alone would silently drop what the member learned per level
+            raise ConfigError("an ensemble member has a level prior (model.level_prior) but the data gives no "
+                              "disc levels: set data.dataset.level_col in the data config the ensemble uses")
         return torch.softmax(module(x, levels).float(), dim=1)
     return torch.softmax(module(x).float(), dim=1)
 
