@@ -301,3 +301,37 @@ def test_crop_recipe_of_third_party_crops_reaches_diagnosis():
     del saved.data["crop_recipe"]
     crop = preprocessing_from_config(saved).crop
     assert crop.margin == 0.1 and crop.clahe == {"clip": 2.0, "tiles": [4, 4]} and crop.source == "default"
+
+
+def test_implausible_components_are_left_out_and_listed_in_findings(tmp_path):
+    """A tall strip below the discs (as a T2-SPACE U-Net marked on SPIDER slices) would become L5-S1 and
+    rename every disc above it; it is left out before naming and listed in findings.json."""
+    from spinenet.pipeline.diagnose import write_study
+
+    image, mask = _slice_with_discs(4)
+    mask[112:126, 60:64] = 1  # 4 px wide, 14 px tall, below the lowest disc
+    image = (0.2 + 0.6 * (mask == 1)).astype(np.float32)
+    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    answers = {_expected_crop(image, b, crop): "healthy" for b in disc_boxes(mask)}
+    seg = stub_segmenter([(image, mask)], size=128)
+    (res,) = diagnose_images([image], "sagittal", seg, oracle_classifier(answers, SAG_LABELS, crop))
+    assert [d["level"] for d in res["discs"]] == ["L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    doc = write_study(tmp_path, "s1", [dict(res, image="slice.png", pixels=image)],
+                      {"segmenter": "stub", "classifier": "stub"})
+    (rejected,) = json.loads((tmp_path / "s1" / "findings.json").read_text())["images"][0]["rejected_components"]
+    assert rejected["box"] == [60, 112, 64, 126] and "taller than wide" in rejected["reason"]
+    assert doc["study"] == "s1"
+
+
+def test_each_disc_reaches_the_classifier_with_its_level():
+    """A classifier with a level prior gets every crop's named level, in batch order: an offset that makes
+    one level's discs herniated must flag exactly that level."""
+    image, mask = _slice_with_discs(5)
+    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    answers = {_expected_crop(image, b, crop): "healthy" for b in disc_boxes(mask)}
+    cls = oracle_classifier(answers, SAG_LABELS, crop)
+    cls.prep.level_offsets = {"L4-L5": [0.0, 20.0, 0.0], "*": [0.0, 0.0, 0.0]}
+    seg = stub_segmenter([(image, mask)], size=128)
+    (res,) = diagnose_images([image], "sagittal", seg, cls, batch_size=1)
+    assert {d["level"]: d["class"] for d in res["discs"]} == {
+        "L1-L2": "healthy", "L2-L3": "healthy", "L3-L4": "healthy", "L4-L5": "L4-L5", "L5-S1": "healthy"}

@@ -173,8 +173,8 @@ class Predictor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            if levels is not None and self.kind == "module" and self.task == "classification":
-                return self.net(x, list(levels)).float().cpu()  # ClassificationModule adds its offsets
+            if levels is not None and hasattr(self.net, "level_offset_table"):
+                return self.net(x, list(levels)).float().cpu()  # a ClassificationModule adds its offsets
             return self.with_level_offsets(self.net(x).float().cpu(), levels)
 
     def with_level_offsets(self, logits: torch.Tensor, levels: Sequence[str] | None) -> torch.Tensor:
