@@ -335,3 +335,15 @@ def test_each_disc_reaches_the_classifier_with_its_level():
     (res,) = diagnose_images([image], "sagittal", seg, cls, batch_size=1)
     assert {d["level"]: d["class"] for d in res["discs"]} == {
         "L1-L2": "healthy", "L2-L3": "healthy", "L3-L4": "healthy", "L4-L5": "L4-L5", "L5-S1": "healthy"}
+
+
+def test_an_axial_slice_reaches_the_classifier_with_its_given_level():
+    image, mask = _slice_with_discs(1)
+    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    (box,) = disc_boxes(mask)
+    cls = oracle_classifier({_expected_crop(image, box, crop): "healthy"}, AX_LABELS, crop)
+    cls.prep.level_offsets = {"L4-L5": [0.0, 0.0, 0.0, 20.0, 0.0], "*": [0.0] * 5}
+    seg = stub_segmenter([(image, mask)], size=128)
+    got = [diagnose_images([image], "axial", seg, cls, image_levels=[lv])[0]["discs"][0]["class"]
+           for lv in ("L4-L5", "L5-S1", None)]
+    assert got == ["left", "healthy", "healthy"]

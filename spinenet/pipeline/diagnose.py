@@ -151,9 +151,11 @@ def diagnose_images(
     disc_class: int | None = None,
     min_area: int = 20,
     progress: Callable[[int], None] | None = None,
+    image_levels: Sequence[str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per image: ``mask`` and ``discs`` (level, box, crop_box, class, probability, probabilities,
-    p_herniation; discs outside the classifier's levels have ``classified: False``) and ``status``."""
+    p_herniation; discs outside the classifier's levels have ``classified: False``) and ``status``.
+    ``image_levels``: each image's level when known beforehand (axial slices), for a classifier's level prior."""
     if view not in VIEWS:
         raise ConfigError(f"--view: choose one of {', '.join(VIEWS)}, got {view!r}")
     if segmenter.task != "segmentation":
@@ -167,11 +169,13 @@ def diagnose_images(
         chunk = images[start : start + batch_size]
         masks = segment(chunk, segmenter)
         per_image, crops, levels = [], [], []
-        for img, mask in zip(chunk, masks, strict=True):
+        given = list(image_levels[start : start + batch_size]) if image_levels else [None] * len(chunk)
+        for img, mask, known in zip(chunk, masks, given, strict=True):
             discs, c, dropped = find_discs(img, mask, view, classifier, dc, min_area)
             per_image.append((discs, dropped))
             crops += c
-            levels += [d["level"] for d in discs if d["classified"]]
+            # sagittal discs are named bottom-up; an axial slice's level comes with the input (--level-col)
+            levels += [d["level"] or known or "" for d in discs if d["classified"]]
         probs = iter(classify_crops(crops, classifier, max(batch_size, 1) * 8, levels))
         for mask, (discs, dropped) in zip(masks, per_image, strict=True):
             for d in discs:
@@ -463,7 +467,8 @@ def run(
             chunk = group[start : start + batch_size * 4]
             pixels = [i.load() for i in chunk]
             results = diagnose_images(pixels, view, segmenters[view], classifiers[view], batch_size,
-                                      disc_class, min_area, progress=bar.update)
+                                      disc_class, min_area, progress=bar.update,
+                                      image_levels=[i.level for i in chunk])
             for item, img, res in zip(chunk, pixels, results, strict=True):
                 res.update(image=item.name, pixels=img, size=list(img.shape[:2]), level=item.level,
                            dicom=item.dicom)
