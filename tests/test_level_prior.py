@@ -3,15 +3,13 @@ the level diagnose names; exported files carry the offsets in their sidecar."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from spinenet.cli import main as cli_main
-from spinenet.errors import ConfigError
+from spinenet.errors import ConfigError, DataError
 from spinenet.lit.classification import ClassificationModule
 from spinenet.pipeline.models import load_predictor, prepare_inputs
 from tests.test_diagnose import CLS_OVERRIDES, make_checkpoint
@@ -87,17 +85,23 @@ def test_manifest_level_column_reaches_the_batch(tiny_phantom_crops):
     assert set(batch["level"]) <= {"L4-L5", "L5-S1"} and len(batch["level"]) == len(batch["label"])
     bad = ClassificationDataModule(dataset=dict(root=str(root), level_col="disc_level", **common),
                                    image_size=(32, 32), batch_size=4)
-    with pytest.raises(Exception, match="dataset.level_col"):
+    with pytest.raises(DataError, match="dataset.level_col"):
         bad.setup()
+
+
+def _checkpoint_with_offsets(folder):
+    """A sagittal DiscNet checkpoint with a level prior over L5-S1, L4-L5 and set (non-zero) offsets."""
+    ckpt = make_checkpoint(folder / "cls.ckpt", [*CLS_OVERRIDES, "model.level_prior=[L5-S1,L4-L5]",
+                                                 "+data.dataset.level_col=level"])
+    state = torch.load(ckpt, weights_only=False)
+    state["state_dict"]["level_offsets"] = torch.tensor([[2.0, -1, 0], [0, 1.5, -2], [-3.0, 0, 1]])
+    torch.save(state, ckpt)
+    return ckpt
 
 
 def test_checkpoint_and_exported_files_apply_the_same_level_offsets(tmp_path):
     pytest.importorskip("onnxruntime")
-    ckpt = make_checkpoint(tmp_path / "cls.ckpt", [*CLS_OVERRIDES, "model.level_prior=[L5-S1,L4-L5]",
-                                                   "+data.dataset.level_col=level"])
-    state = torch.load(ckpt, weights_only=False)
-    state["state_dict"]["level_offsets"] = torch.tensor([[2.0, -1, 0], [0, 1.5, -2], [-3.0, 0, 1]])
-    torch.save(state, ckpt)
+    ckpt = _checkpoint_with_offsets(tmp_path)
     ref = load_predictor(ckpt)
     assert ref.prep.level_offsets == {"L5-S1": [2.0, -1, 0], "L4-L5": [0, 1.5, -2], "*": [-3.0, 0, 1]}
     assert cli_main(["export", str(ckpt), "--out", str(tmp_path / "out")]) == 0
@@ -116,13 +120,8 @@ def test_onnxruntime_engine_keeps_the_offsets_of_a_checkpoint(tmp_path):
     pytest.importorskip("onnxruntime")
     from spinenet.pipeline.export import onnxruntime_predictor
 
-    ckpt = make_checkpoint(tmp_path / "cls.ckpt", [*CLS_OVERRIDES, "model.level_prior=[L5-S1,L4-L5]",
-                                                   "+data.dataset.level_col=level"])
-    state = torch.load(ckpt, weights_only=False)
-    state["state_dict"]["level_offsets"] = torch.tensor([[2.0, -1, 0], [0, 1.5, -2], [-3.0, 0, 1]])
-    torch.save(state, ckpt)
-    ref = load_predictor(ckpt)
-    fast = onnxruntime_predictor(copy.copy(ref))
+    ref = load_predictor(_checkpoint_with_offsets(tmp_path))
+    fast = onnxruntime_predictor(ref)
     x = torch.rand(2, 1, 64, 64)
     torch.testing.assert_close(fast(x, ["L5-S1", ""]), ref(x, ["L5-S1", ""]), atol=1e-4, rtol=1e-4)
 
