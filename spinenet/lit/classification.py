@@ -195,10 +195,15 @@ class ClassificationModule(L.LightningModule):
         )
 
     # -- steps ----------------------------------------------------------------------------------------
+    @property
+    def needs_levels(self) -> bool:
+        """Whether predictions depend on each image's disc level: its own level prior, or an ensemble net
+        whose members have one (and apply their offsets themselves)."""
+        return self.level_offsets is not None or bool(getattr(self.net, "takes_levels", False))
+
     def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
         """Logits of images ``x``; with ``level_prior``, plus each image's level offset (``levels``: one
         name per image, "" when unknown; None: the net alone, as exported, see :meth:`level_offset_table`)."""
-        # an ensemble of classifiers with level priors applies its members' offsets itself
         logits = self.net(x, levels) if getattr(self.net, "takes_levels", False) else self.net(x)
         if self.level_offsets is not None and levels is not None:
             logits = logits + self.level_offsets[self.level_index(levels)].to(logits.dtype)
@@ -217,7 +222,7 @@ class ClassificationModule(L.LightningModule):
         return {**dict(zip(self.levels, rows[:-1], strict=True)), "*": rows[-1]}
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        if (self.level_offsets is not None or getattr(self.net, "takes_levels", False)) and "level" not in batch:
+        if self.needs_levels and "level" not in batch:
             raise ConfigError(
                 "model.level_prior needs each sample's disc level: set data.dataset.level_col to the "
                 "manifest column that names it"

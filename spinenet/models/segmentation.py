@@ -258,6 +258,13 @@ def _check_size(size: tuple[int, int], multiple: int, what: str, setting: str = 
                       f"multiples of {multiple}; nearest valid sizes: {', '.join(hints)}")
 
 
+def _check_sizes(size: tuple[int, int] | None, crop: tuple[int, int] | None, multiple: int, what: str) -> None:
+    """The whole input (``data.image_size``) and the training patch (``data.augment.crop``), where set."""
+    for given, setting in ((size, "data.image_size"), (crop, "data.augment.crop")):
+        if given is not None:
+            _check_size(given, multiple, what, setting)
+
+
 def _check_weights_arg(encoder_weights: Any) -> str | None:
     if encoder_weights is None:
         return None
@@ -338,9 +345,7 @@ def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: 
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("model.net.dropout: expected a value in [0, 1) (the paper's grid: 0.1-0.5), "
                               f"got {dropout}")
-        for given, setting in ((size, "data.image_size"), (crop, "data.augment.crop")):
-            if given is not None:
-                _check_size(given, 2**depth, f"unet_sustersic with depth {depth} (2**depth)", setting)
+        _check_sizes(size, crop, 2**depth, f"unet_sustersic with depth {depth} (2**depth)")
         return SustersicUNet(num_classes, in_channels, base_channels=base, depth=depth, dropout=dropout,
                              batch_norm=bool(options.get("batch_norm", True)))
 
@@ -362,9 +367,7 @@ def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: 
             f"model.net.encoder: {key} cannot use {enc} (DeepLabv3+ needs a dilated encoder and VGG "
             f"downsamples by max pooling); encoders that work with {key}: {', '.join(_encoders_for(key))}"
         )
-    for given, setting in ((size, "data.image_size"), (crop, "data.augment.crop")):
-        if given is not None:
-            _check_size(given, required_multiple(key, **smp_kwargs), f"{key} with {enc}", setting)
+    _check_sizes(size, crop, required_multiple(key, **smp_kwargs), f"{key} with {enc}")
     try:
         # built RGB, so an ImageNet file's first convolution fits before it is adapted to in_channels
         model = smp.create_model(_SMP_ARCHS[key], encoder_name=_SMP_ENCODERS[enc], encoder_weights=None,
