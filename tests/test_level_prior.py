@@ -89,6 +89,49 @@ def test_manifest_level_column_reaches_the_batch(tiny_phantom_crops):
         bad.setup()
 
 
+def test_level_log_odds_match_hand_counts():
+    from spinenet.metrics.classification import level_log_odds
+
+    labels = [1, 1, 0, 0, 0, 1]
+    levels = ["A", "A", "B", "B", "", "C"]  # "" (unknown) and C (not listed) share the last row
+    got = level_log_odds(labels, levels, ["A", "B"], 2, alpha=1.0)
+    # counts + 1: A [1, 3], B [3, 1], other [2, 2]; overall [6, 6] -> p(c) = 0.5
+    expected = [[np.log(0.25 / 0.5), np.log(0.75 / 0.5)], [np.log(0.75 / 0.5), np.log(0.25 / 0.5)], [0.0, 0.0]]
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    with pytest.raises(DataError, match="6 labels but 5 levels"):
+        level_log_odds(labels, levels[:5], ["A"], 2)
+
+
+def test_offsets_start_at_the_training_split_log_odds(tiny_phantom_crops):
+    import lightning as L
+
+    from spinenet.data.datamodule import ClassificationDataModule
+    from spinenet.metrics.classification import level_log_odds
+
+    dataset = dict(root=str(tiny_phantom_crops), image_col="image", mask_col=None, patient_col="patient_id",
+                   label_col="sagittal_class", label_names=["healthy", "L4-L5", "L5-S1"], level_col="level")
+    dm = ClassificationDataModule(dataset=dataset, image_size=(8, 8), batch_size=4)
+    module = ClassificationModule(
+        net=nn.Sequential(nn.Flatten(), nn.Linear(64, 3)),
+        loss=nn.CrossEntropyLoss(),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.0),  # nothing moves: the start is what is left
+        label_names=["healthy", "L4-L5", "L5-S1"],
+        level_prior=LEVELS,
+        bootstrap=0,
+        plots=False,
+    )
+    trainer = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, accelerator="cpu",
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    expected = level_log_odds(dm.train_labels(), dm.train_levels(), LEVELS, 3)
+    table = module.level_offset_table()
+    np.testing.assert_allclose([table["L5-S1"], table["L4-L5"], table["*"]], expected, rtol=1e-6)
+    assert np.abs(np.asarray(expected)).max() > 0.05  # the split's levels differ: not the zero start
+    dataset["level_col"] = None
+    with pytest.raises(ConfigError, match="data.dataset.level_col"):
+        ClassificationDataModule(dataset=dataset, image_size=(8, 8), batch_size=4).train_levels()
+
+
 def _checkpoint_with_offsets(folder):
     """A sagittal DiscNet checkpoint with a level prior over L5-S1, L4-L5 and set (non-zero) offsets."""
     ckpt = make_checkpoint(folder / "cls.ckpt", [*CLS_OVERRIDES, "model.level_prior=[L5-S1,L4-L5]",

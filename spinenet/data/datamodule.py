@@ -397,3 +397,13 @@ class ClassificationDataModule(SpineDataModule):
     def train_labels(self) -> list[int]:
         self.setup()
         return [int(v) for v in self.datasets["train"].rows["label_idx"]]
+
+    def train_levels(self) -> list[str]:
+        """The training split's disc levels (data.dataset.level_col; "" where unknown), in train_labels order."""
+        self.setup()
+        if not self.spec.level_col:
+            raise ConfigError(
+                "model.level_prior needs each sample's disc level: set data.dataset.level_col to the "
+                "manifest column that names it"
+            )
+        return ["" if pd.isna(v) else str(v) for v in self.datasets["train"].rows[self.spec.level_col]]

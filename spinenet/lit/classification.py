@@ -21,7 +21,8 @@ series) also scores the mean prediction of each group: logged as ``{val,test}/ag
 level to the net's logits; every other or unknown level shares one more offset. A crop does not show which
 disc it is, yet findings depend strongly on the level (SPIDER: 69-72% of L4-L5 and L5-S1 discs bulge, 9% of
 T11-T12), and the level is known wherever crops come from (the manifest's ``data.dataset.level_col``; in
-``spinenet diagnose``, the level named bottom-up). The offsets train with the net and start at zero.
+``spinenet diagnose``, the level named bottom-up). The offsets train with the net; at fit start they are set
+to each level's log-odds in the training split (:func:`~spinenet.metrics.classification.level_log_odds`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from spinenet.metrics.classification import (
     classification_report,
     compute_class_weights,
     flatten_report,
+    level_log_odds,
     macro_auroc,
     save_classification_plots,
 )
@@ -178,14 +180,19 @@ class ClassificationModule(L.LightningModule):
         return loss
 
     def setup(self, stage: str) -> None:
-        if stage != "fit" or self.class_weights_mode != "balanced":
+        # fit start: what the training split decides. A resumed run then restores its checkpoint over it.
+        if stage != "fit" or (self.class_weights_mode != "balanced" and self.level_offsets is None):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "train_labels"):
             raise ConfigError(
-                "model.class_weights=balanced needs a DataModule with train_labels() "
+                "model.class_weights=balanced and model.level_prior need a DataModule with train_labels() "
                 "(spinenet.data.datamodule.ClassificationDataModule)"
             )
+        if self.level_offsets is not None:
+            self._start_level_offsets(datamodule)
+        if self.class_weights_mode != "balanced":
+            return
         weights = compute_class_weights(datamodule.train_labels(), len(self.label_names), "balanced")
         self.class_weight_values = weights
         self.loss = self._make_loss(weights)
@@ -193,6 +200,17 @@ class ClassificationModule(L.LightningModule):
             "balanced class weights from the training split: %s",
             {n: round(w, 4) for n, w in zip(self.label_names, weights, strict=True)},
         )
+
+    def _start_level_offsets(self, datamodule: Any) -> None:
+        # Adam moves a parameter by about lr per step: from zero at lr 1e-4, 40 epochs of SPIDER bulging
+        # (1,700 steps) move an offset by 0.1 at most, where the levels differ by about 1 in log-odds
+        offsets = level_log_odds(
+            datamodule.train_labels(), datamodule.train_levels(), self.levels, len(self.label_names)
+        )
+        with torch.no_grad():
+            self.level_offsets.copy_(torch.as_tensor(offsets, dtype=self.level_offsets.dtype))
+        log.info("level prior from the training split (log p(class | level) - log p(class)): %s",
+                 {k: [round(v, 3) for v in row] for k, row in self.level_offset_table().items()})
 
     # -- steps ----------------------------------------------------------------------------------------
     @property

@@ -236,6 +236,29 @@ def compute_class_weights(labels: ArrayLike, num_classes: int, mode: str = "bala
     return [n / (num_classes * float(c)) if c > 0 else 0.0 for c in counts]
 
 
+def level_log_odds(
+    labels: ArrayLike, levels: Sequence[str], level_names: Sequence[str], num_classes: int, alpha: float = 1.0
+) -> list[list[float]]:
+    """Per level, how much more likely each class is there than overall: ``log p(c | level) - log p(c)``.
+
+    One row per name in ``level_names`` and a last row for every other level (``""``: unknown), from the
+    training labels with ``alpha`` added to each count (a level seen rarely stays near 0). These start
+    ``model.level_prior``'s offsets: a loss balanced by class weights leaves the net an even prior, and
+    adding them gives it each level's own (SPIDER bulging: L1-L2 -0.6, L4-L5 +0.5 for "bulging").
+    """
+    y = _targets(labels)
+    if y.numel() != len(levels):
+        raise DataError(f"level prior: {y.numel()} labels but {len(levels)} levels")
+    names = [str(v) for v in level_names]
+    rows = torch.as_tensor([names.index(str(v)) if str(v) in names else len(names) for v in levels])
+    counts = torch.zeros(len(names) + 1, num_classes, dtype=torch.float64)
+    counts.index_put_((rows, y), torch.ones(len(y), dtype=torch.float64), accumulate=True)
+    counts += alpha
+    per_level = counts / counts.sum(1, keepdim=True)
+    overall = counts.sum(0) / counts.sum()
+    return (per_level.log() - overall.log()).tolist()
+
+
 def bootstrap_ci(
     metric_fn: Callable[[np.ndarray, np.ndarray], float],
     y_true: ArrayLike,
