@@ -30,6 +30,8 @@ from spinenet.models.pretrained import load_local_weights
 
 # spinenet name -> timm architecture
 TIMM_ARCHS: dict[str, str] = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
     "resnet50": "resnet50",
     "vgg16": "vgg16",
     "vgg19": "vgg19",
@@ -41,7 +43,7 @@ CLASSIFIER_NAMES: tuple[str, ...] = ("discnet", "lenet", "alexnet", "nin", "goog
 
 # Smallest square input (pixels) each model accepts: max(measured, total stride). "Measured" is the smallest
 # size at which a forward and backward pass in train mode at batch 2 runs (PyTorch 2.14 / timm 1.0):
-# discnet 13, lenet 12, alexnet 15, nin 15, googlenet 15, resnet50 1, vgg16/19 32, densenet121 29,
+# discnet 13, lenet 12, alexnet 15, nin 15, googlenet 15, resnet18/34/50 1, vgg16/19 32, densenet121 29,
 # inception_v3 75 (valid-padded stem), legacy_xception 7. Padded convolutions let several nets run on inputs
 # smaller than their total stride (ResNet50 on 1×1), where the last stage sees padding instead of pixels;
 # the total stride (32 for googlenet and the timm nets) is the floor there. Keras documents 32 for
@@ -53,6 +55,8 @@ _MIN_SIZE: dict[str, int] = {
     "alexnet": 15,
     "nin": 15,
     "googlenet": 32,
+    "resnet18": 32,
+    "resnet34": 32,
     "resnet50": 32,
     "vgg16": 32,
     "vgg19": 32,
