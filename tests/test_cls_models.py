@@ -59,6 +59,14 @@ def test_discnet_parameter_count_matches_paper():
     assert count_parameters(DiscNet(num_classes=3, in_channels=1), bn_statistics=True) == 342_691 - 1_568
 
 
+def test_smallcnn_pools_over_positions_so_its_size_does_not_grow_with_the_input():
+    small, large = (build_classifier("smallcnn", 2, image_size=s) for s in [(16, 16), (48, 112)])
+    n = count_parameters(small)
+    # convs 9·(1·16 + 16·32 + 32·64 + 64·128), batch norms 2·(16 + 32 + 64 + 128), dense 128·2 + 2
+    assert n == 9 * (16 + 16 * 32 + 32 * 64 + 64 * 128) + 2 * (16 + 32 + 64 + 128) + 128 * 2 + 2
+    assert count_parameters(large) == n and small.num_features == 128
+
+
 def _size(name: str) -> int:
     return max(64, min_input_size(name))
 
@@ -91,7 +99,7 @@ def test_minimum_input_sizes_are_checked_at_build_time():
     build_classifier("discnet", 2, image_size=(13, 13))
 
 
-@pytest.mark.parametrize(("name", "size"), [("discnet", 13), ("inception_v3", 75), ("vgg16", 32)])
+@pytest.mark.parametrize(("name", "size"), [("discnet", 13), ("smallcnn", 16), ("inception_v3", 75), ("vgg16", 32)])
 def test_measured_minimum_is_the_real_limit(name, size):
     # at the minimum the forward pass runs; one pixel less and the network itself fails
     model = build_classifier(name, 2, image_size=(size, size)).eval()
@@ -102,8 +110,8 @@ def test_measured_minimum_is_the_real_limit(name, size):
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ConfigError, match="unknown classifier 'resnet18'.*discnet.*xception"):
-        build_classifier("resnet18", 2)
+    with pytest.raises(ConfigError, match="unknown classifier 'resnet101'.*discnet.*xception"):
+        build_classifier("resnet101", 2)
 
 
 def test_transfer_learning_head_on_timm_backbone():

@@ -39,7 +39,15 @@ TIMM_ARCHS: dict[str, str] = {
     "inception_v3": "inception_v3",
     "xception": "legacy_xception",
 }
-CLASSIFIER_NAMES: tuple[str, ...] = ("discnet", "lenet", "alexnet", "nin", "googlenet", *TIMM_ARCHS)
+CLASSIFIER_NAMES: tuple[str, ...] = (
+    "discnet",
+    "smallcnn",
+    "lenet",
+    "alexnet",
+    "nin",
+    "googlenet",
+    *TIMM_ARCHS,
+)
 
 # Smallest square input (pixels) each model accepts: max(measured, total stride). "Measured" is the smallest
 # size at which a forward and backward pass in train mode at batch 2 runs (PyTorch 2.14 / timm 1.0):
@@ -51,6 +59,7 @@ CLASSIFIER_NAMES: tuple[str, ...] = ("discnet", "lenet", "alexnet", "nin", "goog
 # timm but whose later blocks pad, so timm's Xception works from 32 as well.
 _MIN_SIZE: dict[str, int] = {
     "discnet": 13,
+    "smallcnn": 16,
     "lenet": 12,
     "alexnet": 15,
     "nin": 15,
@@ -289,6 +298,39 @@ class NiN(Classifier):
         super().__init__(backbone, head, 384, "nin")
 
 
+class SmallCNN(Classifier):
+    """A small plain CNN: four blocks of conv 3×3 → batch norm → ReLU → max-pool 2×2 (16, 32, 64, 128
+    kernels), global average pooling, dropout, dense. About 98 k parameters, whatever the input size.
+
+    Not from the papers: the baseline a few hundred crops can train from scratch. DiscNet's dense layer sees
+    every position of its last feature map (43 k features at 48×112), which lets it memorise a small training
+    set; pooling over positions leaves this head 128 features.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        image_size: tuple[int, int] = (64, 64),
+        widths: Sequence[int] = (16, 32, 64, 128),
+        dropout: float = 0.3,
+    ):
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for cout in widths:
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            cin = cout
+        backbone = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        _flat_features(backbone, in_channels, image_size)  # fails early on a too small input
+        head = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes))
+        super().__init__(backbone, head, cin, "smallcnn")
+
+
 class GoogLeNet(Classifier):
     """torchvision's GoogLeNet (Inception v1) without auxiliary heads, first conv for ``in_channels``.
 
@@ -490,7 +532,14 @@ def build_classifier(
         if own_format:  # saved from a spinenet Classifier (e.g. trained on other spine data): keys fit as-is
             load_local_weights(model, path, what=key)
         return model
-    cls = {"discnet": DiscNet, "lenet": LeNet, "alexnet": AlexNet, "nin": NiN, "googlenet": GoogLeNet}[key]
+    cls = {
+        "discnet": DiscNet,
+        "smallcnn": SmallCNN,
+        "lenet": LeNet,
+        "alexnet": AlexNet,
+        "nin": NiN,
+        "googlenet": GoogLeNet,
+    }[key]
     try:
         model = cls(num_classes=num_classes, in_channels=in_channels, image_size=size, **kwargs)
     except TypeError as exc:
