@@ -51,7 +51,7 @@ def test_each_level_gets_its_own_offset_and_unknown_levels_share_one():
 
 def test_offsets_learn_from_the_loss_and_a_batch_without_levels_is_refused():
     module = _module()
-    assert torch.count_nonzero(module.level_offsets) == 0  # starts as the net alone
+    assert torch.count_nonzero(module.level_offsets) == 0  # the net alone until fit start sets them
     batch = {"image": torch.randn(4, 1, 4, 4), "label": torch.tensor([2, 2, 0, 1]),
              "level": ["L5-S1", "L5-S1", "", "L4-L5"]}
     module._step(batch, "train").backward()
