@@ -132,19 +132,20 @@ def test_offsets_start_at_the_training_split_log_odds(tiny_phantom_crops):
         ClassificationDataModule(dataset=dataset, image_size=(8, 8), batch_size=4).train_levels()
 
 
-def _checkpoint_with_offsets(folder):
-    """A sagittal DiscNet checkpoint with a level prior over L5-S1, L4-L5 and set (non-zero) offsets."""
+def _checkpoint_with_offsets(folder, net: str = "discnet"):
+    """A sagittal checkpoint with a level prior over L5-S1, L4-L5 and set (non-zero) offsets."""
     ckpt = make_checkpoint(folder / "cls.ckpt", [*CLS_OVERRIDES, "model.level_prior=[L5-S1,L4-L5]",
-                                                 "+data.dataset.level_col=level"])
+                                                 "+data.dataset.level_col=level", f"model.net.name={net}"])
     state = torch.load(ckpt, weights_only=False)
     state["state_dict"]["level_offsets"] = torch.tensor([[2.0, -1, 0], [0, 1.5, -2], [-3.0, 0, 1]])
     torch.save(state, ckpt)
     return ckpt
 
 
-def test_checkpoint_and_exported_files_apply_the_same_level_offsets(tmp_path):
+@pytest.mark.parametrize("net", ["discnet", "smallcnn"])  # the SPIDER herniation and bulging models
+def test_checkpoint_and_exported_files_apply_the_same_level_offsets(tmp_path, net):
     pytest.importorskip("onnxruntime")
-    ckpt = _checkpoint_with_offsets(tmp_path)
+    ckpt = _checkpoint_with_offsets(tmp_path, net)
     ref = load_predictor(ckpt)
     assert ref.prep.level_offsets == {"L5-S1": [2.0, -1, 0], "L4-L5": [0, 1.5, -2], "*": [-3.0, 0, 1]}
     assert cli_main(["export", str(ckpt), "--out", str(tmp_path / "out")]) == 0

@@ -203,7 +203,7 @@ class ClassificationModule(L.LightningModule):
 
     def _start_level_offsets(self, datamodule: Any) -> None:
         # Adam moves a parameter by about lr per step: from zero at lr 1e-4, 40 epochs of SPIDER bulging
-        # (1,700 steps) move an offset by 0.1 at most, where the levels differ by about 1 in log-odds
+        # (1,700 steps, cosine-decayed) move an offset by about 0.1, where the levels differ by about 1 in log-odds
         offsets = level_log_odds(
             datamodule.train_labels(), datamodule.train_levels(), self.levels, len(self.label_names)
         )
