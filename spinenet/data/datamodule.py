@@ -26,6 +26,12 @@ from spinenet.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+# model.level_prior (and an ensemble of members with one) without levels in the data
+LEVELS_NEEDED = (
+    "model.level_prior needs each sample's disc level: set data.dataset.level_col to the manifest column "
+    "that names it"
+)
+
 SPLITS = ("train", "val", "test")
 CHECK_LEVELS = ("deep", "fast", "off")
 
@@ -402,8 +408,5 @@ class ClassificationDataModule(SpineDataModule):
         """The training split's disc levels (data.dataset.level_col; "" where unknown), in train_labels order."""
         self.setup()
         if not self.spec.level_col:
-            raise ConfigError(
-                "model.level_prior needs each sample's disc level: set data.dataset.level_col to the "
-                "manifest column that names it"
-            )
+            raise ConfigError(LEVELS_NEEDED)
         return ["" if pd.isna(v) else str(v) for v in self.datasets["train"].rows[self.spec.level_col]]

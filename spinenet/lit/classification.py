@@ -40,6 +40,7 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.utilities import dim_zero_cat
 
+from spinenet.data.datamodule import LEVELS_NEEDED
 from spinenet.errors import ConfigError
 from spinenet.metrics.classification import (
     ClassificationMetrics,
@@ -181,7 +182,8 @@ class ClassificationModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # fit start: what the training split decides. A resumed run then restores its checkpoint over it.
-        if stage != "fit" or (self.class_weights_mode != "balanced" and self.level_offsets is None):
+        balanced, with_prior = self.class_weights_mode == "balanced", self.level_offsets is not None
+        if stage != "fit" or not (balanced or with_prior):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "train_labels"):
@@ -189,24 +191,22 @@ class ClassificationModule(L.LightningModule):
                 "model.class_weights=balanced and model.level_prior need a DataModule with train_labels() "
                 "(spinenet.data.datamodule.ClassificationDataModule)"
             )
-        if self.level_offsets is not None:
-            self._start_level_offsets(datamodule)
-        if self.class_weights_mode != "balanced":
-            return
-        weights = compute_class_weights(datamodule.train_labels(), len(self.label_names), "balanced")
-        self.class_weight_values = weights
-        self.loss = self._make_loss(weights)
-        log.info(
-            "balanced class weights from the training split: %s",
-            {n: round(w, 4) for n, w in zip(self.label_names, weights, strict=True)},
-        )
+        labels = datamodule.train_labels()
+        if with_prior:
+            self._start_level_offsets(labels, datamodule.train_levels())
+        if balanced:
+            weights = compute_class_weights(labels, len(self.label_names), "balanced")
+            self.class_weight_values = weights
+            self.loss = self._make_loss(weights)
+            log.info(
+                "balanced class weights from the training split: %s",
+                {n: round(w, 4) for n, w in zip(self.label_names, weights, strict=True)},
+            )
 
-    def _start_level_offsets(self, datamodule: Any) -> None:
+    def _start_level_offsets(self, labels: Sequence[int], levels: Sequence[str]) -> None:
         # Adam moves a parameter by about lr per step: from zero at lr 1e-4, 40 epochs of SPIDER bulging
         # (1,700 steps, cosine-decayed) move an offset by about 0.1, where the levels differ by about 1 in log-odds
-        offsets = level_log_odds(
-            datamodule.train_labels(), datamodule.train_levels(), self.levels, len(self.label_names)
-        )
+        offsets = level_log_odds(labels, levels, self.levels, len(self.label_names))
         with torch.no_grad():
             self.level_offsets.copy_(torch.as_tensor(offsets, dtype=self.level_offsets.dtype))
         log.info("level prior from the training split (log p(class | level) - log p(class)): %s",
@@ -241,10 +241,7 @@ class ClassificationModule(L.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         if self.needs_levels and "level" not in batch:
-            raise ConfigError(
-                "model.level_prior needs each sample's disc level: set data.dataset.level_col to the "
-                "manifest column that names it"
-            )
+            raise ConfigError(LEVELS_NEEDED)
         logits = self(batch["image"], batch.get("level"))
         if logits.ndim != 2 or logits.shape[1] != len(self.label_names):
             raise ConfigError(
