@@ -299,6 +299,7 @@ class _Writer:
 
     def __init__(self, out: Path):
         self.out, self.rows, self.missing, self._names = out, [], [], set()
+        self.rejected: list[dict[str, Any]] = []  # segmented components that cannot be discs
 
     def save(self, crop: np.ndarray, stem: str, row: dict[str, Any]) -> None:
         name, k = _safe(stem), 2
@@ -326,6 +327,8 @@ class _Writer:
             n_missing=len(self.missing),
             label_counts=dict(sorted(labels.items())),
             missing=[m["source_image"] for m in self.missing[:50]],
+            n_rejected_components=len(self.rejected),
+            rejected_components=self.rejected[:50],
         )
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         msg = (
@@ -442,7 +445,12 @@ def crop_dataset(
             chosen = [max(boxes, key=lambda b: b.area)]
             names = [str(rec["level"]) if "level" in rec and not pd.isna(rec["level"]) else ""]
         else:
-            chosen, names = boxes, assign_levels(boxes, upper_levels)
+            chosen = boxes
+            if callable(mask_source):
+                # as `spinenet diagnose`: one false component below L5-S1 renames every disc above it
+                chosen, rejected = plausible_sagittal_discs(boxes)
+                writer.rejected += [{"patient_id": pid, "source_image": source, **r} for r in rejected]
+            names = assign_levels(chosen, upper_levels)
         stem = Path(source).stem
         for idx, (box, level) in enumerate(zip(chosen, names, strict=True)):
             if keep is not None and level not in keep:

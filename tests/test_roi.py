@@ -277,3 +277,25 @@ def test_implausible_sagittal_components_are_left_out_before_levels_are_named():
     assert assign_levels(kept)[-1] == "L5-S1" and assign_levels(kept)[0] == "L1-L2"
     reasons = sorted(r["reason"].split(" (")[0].split(" px")[0] for r in rejected)
     assert len(rejected) == 2 and reasons[1] == "taller than wide" and reasons[0].startswith("area 16")
+
+
+def test_segmenter_masks_lose_implausible_components_before_levels_are_named(tmp_path):
+    spec = _write_sagittal_set(tmp_path / "src")
+    truth = pd.read_csv(crop_dataset(spec, tmp_path / "gt", view="sagittal", size=(32, 32)) / "manifest.csv")
+
+    def segmenter(image, row):  # the discs, plus a tall strip beside the spine and a speck below L5-S1
+        mask = (image > 0.5).astype(np.int64)
+        if mask.any():
+            mask[10:80, 2:6] = 1
+            mask[90:95, 50:55] = 1
+        return mask
+
+    out = crop_dataset(spec, tmp_path / "seg", view="sagittal", size=(32, 32), mask_source=segmenter)
+    predicted = pd.read_csv(out / "manifest.csv")
+    cols = ["patient_id", "level", "x0", "y0", "x1", "y1"]
+    pd.testing.assert_frame_equal(predicted[cols], truth[cols])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_rejected_components"] == 4  # two per image with discs (P1, P2)
+    reasons = sorted(r["reason"].split(" ")[0] for r in summary["rejected_components"])
+    assert reasons == ["area", "area", "taller", "taller"]
+    assert {r["source_image"] for r in summary["rejected_components"]} == {"images/P1.png", "images/P2.png"}
