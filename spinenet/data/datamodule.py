@@ -161,10 +161,12 @@ class SpineDataModule(L.LightningDataModule):
         check: str = "deep",
         pin_memory: bool = False,
         seed: int = 0,
+        extra_train: Sequence[Mapping] | None = None,
         **_ignored: Any,
     ):
         super().__init__()
         self.spec = DatasetSpec.from_config(_to_dict(dataset))
+        self.extra_specs = self._extra_specs(_to_dict(dataset), _to_dict(extra_train))
         self.image_size = tuple(int(s) for s in _to_dict(image_size))
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.in_channels = int(in_channels)
@@ -185,6 +187,23 @@ class SpineDataModule(L.LightningDataModule):
         self.frame: pd.DataFrame | None = None
         self.splits: dict[str, list[str]] | None = None
         self.datasets: dict[str, Dataset] = {}
+
+    @staticmethod
+    def _extra_specs(dataset: Mapping, extra: Sequence[Mapping] | None) -> list[DatasetSpec]:
+        """``data.extra_train``: more data sets for the training split only, each a ``dataset`` block whose
+        settings default to ``data.dataset``'s (usually just ``root`` and ``manifest``)."""
+        if extra is None:
+            return []
+        if isinstance(extra, Mapping) or not isinstance(extra, Sequence) or isinstance(extra, str):
+            raise ConfigError(
+                f"data.extra_train must be a list of dataset blocks (each with at least a root), got {extra!r}"
+            )
+        specs = []
+        for i, block in enumerate(extra):
+            if not isinstance(block, Mapping) or not block.get("root"):
+                raise ConfigError(f"data.extra_train[{i}] must be a dataset block with a root, got {block!r}")
+            specs.append(DatasetSpec.from_config({**dataset, **block}))
+        return specs
 
     # -- data preparation (rank 0 only in Lightning) --------------------------------------------------
     def prepare_data(self) -> None:
@@ -251,14 +270,48 @@ class SpineDataModule(L.LightningDataModule):
         if self.output_dir is not None and (self.trainer is None or self.trainer.is_global_zero):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_splits(self.splits, self.output_dir / "splits.json")
+        extra = self.load_extra_train(frame)
         for name in SPLITS:
             rows = frame[frame[self.spec.patient_col].isin(set(self.splits[name]))]
+            if name == "train" and extra is not None:
+                rows = pd.concat([rows, extra], ignore_index=True)
             self.datasets[name] = self.make_dataset(rows, train=name == "train")
-        self.datasets["all"] = self.make_dataset(frame, train=False)
+        self.datasets["all"] = self.make_dataset(frame, train=False)  # data.dataset only, as split
         log.info(
             "split by patient: %s",
             {k: f"{len(v)} patients / {len(self.datasets[k])} images" for k, v in self.splits.items()},
         )
+        if extra is not None:
+            log.info("data.extra_train: %d images of %d patients added to the training split",
+                     len(extra), extra[self.spec.patient_col].nunique())
+
+    def load_extra_train(self, frame: pd.DataFrame) -> pd.DataFrame | None:
+        """The rows of ``data.extra_train``, checked like the main data set. A patient of the validation or
+        test split may not appear in them (that would leak the patient into training)."""
+        if not self.extra_specs:
+            return None
+        held_out = {str(p): name for name in ("val", "test") for p in self.splits[name]}
+        parts = []
+        for i, spec in enumerate(self.extra_specs):
+            if spec.label_names is None and frame.attrs.get("label_names") is not None:
+                spec.label_names = list(frame.attrs["label_names"])  # the main set's label order
+            rows = load_manifest(spec)
+            if self.check != "off":
+                raise_if_bad(check_dataset(spec, deep=self.check == "deep"), f"data.extra_train[{i}]")
+            leaked = sorted({str(p) for p in rows[spec.patient_col]} & set(held_out))
+            if leaked:
+                shown = ", ".join(f"{p} ({held_out[p]})" for p in leaked[:10])
+                raise DataError(
+                    f"data.extra_train[{i}] ({spec.manifest_path}) has {len(leaked)} patient(s) of the "
+                    f"validation or test split: {shown}. Extra training data must come from other patients "
+                    f"(or from training-split patients only)"
+                )
+            if spec.patient_col != self.spec.patient_col:
+                rows = rows.rename(columns={spec.patient_col: self.spec.patient_col})
+            if spec.level_col and self.spec.level_col and spec.level_col != self.spec.level_col:
+                rows = rows.rename(columns={spec.level_col: self.spec.level_col})
+            parts.append(rows)
+        return pd.concat(parts, ignore_index=True)
 
     def make_dataset(self, rows: pd.DataFrame, train: bool) -> Dataset:
         transform = build_transforms(
