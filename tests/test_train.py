@@ -103,3 +103,21 @@ def test_batch_size_must_split_across_processes(tiny_phantom, compose_cfg):
     with pytest.raises(Exception, match="batch_size=3"):
         train(cfg)
 
+
+
+def test_test_ckpt_last_tests_the_final_weights(tiny_phantom, compose_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"test_ckpt must be one of \['best', 'last'\], got 'final'"):
+        train(compose_cfg([*tiny_train_overrides(tiny_phantom["sagittal"]), "test_ckpt=final"],
+                          output_dir=tmp_path / "bad"))
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    cfg = compose_cfg([*tiny_train_overrides(tiny_phantom["sagittal"]), "test_ckpt=last", "trainer.max_epochs=3",
+                       "callbacks.early_stopping=null"])
+    metrics = train(cfg)
+    assert metrics["tested_checkpoint"] == "last" and metrics["epochs"] == 3
+    # the test metrics are those of last.ckpt (the final epoch's weights), not of the best checkpoint
+    ecfg = compose_cfg([f"ckpt_path={metrics['last_checkpoint']}", f"data.dataset.root={tiny_phantom['sagittal']}",
+                        "data.synthesize=null", "split=test", "trainer.accelerator=cpu"], config_name="eval",
+                       output_dir=tmp_path / "eval")
+    saved = json.loads(Path(evaluate(ecfg)["metrics_file"]).read_text())
+    for key in ("dice_disc", "dice_mean_fg", "loss"):
+        assert saved["test"][key] == pytest.approx(metrics["test"][key], abs=1e-5), key

@@ -21,6 +21,7 @@ log = logging.getLogger("spinenet")
 # Set in DDP worker processes that Lightning starts with the command line: they reload the config that
 # rank 0 resolved (same run folder, same values) instead of composing their own (see spinenet.cli).
 DDP_CONFIG_ENV = "SPINENET_DDP_CONFIG"
+TEST_CKPTS = ("best", "last")  # which weights test=true tests
 
 
 def _overrides_of(run: Path) -> list[str] | None:
@@ -151,6 +152,9 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     output_dir, ckpt_path = _resolve_resume(cfg, output_dir)
+    test_ckpt = str(cfg.get("test_ckpt", "best"))
+    if test_ckpt not in TEST_CKPTS:
+        raise ConfigError(f"test_ckpt must be one of {list(TEST_CKPTS)}, got {test_ckpt!r}")
     if not is_ddp_worker():
         _guard_output_dir(output_dir, resuming=ckpt_path is not None)
     if cfg.get("seed") is not None:
@@ -193,7 +197,9 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test: dict[str, float] = {}
     if cfg.get("test", True):
-        test = _test_single_process(cfg, model, datamodule, best, loggers)
+        # test_ckpt=last: the weights at the end of training (None: the module as fit() left it)
+        tested = best if test_ckpt == "best" else None
+        test = _test_single_process(cfg, model, datamodule, tested, loggers)
         if test is None:  # a DDP worker: rank 0 tests and writes the metrics
             return {}
     metrics = {
@@ -202,6 +208,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "monitor": cfg.get("monitor"),
         "best_score": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
         "best_checkpoint": best,
+        "tested_checkpoint": test_ckpt if test else None,
         "last_checkpoint": str(last) if (last := output_dir / "checkpoints" / "last.ckpt").is_file() else None,
         "epochs": trainer.current_epoch,
         "classes": datamodule.class_names or datamodule.label_names,
