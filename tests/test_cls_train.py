@@ -16,6 +16,7 @@ from spinenet.cli import main as cli_main
 from spinenet.errors import ConfigError, DataError
 from spinenet.metrics.classification import compute_class_weights
 from spinenet.tasks.common import build_module
+from spinenet.tasks.evaluate import evaluate
 from spinenet.tasks.train import train
 from tests.conftest import SPIDER
 from tests.test_roi_cli import tiny_segmenter
@@ -341,3 +342,19 @@ def test_a_last_training_batch_of_one_is_dropped(cls_data_dir, compose_cfg):
     datamodule.batch_size = n - 2 if n % (n - 2) != 1 else n  # no batch of one: nothing dropped
     assert not datamodule.train_dataloader().drop_last
     assert not datamodule.val_dataloader().drop_last  # evaluation never drops images
+
+
+def test_eval_enhances_crops_as_the_checkpoint_was_trained(cls_data_dir, compose_cfg, tmp_path):
+    """data.clahe is part of what the model expects: eval takes it from the checkpoint, like the image size."""
+    overrides = [o for o in tiny_cls_overrides(cls_data_dir) if o != "debug=fdr"]
+    cfg = compose_cfg(["experiment=cls/sustersic2022_sagittal", *overrides, "trainer.max_epochs=1",
+                       "data.clahe={clip:4.0,tiles:[2,2]}", "logger=none"])
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    ecfg = compose_cfg([f"ckpt_path={metrics['best_checkpoint']}", "data=phantom_sagittal_crops",
+                        f"data.dataset.root={cfg.data.dataset.root}", "data.synthesize=null", "data.clahe=null",
+                        f"data.split.file={run / 'splits.json'}", "split=test", "trainer.accelerator=cpu"],
+                       config_name="eval", output_dir=tmp_path / "eval")
+    saved = json.loads(Path(evaluate(ecfg)["metrics_file"]).read_text())
+    assert saved["test"]["loss"] == pytest.approx(metrics["test"]["loss"], abs=1e-5)
+    assert saved["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)

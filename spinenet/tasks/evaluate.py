@@ -60,7 +60,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     task = saved.get("task", "segmentation")
     # the data set is the user's; what the model expects (size, channels, classes) comes from the checkpoint
     overrides = {"image_size": saved.data.image_size, "in_channels": saved.data.in_channels,
-                 "resize_mode": saved.data.get("resize_mode", "resize")}
+                 "resize_mode": saved.data.get("resize_mode", "resize"), "clahe": saved.data.get("clahe")}
     trained_classes = list(saved.data.dataset.get("class_names") or saved.data.dataset.get("label_names") or [])
     current = cfg.data.dataset
     given = list(current.get("class_names") or []) if task == "segmentation" else list(current.get("label_names") or [])
