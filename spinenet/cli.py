@@ -79,8 +79,8 @@ def _print_summary(metrics: dict) -> None:
         lines.append(f"metrics:    {metrics['metrics_file']}")
     elif metrics.get("run_dir"):
         lines.append(f"metrics:    {os.path.join(metrics['run_dir'], 'metrics.json')}")
-    if metrics.get("best_checkpoint"):
-        lines.append(f"checkpoint: {metrics['best_checkpoint']}")
+    if metrics.get("tested_checkpoint") or metrics.get("best_checkpoint"):
+        lines.append(f"checkpoint: {metrics.get('tested_checkpoint') or metrics['best_checkpoint']}")
     test = metrics.get("test") or {}
     headline = ("dice_mean_fg", "miou", "miou_fg", "accuracy", "balanced_accuracy", "f1_macro", "auroc_macro")
     shown = [f"{k}={test[k]:.4f}" for k in headline if isinstance(test.get(k), float)]

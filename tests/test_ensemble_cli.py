@@ -377,3 +377,18 @@ def test_discnet_grid_composes_with_the_classification_experiment(compose_cfg):
     net = hydra.utils.instantiate(trial.model.net)
     assert type(net).__name__ == "DiscNet" and net.head[0].p == 0.2
     assert trial.task == "classification" and trial.data.batch_size == 8
+
+
+def test_a_run_member_is_the_checkpoint_its_test_used(tmp_path):
+    from spinenet.ensemble.members import _run_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("epoch_003.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"x")
+    best, last = str(run / "checkpoints" / "epoch_003.ckpt"), str(run / "checkpoints" / "last.ckpt")
+    metrics = {"best_checkpoint": best, "last_checkpoint": last}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert _run_checkpoint(run) == Path(best)  # runs from before test_ckpt: their best
+    (run / "metrics.json").write_text(json.dumps({**metrics, "test_ckpt": "last", "tested_checkpoint": last}))
+    assert _run_checkpoint(run) == Path(last)

@@ -113,7 +113,8 @@ def test_test_ckpt_last_tests_the_final_weights(tiny_phantom, compose_cfg, tmp_p
     cfg = compose_cfg([*tiny_train_overrides(tiny_phantom["sagittal"]), "test_ckpt=last", "trainer.max_epochs=3",
                        "callbacks.early_stopping=null"])
     metrics = train(cfg)
-    assert metrics["tested_checkpoint"] == "last" and metrics["epochs"] == 3
+    assert metrics["test_ckpt"] == "last" and metrics["epochs"] == 3
+    assert metrics["tested_checkpoint"] == metrics["last_checkpoint"] and metrics["last_checkpoint"].endswith("last.ckpt")
     # the test metrics are those of last.ckpt (the final epoch's weights), not of the best checkpoint
     ecfg = compose_cfg([f"ckpt_path={metrics['last_checkpoint']}", f"data.dataset.root={tiny_phantom['sagittal']}",
                         "data.synthesize=null", "split=test", "trainer.accelerator=cpu"], config_name="eval",

@@ -157,12 +157,13 @@ def _default_name(path: Path, run_dir: Path | None) -> str:
 
 
 def _run_checkpoint(run_dir: Path) -> Path:
-    """The best checkpoint of a finished run (moved folders work: the file name is looked up locally)."""
+    """The checkpoint a finished run was tested with (test_ckpt: its best, or its last), else its best, else
+    its last (moved folders work: the file name is looked up locally)."""
     metrics_file = run_dir / "metrics.json"
     candidates: list[Path] = []
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
-        for key in ("best_checkpoint", "last_checkpoint"):
+        for key in ("tested_checkpoint", "best_checkpoint", "last_checkpoint"):
             if metrics.get(key):
                 saved = Path(metrics[key])
                 candidates += [saved, run_dir / "checkpoints" / saved.name]

@@ -208,8 +208,10 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "monitor": cfg.get("monitor"),
         "best_score": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
         "best_checkpoint": best,
-        "tested_checkpoint": test_ckpt if test else None,
         "last_checkpoint": str(last) if (last := output_dir / "checkpoints" / "last.ckpt").is_file() else None,
+        # the weights behind "test" (test_ckpt): what spinenet ensemble takes from this run
+        "test_ckpt": test_ckpt if test else None,
+        "tested_checkpoint": (best if test_ckpt == "best" else str(last) if last.is_file() else None) if test else None,
         "epochs": trainer.current_epoch,
         "classes": datamodule.class_names or datamodule.label_names,
         "empty_class_policy": getattr(model, "averaging_note", None),
