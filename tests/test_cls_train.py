@@ -358,3 +358,31 @@ def test_eval_enhances_crops_as_the_checkpoint_was_trained(cls_data_dir, compose
     saved = json.loads(Path(evaluate(ecfg)["metrics_file"]).read_text())
     assert saved["test"]["loss"] == pytest.approx(metrics["test"]["loss"], abs=1e-5)
     assert saved["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
+
+
+@requires_disc_crops
+def test_spider_bulging_with_midsag_crops(compose_cfg, tmp_path):
+    """cls/spider_bulging_midsag: graded crops of other patients join the training split only."""
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "data" / "spider_midsag_crops"
+    overrides = ["experiment=cls/spider_bulging_midsag", f"paths.spider_dir={SPIDER}", f"paths.data_dir={tmp_path / 'data'}",
+                 "debug=fdr", "data.batch_size=8", "model.bootstrap=0", "extras.data_check=fast",
+                 "extras.print_config=false"]
+    with pytest.raises(DataError, match=str(folder / "graded.csv")):
+        train(compose_cfg(overrides, output_dir=tmp_path / "missing"))
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for k, level in enumerate(["L5-S1", "L4-L5", "L3-L4", "T12-L1"]):
+        cv2.imwrite(str(folder / "images" / f"x{k}.png"), np.full((48, 112), 30 + 40 * k, np.uint8))
+        rows.append({"patient_id": f"M{k % 2}", "image": f"images/x{k}.png", "level": level, "ivd_label": k + 1,
+                     "disc_bulging": k % 2, "disc_herniation": 0, "pfirrmann": 3})
+    pd.DataFrame(rows).to_csv(folder / "graded.csv", index=False)
+    cfg = compose_cfg(overrides)
+    datamodule, _ = _datamodule_and_module(cfg)
+    train_rows = datamodule.datasets["train"].rows
+    assert list(train_rows.patient_id[-4:]) == ["M0", "M1", "M0", "M1"]
+    assert {"M0", "M1"}.isdisjoint(set(datamodule.datasets["test"].rows.patient_id))
+    metrics = train(cfg)
+    assert "auroc" in metrics["test"] and metrics["test_ckpt"] == "last"
