@@ -140,7 +140,7 @@ def main(argv: Sequence[str]) -> int:
         "  spinenet data grade-crops midsag_crops --gradings $SPIDER_DIR/radiological_gradings.csv "
         "--exclude $SPIDER_DIR/disc_crops/manifest.csv\n"
         "  spinenet train experiment=cls/spider_bulging "
-        "'+data.extra_train=[{root: midsag_crops, manifest: graded.csv}]'",
+        "'data.extra_train=[{root: midsag_crops, manifest: graded.csv}]'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("crops", help="folder written by spinenet roi (sagittal)")
