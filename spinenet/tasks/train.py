@@ -196,9 +196,12 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test: dict[str, float] = {}
+    tested = None
     if cfg.get("test", True):
-        # test_ckpt=last: the weights at the end of training (None: the module as fit() left it)
-        tested = best if test_ckpt == "best" else None
+        # test_ckpt=last: the final epoch's last.ckpt (also right where fit() ran in spawned processes), else
+        # the module as fit() left it
+        last_file = output_dir / "checkpoints" / "last.ckpt"
+        tested = best if test_ckpt == "best" else str(last_file) if last_file.is_file() else None
         test = _test_single_process(cfg, model, datamodule, tested, loggers)
         if test is None:  # a DDP worker: rank 0 tests and writes the metrics
             return {}
@@ -211,7 +214,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "last_checkpoint": str(last) if (last := output_dir / "checkpoints" / "last.ckpt").is_file() else None,
         # the weights behind "test" (test_ckpt): what spinenet ensemble takes from this run
         "test_ckpt": test_ckpt if test else None,
-        "tested_checkpoint": (best if test_ckpt == "best" else str(last) if last.is_file() else None) if test else None,
+        "tested_checkpoint": tested if test else None,
         "epochs": trainer.current_epoch,
         "classes": datamodule.class_names or datamodule.label_names,
         "empty_class_policy": getattr(model, "averaging_note", None),
