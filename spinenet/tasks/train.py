@@ -195,13 +195,14 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     # the checkpoint of the monitored best (last_checkpoint, which only keeps the latest, has no monitor)
     checkpoint = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    last = output_dir / "checkpoints" / "last.ckpt"
+    last_ckpt = str(last) if last.is_file() else None
     test: dict[str, float] = {}
     tested = None
     if cfg.get("test", True):
         # test_ckpt=last: the final epoch's last.ckpt (also right where fit() ran in spawned processes), else
         # the module as fit() left it
-        last_file = output_dir / "checkpoints" / "last.ckpt"
-        tested = best if test_ckpt == "best" else str(last_file) if last_file.is_file() else None
+        tested = best if test_ckpt == "best" else last_ckpt
         test = _test_single_process(cfg, model, datamodule, tested, loggers)
         if test is None:  # a DDP worker: rank 0 tests and writes the metrics
             return {}
@@ -211,7 +212,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "monitor": cfg.get("monitor"),
         "best_score": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
         "best_checkpoint": best,
-        "last_checkpoint": str(last) if (last := output_dir / "checkpoints" / "last.ckpt").is_file() else None,
+        "last_checkpoint": last_ckpt,
         # the weights behind "test" (test_ckpt): what spinenet ensemble takes from this run
         "test_ckpt": test_ckpt if test else None,
         "tested_checkpoint": tested if test else None,
