@@ -37,21 +37,27 @@ def test_crops_get_the_grading_of_their_disc_number(tmp_path):
         "2": ["L5-S1", "L4-L5", "L3-L4"],  # 3 found, 6 graded: a missed disc renames the rest, left out
         "3": ["L5-S1", "L4-L5"],  # not graded
         "4": ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1"],  # in the excluded manifest
+        "5": ["L5-S1", "L4-L5", "L3-L4"],  # 3 found, 3 graded, but disc 3 is not graded (1, 2, 4 are)
     })
     grades = _gradings(tmp_path / "grades.csv", {"1": 6, "2": 6, "4": 6})
+    with_gap = pd.read_csv(grades, dtype={"Patient": str})
+    gap = pd.DataFrame({"Patient": ["5"] * 3, "IVD label": [1, 2, 4], "Disc bulging": 0, "Pfirrman grade": 3})
+    pd.concat([with_gap, gap]).to_csv(grades, index=False)
     test_set = tmp_path / "test_manifest.csv"
     pd.DataFrame({"patient_id": ["4"], "image": ["x.png"]}).to_csv(test_set, index=False)
-    out, skipped = grade_crops(crops, grades, exclude=[test_set])
+    out, returned, skipped = grade_crops(crops, grades, exclude=[test_set])
     graded = pd.read_csv(out, dtype={"patient_id": str})
+    assert len(returned) == len(graded) == 6
     assert out == crops / "graded.csv" and set(graded.patient_id) == {"1"}
     by_level = graded.set_index("level")
     assert by_level.loc["L5-S1", "ivd_label"] == 1 and by_level.loc["T12-L1", "ivd_label"] == 6
     assert by_level.loc["L4-L5", "disc_bulging"] == 1 and by_level.loc["L3-L4", "disc_bulging"] == 0
     assert by_level.loc["L1-L2", "pfirrmann"] == 2 + 5 % 3  # SPIDER's "Pfirrman grade" -> pfirrmann
     assert dict(zip(skipped.patient_id, skipped.kind, strict=True)) == {
-        "2": "disc count differs", "3": "not graded", "4": "excluded"}
-    assert "3 discs found, 6 graded" in skipped.set_index("patient_id").loc["2", "reason"]
-    assert len(pd.read_csv(crops / "graded_skipped.csv")) == 3
+        "2": "disc count differs", "3": "not graded", "4": "excluded", "5": "disc count differs"}
+    assert "3 discs found, graded discs [1, 2, 3, 4, 5, 6]" in skipped.set_index("patient_id").loc["2", "reason"]
+    assert "graded discs [1, 2, 4]" in skipped.set_index("patient_id").loc["5", "reason"]
+    assert len(pd.read_csv(crops / "graded_skipped.csv")) == 4
     # nothing the user made is overwritten
     with pytest.raises(ConfigError, match="exists.*--overwrite"):
         grade_crops(crops, grades)

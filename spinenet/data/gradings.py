@@ -6,7 +6,8 @@ then one column per finding). Joining the two by (patient, disc number) turns sl
 classification set, e.g. more training crops for ``cls/spider_*`` through ``data.extra_train``.
 
 A level is only as good as the disc count: one missed or extra disc below L5-S1 renames every disc above it.
-So a slice is kept only when it shows exactly as many discs as its patient has gradings; the others are
+So a slice is kept only when its discs, numbered from the bottom, are exactly its patient's graded discs
+(as many, and no gaps in the gradings); the others are
 listed with the reason, never silently dropped. On the 68 SPIDER mid-sagittal slices whose discs are also in
 ``disc_crops/`` (so their true levels are known), this rule kept 51 slices, 49 of them with every level right.
 """
@@ -26,8 +27,8 @@ from spinenet.roi import LUMBAR_LEVELS, THORACIC_LEVELS
 
 # disc number counted from the bottom (SPIDER's "IVD label"), by the level names spinenet roi gives
 DISC_NUMBER = {name: i + 1 for i, name in enumerate(LUMBAR_LEVELS + THORACIC_LEVELS)}
-# SPIDER's column names -> the names of its disc_crops manifest (and of the cls/spider_* label columns)
-SPIDER_COLUMNS = {"patient": "patient_id", "ivd_label": "ivd_label", "pfirrman_grade": "pfirrmann"}
+# SPIDER's spelling -> the name in its disc_crops manifest (and the cls/spider_pfirrmann label column)
+SPIDER_COLUMNS = {"pfirrman_grade": "pfirrmann"}
 
 
 def _snake(name: str) -> str:
@@ -47,7 +48,7 @@ def read_gradings(path: str | Path, patient_col: str = "Patient", disc_col: str 
     if missing:
         raise DataError(f"{path}: no column {missing} (columns: {list(table.columns)}); "
                         "name them with --patient-col / --disc-col")
-    table = table.rename(columns={patient_col: "Patient", disc_col: "IVD label"})
+    table = table.rename(columns={patient_col: "patient_id", disc_col: "ivd_label"})
     table.columns = [SPIDER_COLUMNS.get(_snake(c), _snake(c)) for c in table.columns]
     bad = pd.to_numeric(table["ivd_label"], errors="coerce").isna()
     if bad.any():
@@ -70,12 +71,12 @@ def grade_crops(
     overwrite: bool = False,
     patient_col: str = "Patient",
     disc_col: str = "IVD label",
-) -> tuple[Path, pd.DataFrame]:
+) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Join ``spinenet roi``'s sagittal crops in ``crops_dir`` with per-disc ``gradings``.
 
     Writes ``crops_dir/out_name`` (the crop manifest with ``ivd_label`` and the finding columns) and
-    ``crops_dir/<stem>_skipped.csv`` (each left-out slice with its reason); returns the manifest path and the
-    skipped table. ``exclude``: manifests whose patients are left out (e.g. the set a model is tested on).
+    ``crops_dir/<stem>_skipped.csv`` (each left-out slice with its reason); returns the manifest's path, the
+    graded crops and the skipped slices. ``exclude``: manifests whose patients are left out (e.g. the set a model is tested on).
     """
     crops_dir = Path(crops_dir)
     manifest = crops_dir / "manifest.csv"
@@ -92,7 +93,7 @@ def grade_crops(
     if not need <= set(crops.columns):
         raise DataError(f"{manifest}: not a sagittal crop manifest of spinenet roi (needs columns {sorted(need)})")
     table = read_gradings(gradings, patient_col, disc_col)
-    graded = table.groupby("patient_id").size()
+    graded = table.groupby("patient_id")["ivd_label"].agg(set)  # each patient's graded disc numbers
     excluded: dict[str, str] = {}
     for path in exclude:
         other = pd.read_csv(path, dtype={"patient_id": str}) if Path(path).is_file() else None
@@ -111,8 +112,9 @@ def grade_crops(
         elif numbers.isna().any():
             kind = "unnamed level"
             reason = f"discs without a level name: {sorted(set(rows['level'][numbers.isna()].astype(str)))}"
-        elif len(rows) != graded[pid]:
-            kind, reason = "disc count differs", f"{len(rows)} discs found, {graded[pid]} graded: levels uncertain"
+        elif set(numbers) != graded[pid]:
+            kind = "disc count differs"
+            reason = f"{len(rows)} discs found, graded discs {sorted(graded[pid])}: levels uncertain"
         if kind:
             skipped.append({"patient_id": pid, "source_image": source, "crops": len(rows), "kind": kind,
                             "reason": reason})
@@ -120,14 +122,10 @@ def grade_crops(
         kept.append(rows.assign(ivd_label=numbers.astype(int)))
     result = pd.concat(kept, ignore_index=True) if kept else crops.head(0).assign(ivd_label=pd.Series(dtype=int))
     result = result.merge(table, on=["patient_id", "ivd_label"], how="left", validate="many_to_one")
-    findings = [c for c in table.columns if c not in ("patient_id", "ivd_label")]
-    if result[findings].isna().all(axis=1).any():  # counts agree but a number has no grading row
-        lost = result[result[findings].isna().all(axis=1)][["patient_id", "ivd_label"]].values.tolist()[:5]
-        raise DataError(f"{gradings}: no grading for discs (patient, disc) {lost} though the disc counts agree")
     result.to_csv(out, index=False)
     skipped_table = pd.DataFrame(skipped, columns=["patient_id", "source_image", "crops", "kind", "reason"])
     skipped_table.to_csv(skipped_path, index=False)
-    return out, skipped_table
+    return out, result, skipped_table
 
 
 def main(argv: Sequence[str]) -> int:
@@ -151,9 +149,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--out", default="graded.csv", help="manifest file name written inside the crop folder")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    out, skipped = grade_crops(args.crops, args.gradings, args.out, args.exclude, args.overwrite,
-                               args.patient_col, args.disc_col)
-    kept = pd.read_csv(out, dtype={"patient_id": str})
+    out, kept, skipped = grade_crops(args.crops, args.gradings, args.out, args.exclude, args.overwrite,
+                                     args.patient_col, args.disc_col)
     print(f"graded crops: {out} ({len(kept)} crops of {kept['patient_id'].nunique()} patients)")
     if len(skipped):
         reasons = Counter(skipped.kind)
