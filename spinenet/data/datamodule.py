@@ -194,7 +194,7 @@ class SpineDataModule(L.LightningDataModule):
         settings default to ``data.dataset``'s (usually just ``root`` and ``manifest``)."""
         if extra is None:
             return []
-        if isinstance(extra, Mapping) or not isinstance(extra, Sequence) or isinstance(extra, str):
+        if not isinstance(extra, list | tuple):
             raise ConfigError(
                 f"data.extra_train must be a list of dataset blocks (each with at least a root), got {extra!r}"
             )
