@@ -35,7 +35,19 @@ def run_uid() -> str:
     return os.environ.setdefault("SPINENET_RUN_UID", secrets.token_hex(3))
 
 
+def spinenet_root() -> str:
+    """``paths.root_dir``: ``SPINENET_ROOT``, else the folder the command was started in.
+
+    A resolver of our own rather than ``${hydra:runtime.cwd}``: Hydra resolves the sweep folder before its
+    runtime exists, and sweep trials in other processes must agree on the folder (the CLI puts the launch
+    folder in the environment, where they inherit it).
+    """
+    return os.environ.get("SPINENET_ROOT") or os.environ.get("SPINENET_LAUNCH_DIR") or os.getcwd()
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("spinenet_root"):
+        OmegaConf.register_new_resolver("spinenet_root", spinenet_root)
     if not OmegaConf.has_resolver("spinenet_uid"):
         OmegaConf.register_new_resolver("spinenet_uid", run_uid)
     if not OmegaConf.has_resolver("sweep_group"):

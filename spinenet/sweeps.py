@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -35,13 +36,13 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def sweep_group(task_name: str) -> str:
+def sweep_group(task_name: str, sweep_dir: str | Path | None = None) -> str:
     """W&B group: the task name, plus the sweep folder's name inside a multirun so its trials group together."""
     from hydra.core.hydra_config import HydraConfig
 
-    if in_multirun():
-        return f"{task_name}-{Path(HydraConfig.get().sweep.dir).name}"
-    return task_name
+    if sweep_dir is None and in_multirun():
+        sweep_dir = HydraConfig.get().sweep.dir
+    return f"{task_name}-{Path(sweep_dir).name}" if sweep_dir is not None else task_name
 
 
 def run_trial(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
@@ -131,3 +132,32 @@ class SweepSummary(Callback):
         failed = int((table["status"] != "ok").sum()) if not table.empty else 0
         LAST_SWEEP.update({"dir": str(sweep_dir), "trials": len(table), "failed": failed, "summary": str(csv)})
         log.info("sweep summary: %s (%d trials, %d failed)", csv, len(table), failed)
+        wandb_conf = (config.get("logger") or {}).get("wandb")
+        if wandb_conf is not None and table is not None and not table.empty:
+            log_summary_to_wandb(table, sweep_dir, group=sweep_group(str(config.task_name), sweep_dir),
+                                 project=wandb_conf.get("project"), entity=wandb_conf.get("entity"),
+                                 mode=os.environ.get("WANDB_MODE", str(wandb_conf.get("mode") or "offline")))
+
+
+def log_summary_to_wandb(table: pd.DataFrame, sweep_dir: Path, group: str, project: str | None,
+                         entity: str | None = None, mode: str = "offline") -> str | None:
+    """The sweep's summary table as one W&B run of job type ``sweep-summary`` in the trials' group.
+
+    Returns the run's folder (offline) or None when W&B is disabled. A failure to log is a warning: the
+    summary files are already written.
+    """
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+
+        run = wandb.init(project=project, entity=entity, group=group, job_type="sweep-summary",
+                         name=f"{Path(sweep_dir).name}/summary", dir=str(sweep_dir), mode=mode, reinit="create_new")
+        run.log({"sweep_summary": wandb.Table(dataframe=table.astype(str))})
+        run.summary.update({"trials": len(table), "failed": int((table["status"] != "ok").sum())})
+        run_dir = str(Path(run.dir).parent)
+        run.finish()
+        return run_dir
+    except Exception as exc:  # noqa: BLE001 - W&B trouble must not hide the sweep's result
+        log.warning("could not log the sweep summary to W&B: %s", exc)
+        return None

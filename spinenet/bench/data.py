@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from spinenet.bench import smoke
+
 
 def _loader_rate(datamodule, workers: int, batches: int) -> float:
     datamodule.num_workers = workers
@@ -52,8 +54,8 @@ def _step_rate(module, batch, steps: int) -> float:
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="spinenet bench data", description=__doc__)
     parser.add_argument("--experiment", default="demo", help="experiment whose data and model to use")
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=2 if smoke() else 30)
+    parser.add_argument("--steps", type=int, default=1 if smoke() else 10)
     parser.add_argument("--data-dir", default=None, help="where the phantom is generated (default: a temp dir)")
     args = parser.parse_args(list(argv))
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from spinenet.bench import smoke
 from spinenet.pipeline.diagnose import diagnose_images
 from spinenet.pipeline.models import CropSettings, Predictor, Preprocessing
 
@@ -104,14 +105,14 @@ def main(argv: Sequence[str] = ()) -> int:
 
     p = argparse.ArgumentParser(prog="spinenet bench diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=64, help="slices per timed pass")
-    p.add_argument("--distinct", type=int, default=16, help="distinct phantom slices (repeated)")
-    p.add_argument("--batch-size", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--images", type=int, default=4 if smoke() else 64, help="slices per timed pass")
+    p.add_argument("--distinct", type=int, default=2 if smoke() else 16, help="distinct phantom slices (repeated)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[2] if smoke() else [8, 16, 32])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
     p.add_argument("--no-channels-last", action="store_true", help="PyTorch engine: keep NCHW")
     p.add_argument("--engine", nargs="+", choices=ENGINES, default=None,
                    help="default: torch, and onnxruntime where installed (CPU); as `spinenet diagnose --engine`")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes; the best is reported")
+    p.add_argument("--repeats", type=int, default=1 if smoke() else 3, help="timed passes; the best is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(list(argv))
     if args.threads:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
+from spinenet.bench import smoke
+
 
 class _StepTimer(L.Callback):
     """Wall time from one training batch start to the next: the full per-step cost of the framework."""
@@ -82,9 +84,9 @@ def _peak_memory(device: torch.device) -> str:
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="spinenet bench train", description=__doc__)
     parser.add_argument("--experiment", default="demo")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of both loops")
+    parser.add_argument("--steps", type=int, default=2 if smoke() else 20)
+    parser.add_argument("--warmup", type=int, default=1 if smoke() else 3)
+    parser.add_argument("--rounds", type=int, default=1 if smoke() else 2, help="interleaved repetitions of both loops")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra overrides")
     args = parser.parse_args(list(argv))
 

@@ -13,14 +13,12 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from spinenet.ddp import DDP_CONFIG_ENV, is_ddp_worker
 from spinenet.errors import ConfigError
 from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
 
 log = logging.getLogger("spinenet")
 
-# Set in DDP worker processes that Lightning starts with the command line: they reload the config that
-# rank 0 resolved (same run folder, same values) instead of composing their own (see spinenet.cli).
-DDP_CONFIG_ENV = "SPINENET_DDP_CONFIG"
 TEST_CKPTS = ("best", "last")  # which weights test=true tests
 
 
@@ -116,11 +114,6 @@ def _restore_ddp_launch_env():
                 os.environ[key] = value
 
 
-def is_ddp_worker() -> bool:
-    """True in the processes Lightning starts beside rank 0 (they inherit rank 0's run folder)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
-
-
 def _test_single_process(cfg: DictConfig, model, datamodule, ckpt: str | None, loggers: list) -> dict | None:
     """Test in one process: a DistributedSampler would pad the test split with repeated images."""
     import torch.distributed as dist
@@ -181,17 +174,30 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         if runs_on_cpu(cfg.trainer.get("accelerator")):  # torch's SyncBatchNorm is for GPUs only
             extra["plugins"] = [CpuSyncBatchNormPlugin()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
-    for logger in loggers:  # the config as a plain dict: readable in W&B and any other logger
-        logger.log_hyperparams(model.run_config)
+    for logger in loggers:  # the config as a plain dict (plus the splits' sizes): readable in every logger
+        logger.log_hyperparams({**model.run_config, "splits": _splits_summary(output_dir)})
 
     try:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    finally:
-        for logger in loggers:
-            if hasattr(logger, "finalize"):
-                logger.finalize("success")
-    val = split_metrics(trainer.callback_metrics, "val")
+        metrics = _test_and_collect(cfg, trainer, model, datamodule, loggers, output_dir, test_ckpt)
+    except BaseException:
+        _finish_loggers(loggers, failed=True)  # the W&B run is marked failed, not finished
+        raise
+    if not metrics:  # a DDP worker: rank 0 tests and writes the metrics
+        _finish_loggers(loggers, failed=False)
+        return {}
+    _log_run_summary(loggers, metrics)
+    _finish_loggers(loggers, failed=False)
+    if trainer.is_global_zero:
+        write_json(metrics, output_dir / "metrics.json")
+        log.info("metrics: %s", output_dir / "metrics.json")
+    return metrics
 
+
+def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, loggers: list, output_dir: Path,
+                      test_ckpt: str) -> dict[str, Any]:
+    """Test the chosen weights in one process and gather what metrics.json holds ({} in a DDP worker)."""
+    val = split_metrics(trainer.callback_metrics, "val")
     # the checkpoint of the monitored best (last_checkpoint, which only keeps the latest, has no monitor)
     checkpoint = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -204,13 +210,17 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         # the module as fit() left it
         tested = best if test_ckpt == "best" else last_ckpt
         test = _test_single_process(cfg, model, datamodule, tested, loggers)
-        if test is None:  # a DDP worker: rank 0 tests and writes the metrics
+        if test is None:  # a DDP worker
             return {}
-    metrics = {
+    best_score = float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None
+    if best_score is None and cfg.get("monitor"):  # no checkpoint monitors it: the last validation value
+        best_score = val.get(str(cfg.monitor).split("/", 1)[-1])
+    return {
         "run_dir": str(output_dir),
         "task": cfg.get("task", "segmentation"),
         "monitor": cfg.get("monitor"),
-        "best_score": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
+        # the monitored validation value at the best checkpoint: what a sweeper optimises (never a test value)
+        "best_score": best_score,
         "best_checkpoint": best,
         "last_checkpoint": last_ckpt,
         # the weights behind "test" (test_ckpt): what spinenet ensemble takes from this run
@@ -223,12 +233,46 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "test": test,
         # the test split's full report (classification: per class, confusion matrix, bootstrap intervals)
         "per_class": getattr(model, "test_results", None) if test else None,
-        "wandb_dir": next((str(Path(lg.save_dir) / "wandb") for lg in loggers if type(lg).__name__ == "WandbLogger"), None),
+        "wandb_dir": next((lg.run_dir for lg in loggers if getattr(lg, "run_dir", None)), None),
     }
-    if trainer.is_global_zero:
-        write_json(metrics, output_dir / "metrics.json")
-        log.info("metrics: %s", output_dir / "metrics.json")
-    return metrics
+
+
+def _splits_summary(output_dir: Path) -> dict[str, Any]:
+    """Per split: how many patients and images, and a fingerprint of its patient list (no ids leave the folder)."""
+    import hashlib
+    import json
+
+    path = output_dir / "splits.json"
+    if not path.is_file():
+        return {}
+    splits = json.loads(path.read_text()).get("splits", {})
+    out: dict[str, Any] = {"file": str(path)}
+    for name, value in splits.items():
+        if isinstance(value, list):
+            ids = sorted(map(str, value))
+            out[name] = {"patients": len(ids), "sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]}
+        elif isinstance(value, int | float | str):
+            out[name] = value
+    return out
+
+
+def _log_run_summary(loggers: list, metrics: dict[str, Any]) -> None:
+    """What a dashboard compares runs by: the tested checkpoint's name and the validation objective."""
+    summary = {"tested_checkpoint": Path(metrics["tested_checkpoint"]).name if metrics.get("tested_checkpoint") else None,
+               "test_ckpt": metrics.get("test_ckpt"), "best_score": metrics.get("best_score"),
+               "epochs": metrics.get("epochs")}
+    for logger in loggers:
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "summary"):
+            experiment.summary.update({k: v for k, v in summary.items() if v is not None})
+
+
+def _finish_loggers(loggers: list, failed: bool) -> None:
+    for logger in loggers:
+        if hasattr(logger, "finalize"):
+            logger.finalize("failed" if failed else "success")
+        if hasattr(logger, "finish"):  # W&B: one run per run folder, marked failed or finished
+            logger.finish(failed=failed)
 
 
 def ensure_torch_threads() -> None:
