@@ -1,5 +1,8 @@
 """Image classifiers by name: DiscNet (Šušteršič 2022), small LeNet/AlexNet/NiN/GoogLeNet, timm backbones.
 
+The names are registered in :data:`~spinenet.models.registry.CLASSIFIERS`, one decorated builder each (at
+the end of this module), with the smallest input each accepts; :func:`build_classifier` builds by name.
+
 Every model is a :class:`Classifier`: ``forward(x) = head(backbone(x))`` returning **logits** (softmax is
 applied by the cross-entropy loss during training and by the caller at inference). ``backbone`` maps the
 image to a feature vector of ``num_features`` values (NiN: to a feature map, its head is convolutional);
