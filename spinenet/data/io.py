@@ -33,7 +33,6 @@ PathLike = str | os.PathLike[str]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PERCENTILES = (0.5, 99.5)
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # RGB weights, as cv2 and PIL use
 
 
 @dataclass

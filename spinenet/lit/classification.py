@@ -58,7 +58,6 @@ from spinenet.metrics.classification import (
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
-SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc")
 # metrics with a bootstrap interval in test_results["bootstrap"]
 BOOTSTRAP_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy,

@@ -1,5 +1,8 @@
 """Image classifiers by name: DiscNet (Šušteršič 2022), small LeNet/AlexNet/NiN/GoogLeNet, timm backbones.
 
+The names are registered in :data:`~spinenet.models.registry.CLASSIFIERS`, one decorated builder each (at
+the end of this module), with the smallest input each accepts; :func:`build_classifier` builds by name.
+
 Every model is a :class:`Classifier`: ``forward(x) = head(backbone(x))`` returning **logits** (softmax is
 applied by the cross-entropy loss during training and by the caller at inference). ``backbone`` maps the
 image to a feature vector of ``num_features`` values (NiN: to a feature map, its head is convolutional);
@@ -27,69 +30,20 @@ from torch import nn
 
 from spinenet.errors import ConfigError
 from spinenet.models.pretrained import load_local_weights
-
-# spinenet name -> timm architecture
-TIMM_ARCHS: dict[str, str] = {
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "resnet50": "resnet50",
-    "vgg16": "vgg16",
-    "vgg19": "vgg19",
-    "densenet121": "densenet121",
-    "inception_v3": "inception_v3",
-    "xception": "legacy_xception",
-}
-CLASSIFIER_NAMES: tuple[str, ...] = (
-    "discnet",
-    "smallcnn",
-    "lenet",
-    "alexnet",
-    "nin",
-    "googlenet",
-    *TIMM_ARCHS,
-)
-
-# Smallest square input (pixels) each model accepts: max(measured, total stride). "Measured" is the smallest
-# size at which a forward and backward pass in train mode at batch 2 runs (PyTorch 2.14 / timm 1.0):
-# discnet 13, lenet 12, alexnet 15, nin 15, googlenet 15, resnet18/34/50 1, vgg16/19 32, densenet121 29,
-# inception_v3 75 (valid-padded stem), legacy_xception 7. Padded convolutions let several nets run on inputs
-# smaller than their total stride (ResNet50 on 1×1), where the last stage sees padding instead of pixels;
-# the total stride (32 for googlenet and the timm nets) is the floor there. Keras documents 32 for
-# ResNet50/VGG/DenseNet, 75 for InceptionV3 and 71 for Xception, whose stem is valid-padded in Keras and in
-# timm but whose later blocks pad, so timm's Xception works from 32 as well.
-_MIN_SIZE: dict[str, int] = {
-    "discnet": 13,
-    "smallcnn": 16,
-    "lenet": 12,
-    "alexnet": 15,
-    "nin": 15,
-    "googlenet": 32,
-    "resnet18": 32,
-    "resnet34": 32,
-    "resnet50": 32,
-    "vgg16": 32,
-    "vgg19": 32,
-    "densenet121": 32,
-    "inception_v3": 75,
-    "xception": 32,
-}
+from spinenet.models.registry import CLASSIFIERS
 
 _HEAD_KEYS = ("hidden", "dropout")
 
 
 def min_input_size(name: str) -> int:
-    """Smallest input height/width (pixels) that ``name`` accepts."""
-    return _MIN_SIZE[_canonical(name)]
+    """Smallest input height/width (pixels) that ``name`` accepts (its registry entry's ``min_size``)."""
+    return CLASSIFIERS.get(name).min_size
 
 
-def _canonical(name: str) -> str:
-    key = str(name).strip().lower().replace("-", "_")
-    key = {"inceptionv3": "inception_v3", "legacy_xception": "xception"}.get(key, key)
-    if key not in CLASSIFIER_NAMES:
-        raise ConfigError(
-            f"model.name: unknown classifier {name!r}; choose one of {', '.join(CLASSIFIER_NAMES)}"
-        )
-    return key
+def __getattr__(name: str) -> Any:
+    if name == "CLASSIFIER_NAMES":  # the registered names now, models registered later included
+        return CLASSIFIERS.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Classifier(nn.Module):
@@ -381,7 +335,10 @@ class _TimmLoadLog(logging.Handler):
 
 
 class TimmClassifier(Classifier):
-    """A timm backbone (conv part + global average pooling, no classifier) and a new head."""
+    """A timm backbone (conv part + global average pooling, no classifier) and a new head.
+
+    ``name``: the spinenet model name; ``arch``: timm's architecture (default: ``name``).
+    """
 
     def __init__(
         self,
@@ -390,9 +347,10 @@ class TimmClassifier(Classifier):
         in_channels: int = 1,
         pretrained_path: str | None = None,
         head: Mapping[str, Any] | None = None,
+        arch: str | None = None,
         **timm_kwargs: Any,
     ):
-        arch = TIMM_ARCHS[name]
+        arch = arch or name  # timm's architecture, when it is not named as spinenet names the model
         kwargs: dict[str, Any] = dict(num_classes=0, global_pool="avg", in_chans=in_channels, **timm_kwargs)
         if pretrained_path is not None:
             # timm loads the file weights-only, drops the 1000-class classifier and, for in_chans != 3,
@@ -448,11 +406,9 @@ def _check_head(head: Mapping[str, Any] | None, name: str) -> dict[str, Any] | N
     unknown = sorted(set(head) - set(_HEAD_KEYS))
     if unknown:
         raise ConfigError(f"model.head: unknown key(s) {unknown}; valid: {', '.join(_HEAD_KEYS)}")
-    if name == "nin":
-        raise ConfigError(
-            "model.head: NiN's head is convolutional (an mlpconv block + global pooling); "
-            "a dense head is not supported for nin"
-        )
+    no_dense_head = CLASSIFIERS.get(name).extra["no_dense_head"]
+    if no_dense_head:
+        raise ConfigError(f"model.head: {no_dense_head}; a dense head is not supported for {name}")
     hidden = head.get("hidden", [])
     if isinstance(hidden, int) or not all(isinstance(h, int) and h > 0 for h in hidden):
         raise ConfigError(f"model.head.hidden: expected a list of positive widths, got {hidden!r}")
@@ -483,7 +439,7 @@ def build_classifier(
     head: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Classifier:
-    """Build classifier ``name`` (one of :data:`CLASSIFIER_NAMES`) returning logits for ``num_classes``.
+    """Build classifier ``name`` (a name in :data:`~spinenet.models.registry.CLASSIFIERS`) returning logits.
 
     ``image_size`` (H, W) is the input the data pipeline delivers; it sizes the dense layers of the small
     nets and is checked against :func:`min_input_size`. ``pretrained_path``: a local weights file
@@ -492,9 +448,14 @@ def build_classifier(
     "dropout": 0.2}`` replaces the model's head by new dense layers on the backbone's pooled features
     (Sayed 2025). A state dict saved from a spinenet classifier (keys ``backbone.*``) loads into any model;
     tensors whose shapes differ (another number of classes) keep their initialisation. ``kwargs`` go to
-    the model (timm: ``timm.create_model``, e.g. ``drop_rate``).
+    the model's builder (timm: ``timm.create_model``, e.g. ``drop_rate``).
+
+    The builder registered under ``name`` gets ``num_classes``, ``in_channels``, ``image_size`` and the
+    options; ``pretrained_path`` and ``head`` only if it takes them (then it applies them itself),
+    otherwise they are applied here to the :class:`Classifier` it returns.
     """
-    key = _canonical(name)
+    entry = CLASSIFIERS.get(name)
+    key = entry.name
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"model.num_classes: expected an integer >= 2, got {num_classes!r}")
     size = (
@@ -504,7 +465,7 @@ def build_classifier(
     )
     if len(size) != 2:
         raise ConfigError(f"data.image_size: expected [height, width], got {list(size)}")
-    need = _MIN_SIZE[key]
+    need = entry.min_size
     if min(size) < need:
         raise ConfigError(
             f"model {key} needs inputs of at least {need}×{need} pixels but data.image_size is {list(size)}: "
@@ -512,43 +473,193 @@ def build_classifier(
         )
     path = _check_pretrained_path(pretrained_path, key)
     head_cfg = _check_head(head, key)
-
-    model: Classifier
-    if key in TIMM_ARCHS:
-        own_format = path is not None and _is_classifier_state(path)
-        try:
-            model = TimmClassifier(
-                key,
-                num_classes,
-                in_channels,
-                pretrained_path=None if own_format else path,
-                head=head_cfg,
-                **kwargs,
-            )
-        except TypeError as exc:
+    if entry.options is not None:
+        unknown = sorted(set(kwargs) - set(entry.options))
+        if unknown:
             raise ConfigError(
-                f"model: invalid option for {key} (passed to timm.create_model): {exc}"
-            ) from exc
-        if own_format:  # saved from a spinenet Classifier (e.g. trained on other spine data): keys fit as-is
-            load_local_weights(model, path, what=key)
-        return model
-    cls = {
-        "discnet": DiscNet,
-        "smallcnn": SmallCNN,
-        "lenet": LeNet,
-        "alexnet": AlexNet,
-        "nin": NiN,
-        "googlenet": GoogLeNet,
-    }[key]
+                f"model: invalid option for {key}: unknown option(s) {unknown}; "
+                f"valid: {', '.join(entry.options) or 'none'}"
+            )
+    given: dict[str, Any] = {}
+    if entry.accepts("pretrained_path"):
+        given["pretrained_path"] = path
+    if entry.accepts("head"):
+        given["head"] = head_cfg
     try:
-        model = cls(num_classes=num_classes, in_channels=in_channels, image_size=size, **kwargs)
+        model = entry.builder(
+            num_classes=num_classes, in_channels=in_channels, image_size=size, **given, **kwargs
+        )
     except TypeError as exc:
         raise ConfigError(f"model: invalid option for {key}: {exc}") from exc
-    if path is not None:
+    if path is not None and "pretrained_path" not in given:
         load_local_weights(model, path, what=key)
-    if head_cfg is not None:
+    if head_cfg is not None and "head" not in given:
         model.head = mlp_head(model.num_features, num_classes, head_cfg["hidden"], head_cfg["dropout"])
     return model
+
+
+# ---- the registered classifiers: one builder each ----------------------------------------------------
+# min_size: the smallest square input (pixels) each model accepts: max(measured, total stride). "Measured"
+# is the smallest size at which a forward and backward pass in train mode at batch 2 runs (PyTorch 2.14 /
+# timm 1.0): discnet 13, lenet 12, alexnet 15, nin 15, googlenet 15, resnet18/34/50 1, vgg16/19 32,
+# densenet121 29, inception_v3 75 (valid-padded stem), legacy_xception 7. Padded convolutions let several
+# nets run on inputs smaller than their total stride (ResNet50 on 1×1), where the last stage sees padding
+# instead of pixels; the total stride (32 for googlenet and the timm nets) is the floor there. Keras
+# documents 32 for ResNet50/VGG/DenseNet, 75 for InceptionV3 and 71 for Xception, whose stem is
+# valid-padded in Keras and in timm but whose later blocks pad, so timm's Xception works from 32 as well.
+_Size = tuple[int, int]
+
+
+@CLASSIFIERS.register("discnet", min_size=13)
+def discnet(
+    num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64), dropout: float = 0.4
+) -> Classifier:
+    """DiscNet (Šušteršič 2022): 3 valid convolutions, average pooling, dropout, batch norm, dense."""
+    return DiscNet(num_classes, in_channels, image_size, dropout=dropout)
+
+
+@CLASSIFIERS.register("smallcnn", min_size=16)
+def smallcnn(
+    num_classes: int,
+    in_channels: int = 1,
+    image_size: _Size = (64, 64),
+    widths: Sequence[int] = (16, 32, 64, 128),
+    dropout: float = 0.3,
+) -> Classifier:
+    """A plain CNN: 4 blocks conv-BN-ReLU-pool, global average pooling, dense (~98 k parameters)."""
+    return SmallCNN(num_classes, in_channels, image_size, widths=widths, dropout=dropout)
+
+
+@CLASSIFIERS.register("lenet", min_size=12)
+def lenet(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64)) -> Classifier:
+    """LeNet-5 layout with ReLU and max pooling."""
+    return LeNet(num_classes, in_channels, image_size)
+
+
+@CLASSIFIERS.register("alexnet", min_size=15)
+def alexnet(
+    num_classes: int,
+    in_channels: int = 1,
+    image_size: _Size = (64, 64),
+    width: int = 1024,
+    dropout: float = 0.5,
+) -> Classifier:
+    """AlexNet's layout sized for 64×64 (5×5 stride-1 stem, 1024-wide dense layers)."""
+    return AlexNet(num_classes, in_channels, image_size, width=width, dropout=dropout)
+
+
+@CLASSIFIERS.register(
+    "nin", min_size=15, no_dense_head="NiN's head is convolutional (an mlpconv block + global pooling)"
+)
+def nin(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64)) -> Classifier:
+    """Network in Network: mlpconv blocks; its head is convolutional (an mlpconv block + global pooling)."""
+    return NiN(num_classes, in_channels, image_size)
+
+
+@CLASSIFIERS.register("googlenet", min_size=32)
+def googlenet(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64)) -> Classifier:
+    """torchvision's GoogLeNet (Inception v1) without auxiliary heads."""
+    return GoogLeNet(num_classes, in_channels, image_size)
+
+
+def _timm_classifier(
+    name: str,
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    pretrained_path: str | None,
+    head: Mapping[str, Any] | None,
+    timm_kwargs: Mapping[str, Any],
+) -> Classifier:
+    """A :class:`TimmClassifier`; a weights file saved from a spinenet Classifier is loaded as it is."""
+    own_format = pretrained_path is not None and _is_classifier_state(pretrained_path)
+    try:
+        model = TimmClassifier(
+            name,
+            num_classes,
+            in_channels,
+            pretrained_path=None if own_format else pretrained_path,
+            head=head,
+            arch=arch,
+            **timm_kwargs,
+        )
+    except TypeError as exc:
+        raise ConfigError(f"model: invalid option for {name} (passed to timm.create_model): {exc}") from exc
+    if own_format:  # saved from a spinenet Classifier (e.g. trained on other spine data): keys fit as-is
+        load_local_weights(model, pretrained_path, what=name)
+    return model
+
+
+# the timm nets: conv part + global average pooling; options go to timm.create_model (e.g. drop_rate)
+_Head = Mapping[str, Any] | None
+
+
+@CLASSIFIERS.register("resnet18", min_size=32)
+def resnet18(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64),
+             pretrained_path: str | None = None, head: _Head = None, **timm_kwargs: Any) -> Classifier:
+    """ResNet-18 (timm)."""
+    return _timm_classifier(
+        "resnet18", "resnet18", num_classes, in_channels, pretrained_path, head, timm_kwargs
+    )
+
+
+@CLASSIFIERS.register("resnet34", min_size=32)
+def resnet34(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64),
+             pretrained_path: str | None = None, head: _Head = None, **timm_kwargs: Any) -> Classifier:
+    """ResNet-34 (timm)."""
+    return _timm_classifier(
+        "resnet34", "resnet34", num_classes, in_channels, pretrained_path, head, timm_kwargs
+    )
+
+
+@CLASSIFIERS.register("resnet50", min_size=32)
+def resnet50(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64),
+             pretrained_path: str | None = None, head: _Head = None, **timm_kwargs: Any) -> Classifier:
+    """ResNet-50 (timm)."""
+    return _timm_classifier(
+        "resnet50", "resnet50", num_classes, in_channels, pretrained_path, head, timm_kwargs
+    )
+
+
+@CLASSIFIERS.register("vgg16", min_size=32)
+def vgg16(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64),
+          pretrained_path: str | None = None, head: _Head = None, **timm_kwargs: Any) -> Classifier:
+    """VGG-16 (timm), conv features only (512 wide), as Keras include_top=False."""
+    return _timm_classifier("vgg16", "vgg16", num_classes, in_channels, pretrained_path, head, timm_kwargs)
+
+
+@CLASSIFIERS.register("vgg19", min_size=32)
+def vgg19(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64),
+          pretrained_path: str | None = None, head: _Head = None, **timm_kwargs: Any) -> Classifier:
+    """VGG-19 (timm), conv features only (512 wide), as Keras include_top=False."""
+    return _timm_classifier("vgg19", "vgg19", num_classes, in_channels, pretrained_path, head, timm_kwargs)
+
+
+@CLASSIFIERS.register("densenet121", min_size=32)
+def densenet121(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64),
+                pretrained_path: str | None = None, head: _Head = None, **timm_kwargs: Any) -> Classifier:
+    """DenseNet-121 (timm)."""
+    return _timm_classifier(
+        "densenet121", "densenet121", num_classes, in_channels, pretrained_path, head, timm_kwargs
+    )
+
+
+@CLASSIFIERS.register("inception_v3", min_size=75, aliases=("inceptionv3",))
+def inception_v3(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64),
+                 pretrained_path: str | None = None, head: _Head = None, **timm_kwargs: Any) -> Classifier:
+    """Inception v3 (timm); its valid-padded stem needs inputs of at least 75×75."""
+    return _timm_classifier(
+        "inception_v3", "inception_v3", num_classes, in_channels, pretrained_path, head, timm_kwargs
+    )
+
+
+@CLASSIFIERS.register("xception", min_size=32, aliases=("legacy_xception",))
+def xception(num_classes: int, in_channels: int = 1, image_size: _Size = (64, 64),
+             pretrained_path: str | None = None, head: _Head = None, **timm_kwargs: Any) -> Classifier:
+    """Xception (timm's legacy_xception, the port of the original Keras Xception)."""
+    return _timm_classifier(
+        "xception", "legacy_xception", num_classes, in_channels, pretrained_path, head, timm_kwargs
+    )
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False, bn_statistics: bool = False) -> int:
@@ -564,8 +675,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False, bn_statisti
 
 
 __all__ = [
-    "CLASSIFIER_NAMES",
-    "TIMM_ARCHS",
+    "CLASSIFIERS",
     "Classifier",
     "DiscNet",
     "LeNet",

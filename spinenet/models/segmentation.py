@@ -3,7 +3,8 @@
 Every model maps an image batch ``(B, in_channels, H, W)`` to **logits** ``(B, num_classes, H, W)``;
 softmax is applied by the loss during training and by the caller at inference.
 
-Names (:data:`SEGMENTER_NAMES`) and encoders (:data:`SEGMENTER_ENCODERS`, Sayed 2025 Table 4):
+Names (registered in :data:`~spinenet.models.registry.SEGMENTERS`, one decorated builder each, at the end of
+this module) and encoders (:data:`SEGMENTER_ENCODERS`, Sayed 2025 Table 4):
 
 - ``unet_sustersic``: :class:`SustersicUNet`, no encoder choice (``base_channels``, ``depth``, ``dropout``,
   ``batch_norm``).
@@ -12,7 +13,7 @@ Names (:data:`SEGMENTER_NAMES`) and encoders (:data:`SEGMENTER_ENCODERS`, Sayed 
   without batch norm, the same as the Keras VGG16 that Sayed's ``segmentation_models`` used). DeepLabv3+
   needs a dilated encoder, which VGG (max-pool downsampling) cannot be; Sayed 2025 ran it with ResNet50 only.
 
-Input sizes (:func:`required_multiple`): smp checks at run time that H and W are multiples of the encoder's
+Input sizes (:func:`required_multiple`, the registry entry's ``multiple``): smp checks at run time that H and W are multiples of the encoder's
 output stride; :func:`build_segmenter` checks ``image_size`` at build time instead. LinkNet and FPN: 32
 (``2**encoder_depth``); PSPNet: 8 (smp's PSPNet uses 3 encoder stages by default, then pyramid pooling with
 adaptive bins, so 8×8 is also its smallest input); DeepLabv3+: 16 (its encoder output stride). smp's U-Net
@@ -30,7 +31,7 @@ adaptation that smp applies to its own pretrained weights. Nothing is ever downl
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +42,16 @@ from torch import nn
 
 from spinenet.errors import ConfigError
 from spinenet.models.pretrained import load_local_weights
+from spinenet.models.registry import SEGMENTERS, normalize_name
 
 __all__ = [
+    "SEGMENTERS",
     "SEGMENTER_ENCODERS",
-    "SEGMENTER_NAMES",
     "SustersicUNet",
     "build_segmenter",
     "required_multiple",
     "valid_combinations",
 ]
-
-# spinenet name -> smp architecture name (smp.create_model's ``arch``)
-_SMP_ARCHS: dict[str, str] = {
-    "unet": "unet",
-    "linknet": "linknet",
-    "fpn": "fpn",
-    "pspnet": "pspnet",
-    "deeplabv3plus": "deeplabv3plus",
-}
-SEGMENTER_NAMES: tuple[str, ...] = ("unet_sustersic", *_SMP_ARCHS)
 
 # spinenet encoder name -> smp encoder name
 _SMP_ENCODERS: dict[str, str] = {
@@ -70,12 +62,6 @@ _SMP_ENCODERS: dict[str, str] = {
 }
 SEGMENTER_ENCODERS: tuple[str, ...] = tuple(_SMP_ENCODERS)
 
-_NAME_ALIASES = {
-    "u_net": "unet", "link_net": "linknet", "psp_net": "pspnet", "psp": "pspnet",
-    "deeplabv3+": "deeplabv3plus", "deeplab_v3plus": "deeplabv3plus", "deeplabv3_plus": "deeplabv3plus",
-    "deeplab_v3_plus": "deeplabv3plus", "deeplab": "deeplabv3plus",
-    "sustersic": "unet_sustersic", "sustersic_unet": "unet_sustersic", "unet_sustersic2022": "unet_sustersic",
-}
 _ENCODER_ALIASES = {
     "resnext50": "resnext50_32x4d", "resnext_50": "resnext50_32x4d", "resnet_34": "resnet34",
     "resnet_50": "resnet50", "vgg_16": "vgg16",
@@ -86,8 +72,12 @@ _NOT_DILATABLE = frozenset({"vgg16"})
 _DOWNLOAD_NAMES = frozenset(
     {"imagenet", "ssl", "swsl", "instagram", "advprop", "noisy-student", "true", "default"}
 )
-# options of the Šušteršič U-Net; the smp config group sets them to null for smp nets
-_SUSTERSIC_KEYS = ("base_channels", "depth", "dropout", "batch_norm")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SEGMENTER_NAMES":  # the registered names now, models registered later included
+        return SEGMENTERS.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SustersicUNet(nn.Module):
@@ -167,38 +157,22 @@ class SustersicUNet(nn.Module):
         return self.head(x)
 
 
-def _key(value: Any) -> str:
-    return str(value).strip().lower().replace("-", "_").replace(" ", "_")
-
-
-def _canonical_name(name: str) -> str:
-    key = _key(name)
-    key = _NAME_ALIASES.get(key, key)
-    if key not in SEGMENTER_NAMES:
-        raise ConfigError(f"model.net.name: unknown segmenter {name!r}; "
-                          f"choose one of {', '.join(SEGMENTER_NAMES)}")
-    return key
-
-
-def _canonical_encoder(encoder: str, name: str) -> str:
-    key = _key(encoder)
+def _canonical_encoder(encoder: str, name: str, encoders: Sequence[str], note: str) -> str:
+    key = normalize_name(encoder)
     key = _ENCODER_ALIASES.get(key, key)
-    if key not in _SMP_ENCODERS:
+    known = {e for entry in SEGMENTERS.entries() for e in (entry.extra["encoders"] or ())}
+    if key not in known:
         raise ConfigError(f"model.net.encoder: unknown encoder {encoder!r} for {name}; choose one of "
-                          f"{', '.join(SEGMENTER_ENCODERS)} (aliases: {', '.join(sorted(_ENCODER_ALIASES))})")
+                          f"{', '.join(encoders)} (aliases: {', '.join(sorted(_ENCODER_ALIASES))})")
+    if key not in encoders:
+        raise ConfigError(f"model.net.encoder: {name} cannot use {key}{f' ({note})' if note else ''}; "
+                          f"encoders that work with {name}: {', '.join(encoders)}")
     return key
-
-
-def _encoders_for(name: str) -> list[str]:
-    return [e for e in SEGMENTER_ENCODERS if not (name == "deeplabv3plus" and e in _NOT_DILATABLE)]
 
 
 def valid_combinations() -> list[tuple[str, str | None]]:
-    """Every (name, encoder) pair that :func:`build_segmenter` builds; ``unet_sustersic`` has no encoder."""
-    out: list[tuple[str, str | None]] = [("unet_sustersic", None)]
-    for name in _SMP_ARCHS:
-        out += [(name, e) for e in _encoders_for(name)]
-    return out
+    """Every registered (name, encoder) pair that :func:`build_segmenter` builds (encoder None: no choice)."""
+    return [(e.name, enc) for e in SEGMENTERS.entries() for enc in (e.extra["encoders"] or [None])]
 
 
 def required_multiple(name: str, **kwargs: Any) -> int:
@@ -206,29 +180,20 @@ def required_multiple(name: str, **kwargs: Any) -> int:
 
     ``kwargs`` are the model options that change it: ``depth`` (``unet_sustersic``, default 5),
     ``encoder_depth`` (smp, default 5; PSPNet 3) and ``encoder_output_stride`` (DeepLabv3+, default 16).
-    Unset (None) values mean the default.
+    Unset (None) values mean the default. The rule is the registry entry's ``multiple``.
     """
-    key = _canonical_name(name)
-    if key == "unet_sustersic":
-        depth = kwargs.get("depth")
-        return 2 ** int(5 if depth is None else depth)
-    if key == "unet":
-        return 1  # smp's U-Net decoder resizes to each skip's size
-    depth = kwargs.get("encoder_depth")
-    depth = int(depth) if depth is not None else (3 if key == "pspnet" else 5)
-    stride = 2**depth
-    if key == "deeplabv3plus":
-        out_stride = kwargs.get("encoder_output_stride")
-        stride = min(stride, int(16 if out_stride is None else out_stride))
-    return stride
+    return SEGMENTERS.get(name).required_multiple(kwargs)
 
 
-def _smp_options(key: str) -> list[str]:
-    """Options of smp's model class that spinenet passes through (logits only: no activation, no aux head)."""
-    params = inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[_SMP_ARCHS[key]]).parameters
+def _smp_signature(arch: str) -> dict[str, Any]:
+    """Options of smp's model class that spinenet passes through (logits only: no activation, no aux head)
+    and their defaults: the ``options`` and ``defaults`` of the net's registry entry."""
+    params = inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[arch]).parameters
     fixed = {"encoder_name", "encoder_weights", "in_channels", "classes", "activation", "aux_params",
              "kwargs"}
-    return [p for p in params if p not in fixed]
+    passed = [p for p in params.values() if p.name not in fixed]
+    return {"options": tuple(p.name for p in passed),
+            "defaults": {p.name: p.default for p in passed if p.default is not inspect.Parameter.empty}}
 
 
 def _image_size(image_size: Sequence[int] | int | None) -> tuple[int, int] | None:
@@ -307,16 +272,21 @@ def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: 
                     crop_size: Sequence[int] | int | None = None, **kwargs: Any) -> nn.Module:
     """Build segmenter ``name`` returning logits for ``num_classes`` classes (background included).
 
-    ``encoder``: one of :data:`SEGMENTER_ENCODERS` for the smp nets (default ``resnet34``); must be unset
-    for ``unet_sustersic``. ``encoder_weights``: None (random) or a local weights file for the encoder.
-    ``image_size`` (H, W): the input the data pipeline delivers, checked against :func:`required_multiple`;
-    ``crop_size`` (H, W): the training patch when ``data.augment.crop`` is set, checked the same way.
-    ``kwargs`` (None means the default): ``base_channels``, ``depth``, ``dropout``, ``batch_norm`` for
-    ``unet_sustersic``; for the smp nets, options of smp's model class (e.g. ``decoder_channels``,
-    ``encoder_depth``), except ``activation`` and ``aux_params`` (the nets return logits only).
-    Every invalid choice raises :class:`ConfigError` naming what works.
+    ``name``: a name in :data:`~spinenet.models.registry.SEGMENTERS`. ``encoder``: one of the net's
+    encoders (:data:`SEGMENTER_ENCODERS` for the smp nets, default ``resnet34``); must be unset for nets
+    without an encoder choice (``unet_sustersic``). ``encoder_weights``: None (random) or a local weights
+    file for the encoder. ``image_size`` (H, W): the input the data pipeline delivers, checked against
+    :func:`required_multiple`; ``crop_size`` (H, W): the training patch when ``data.augment.crop`` is set,
+    checked the same way. ``kwargs`` (None means the default): the net's options, e.g. ``base_channels``,
+    ``depth``, ``dropout``, ``batch_norm`` for ``unet_sustersic``; for the smp nets, options of smp's model
+    class (e.g. ``decoder_channels``, ``encoder_depth``), except ``activation`` and ``aux_params`` (the nets
+    return logits only). Every invalid choice raises :class:`ConfigError` naming what works.
+
+    The builder registered under ``name`` gets ``num_classes``, ``in_channels``, the set options and, for
+    nets with an encoder choice, ``encoder`` and ``encoder_weights``.
     """
-    key = _canonical_name(name)
+    entry = SEGMENTERS.get(name)
+    key = entry.name
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError("model.net.num_classes: expected an integer >= 2 (background included), "
                           f"got {num_classes!r}")
@@ -325,56 +295,126 @@ def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: 
     size = _image_size(image_size)
     crop = _image_size(crop_size)
     weights = _check_weights_arg(encoder_weights)
-
-    if key == "unet_sustersic":
-        if encoder is not None or weights is not None:
-            raise ConfigError(
-                "model.net: unet_sustersic has no pretrained encoder; set encoder and encoder_weights to "
-                f"null, or use an smp net ({', '.join(_SMP_ARCHS)}) with one of "
-                f"{', '.join(SEGMENTER_ENCODERS)}"
-            )
-        options = {k: v for k, v in kwargs.items() if v is not None}
-        unknown = sorted(set(options) - set(_SUSTERSIC_KEYS))
-        if unknown:
-            raise ConfigError(f"model.net: unknown option(s) {unknown} for unet_sustersic; valid: "
-                              f"{', '.join(_SUSTERSIC_KEYS)}")
-        base, depth = int(options.get("base_channels", 8)), int(options.get("depth", 5))
-        dropout = float(options.get("dropout", 0.2))
-        if base < 1 or depth < 1:
-            raise ConfigError(f"model.net: base_channels and depth must be >= 1, got {base} and {depth}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError("model.net.dropout: expected a value in [0, 1) (the paper's grid: 0.1-0.5), "
-                              f"got {dropout}")
-        _check_sizes(size, crop, 2**depth, f"unet_sustersic with depth {depth} (2**depth)")
-        return SustersicUNet(num_classes, in_channels, base_channels=base, depth=depth, dropout=dropout,
-                             batch_norm=bool(options.get("batch_norm", True)))
-
-    set_sustersic = sorted(k for k in _SUSTERSIC_KEYS if kwargs.get(k) is not None)
-    if set_sustersic:
-        raise ConfigError(f"model.net: {', '.join(set_sustersic)} apply only to unet_sustersic; set them to "
-                          f"null for {key} (use model=smp)")
-    # None means smp's default; Hydra hands over ListConfig/DictConfig where smp expects lists and dicts
-    smp_kwargs = {k: OmegaConf.to_container(v) if isinstance(v, DictConfig | ListConfig) else v
-                  for k, v in kwargs.items() if k not in _SUSTERSIC_KEYS and v is not None}
-    # smp swallows unknown keyword arguments; a misspelt option must not silently do nothing
-    unknown = sorted(set(smp_kwargs) - set(_smp_options(key)))
-    if unknown:
-        raise ConfigError(f"model.net: unknown option(s) {unknown} for {key}; "
-                          f"valid: {', '.join(_smp_options(key))}")
-    enc = _canonical_encoder(encoder if encoder is not None else "resnet34", key)
-    if enc not in _encoders_for(key):
+    encoders = entry.extra["encoders"]
+    if encoders is None and (encoder is not None or weights is not None):
+        with_encoder = [e.name for e in SEGMENTERS.entries() if e.extra["encoders"]]
         raise ConfigError(
-            f"model.net.encoder: {key} cannot use {enc} (DeepLabv3+ needs a dilated encoder and VGG "
-            f"downsamples by max pooling); encoders that work with {key}: {', '.join(_encoders_for(key))}"
+            f"model.net: {key} has no pretrained encoder; set encoder and encoder_weights to null, or use a "
+            f"net with an encoder ({', '.join(with_encoder)}) with one of {', '.join(SEGMENTER_ENCODERS)}"
         )
-    _check_sizes(size, crop, required_multiple(key, **smp_kwargs), f"{key} with {enc}")
+
+    # None means the default; Hydra hands over ListConfig/DictConfig where builders expect lists and dicts
+    options = {k: OmegaConf.to_container(v) if isinstance(v, DictConfig | ListConfig) else v
+               for k, v in kwargs.items() if v is not None}
+    # smp swallows unknown keyword arguments; a misspelt option must not silently do nothing
+    unknown = sorted(set(options) - set(entry.options)) if entry.options is not None else []
+    if unknown:
+        message = f"model.net: unknown option(s) {unknown} for {key}; valid: {', '.join(entry.options)}"
+        # an option of another net: most likely the config group of that net (model=unet_sustersic)
+        owners = [e.name for e in SEGMENTERS.entries() if e.options and set(unknown) <= set(e.options)]
+        if owners:
+            message += (f"; {', '.join(unknown)} apply only to {', '.join(owners)}: set them to null "
+                        f"for {key}")
+        raise ConfigError(message)
+
+    given: dict[str, Any] = {}
+    what = key
+    if encoders is not None:
+        enc = _canonical_encoder(encoder if encoder is not None else encoders[0], key, encoders,
+                                 entry.extra["encoder_note"])
+        given = {"encoder": enc, "encoder_weights": weights}
+        what = f"{key} with {enc}"
+    note = entry.extra["size_note"]
+    if note:
+        what = f"{what} {note.format_map(entry.with_defaults(options))}"
+    _check_sizes(size, crop, entry.required_multiple(options), what)
+    try:
+        return entry.builder(num_classes=num_classes, in_channels=in_channels, **given, **options)
+    except TypeError as exc:
+        raise ConfigError(f"model.net: invalid option for {what}: {exc}") from exc
+
+
+# ---- the registered segmenters: one builder each -----------------------------------------------------
+@SEGMENTERS.register(
+    "unet_sustersic",
+    aliases=("sustersic", "sustersic_unet", "unet_sustersic2022"),
+    multiple=lambda options: 2 ** int(options["depth"]),  # every pooling halves the map
+    size_note="with depth {depth} (2**depth)",
+)
+def unet_sustersic(num_classes: int, in_channels: int = 1, base_channels: int = 8, depth: int = 5,
+                   dropout: float = 0.2, batch_norm: bool = True) -> nn.Module:
+    """The U-Net of Šušteršič 2022: base_channels·2**level kernels, transposed convolutions (no encoder)."""
+    base, depth, dropout = int(base_channels), int(depth), float(dropout)
+    if base < 1 or depth < 1:
+        raise ConfigError(f"model.net: base_channels and depth must be >= 1, got {base} and {depth}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError("model.net.dropout: expected a value in [0, 1) (the paper's grid: 0.1-0.5), "
+                          f"got {dropout}")
+    return SustersicUNet(num_classes, in_channels, base_channels=base, depth=depth, dropout=dropout,
+                         batch_norm=bool(batch_norm))
+
+
+def _smp_model(arch: str, num_classes: int, in_channels: int, encoder: str, encoder_weights: str | None,
+               options: dict[str, Any]) -> nn.Module:
+    """``smp.create_model(arch)`` with a spinenet encoder, weights from a local file only."""
     try:
         # built RGB, so an ImageNet file's first convolution fits before it is adapted to in_channels
-        model = smp.create_model(_SMP_ARCHS[key], encoder_name=_SMP_ENCODERS[enc], encoder_weights=None,
-                                 in_channels=3 if weights is not None else in_channels, classes=num_classes,
-                                 **smp_kwargs)
+        model = smp.create_model(arch, encoder_name=_SMP_ENCODERS[encoder], encoder_weights=None,
+                                 in_channels=3 if encoder_weights is not None else in_channels,
+                                 classes=num_classes, **options)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"model.net: invalid option for {key} with {enc}: {exc}") from exc
-    if weights is not None:
-        _load_encoder_weights(model, weights, in_channels, what=f"model.net.encoder_weights ({key}, {enc})")
+        raise ConfigError(f"model.net: invalid option for {arch} with {encoder}: {exc}") from exc
+    if encoder_weights is not None:
+        _load_encoder_weights(model, encoder_weights, in_channels,
+                              what=f"model.net.encoder_weights ({arch}, {encoder})")
     return model
+
+
+def _smp_stride(options: Mapping[str, Any]) -> int:
+    """smp's size rule: 2**encoder_depth (the encoder's output stride; smp's default depth: the entry's)."""
+    return 2 ** int(options["encoder_depth"])
+
+
+@SEGMENTERS.register("unet", aliases=("u_net",), encoders=SEGMENTER_ENCODERS, **_smp_signature("unet"))
+def unet(num_classes: int, in_channels: int, encoder: str, encoder_weights: str | None = None,
+         **options: Any) -> nn.Module:
+    """U-Net (smp); its decoder resizes each upsampled map to its skip's size, so any input size works."""
+    return _smp_model("unet", num_classes, in_channels, encoder, encoder_weights, options)
+
+
+@SEGMENTERS.register("linknet", aliases=("link_net",), encoders=SEGMENTER_ENCODERS, multiple=_smp_stride,
+                     **_smp_signature("linknet"))
+def linknet(num_classes: int, in_channels: int, encoder: str, encoder_weights: str | None = None,
+            **options: Any) -> nn.Module:
+    """LinkNet (smp): decoder blocks added to the encoder maps; inputs a multiple of 2**encoder_depth."""
+    return _smp_model("linknet", num_classes, in_channels, encoder, encoder_weights, options)
+
+
+@SEGMENTERS.register("fpn", encoders=SEGMENTER_ENCODERS, multiple=_smp_stride, **_smp_signature("fpn"))
+def fpn(num_classes: int, in_channels: int, encoder: str, encoder_weights: str | None = None,
+        **options: Any) -> nn.Module:
+    """Feature Pyramid Network (smp); inputs a multiple of 2**encoder_depth."""
+    return _smp_model("fpn", num_classes, in_channels, encoder, encoder_weights, options)
+
+
+# smp's PSPNet uses 3 encoder stages by default, then pyramid pooling with adaptive bins: multiple 8
+@SEGMENTERS.register("pspnet", aliases=("psp_net", "psp"), encoders=SEGMENTER_ENCODERS,
+                     multiple=_smp_stride, **_smp_signature("pspnet"))
+def pspnet(num_classes: int, in_channels: int, encoder: str, encoder_weights: str | None = None,
+           **options: Any) -> nn.Module:
+    """PSPNet (smp): pyramid pooling on the third encoder stage; inputs a multiple of 2**encoder_depth."""
+    return _smp_model("pspnet", num_classes, in_channels, encoder, encoder_weights, options)
+
+
+@SEGMENTERS.register(
+    "deeplabv3plus",
+    aliases=("deeplabv3+", "deeplab_v3plus", "deeplabv3_plus", "deeplab_v3_plus", "deeplab"),
+    encoders=tuple(e for e in SEGMENTER_ENCODERS if e not in _NOT_DILATABLE),
+    encoder_note="DeepLabv3+ needs a dilated encoder and VGG downsamples by max pooling",
+    multiple=lambda options: min(_smp_stride(options), int(options["encoder_output_stride"])),
+    **_smp_signature("deeplabv3plus"),
+)
+def deeplabv3plus(num_classes: int, in_channels: int, encoder: str, encoder_weights: str | None = None,
+                  **options: Any) -> nn.Module:
+    """DeepLabv3+ (smp): a dilated encoder (output stride 16) and atrous spatial pyramid pooling."""
+    return _smp_model("deeplabv3plus", num_classes, in_channels, encoder, encoder_weights, options)

@@ -11,8 +11,8 @@ optimizer / scheduler states, callback states (ModelCheckpoint, EarlyStopping) a
 made of dicts, lists, str, numbers, bools and None (checked with torch 2.14 / Lightning 2.6). An OmegaConf
 ``DictConfig`` in ``save_hyperparameters`` is NOT (it pickles omegaconf classes), so we store
 hyper-parameters as ``OmegaConf.to_container(cfg, resolve=True)``. If a known-safe type must be added
-later, register it with :func:`allow_safe_globals` (a thin wrapper over
-``torch.serialization.add_safe_globals``) rather than ever loading with ``weights_only=False``.
+later, register it with ``torch.serialization.add_safe_globals`` rather than ever loading with
+``weights_only=False``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,6 @@ import torch
 from spinenet.errors import DataError
 
 META_KEY = "spinenet"
-
-
-def allow_safe_globals(types: list[Any]) -> None:
-    """Allow these (known-safe, data-only) classes in weights-only checkpoints, process-wide."""
-    torch.serialization.add_safe_globals(types)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
