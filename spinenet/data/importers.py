@@ -498,7 +498,7 @@ def _read_pixels(
                     f"DICOM file {rel}: colour images are not supported (SamplesPerPixel "
                     f"{ds.SamplesPerPixel}); MR series are gray"
                 )
-            arr = np.asarray(dicom_pixels(ds, rel), dtype=np.float64)
+            arr = np.asarray(dicom_pixels(ds, f.path, rel), dtype=np.float64)
             frames = arr if arr.ndim == 3 else arr[None]
             if slices and frames.shape[1:] != slices[0].shape:
                 raise DataError(
@@ -664,8 +664,10 @@ def _import_dicom_groups(
             where = str(parent.relative_to(src)) if parent != src else str(src)
             redact.update(v.lower() for f in files for v in phi_values(f.ds))
             fallback_id = _slug(parent.name, "patient")
-            if patient_id_mode == "hash":
-                redact.update({fallback_id.lower(), (patient_id or "").lower()} - {""})
+            if patient_id_mode == "hash":  # the raw id hashed for this series: not to be shown beside it
+                has_id = patient_id or str(files[0].ds.get("PatientID", "") or "").strip()
+                redact.add((patient_id or ("" if has_id else fallback_id)).lower())
+                redact.discard("")
             failed_before = len(statuses)
             try:
                 s = _dicom_series(

@@ -84,19 +84,20 @@ def _decode_with_simpleitk(path: PathLike) -> np.ndarray | None:
         return None
 
 
-def dicom_pixels(ds: Any, path: PathLike) -> np.ndarray:
+def dicom_pixels(ds: Any, path: PathLike, name: str | None = None) -> np.ndarray:
     """The pixels of a read DICOM dataset in modality units (RescaleSlope / RescaleIntercept applied with
     ``pydicom.pixels.apply_rescale``): ``(H, W)``, ``(H, W, 3)`` or ``(frames, H, W[, 3])``.
 
     Compressed transfer syntaxes (JPEG lossless, JPEG-LS, JPEG 2000, JPEG extended ...) are decoded by
     pydicom's plugins (the ``dicom`` extra: pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg); SimpleITK's
     GDCM reader is the fallback when no plugin is installed or the plugins fail. ``DataError`` naming the file
-    and the transfer syntax otherwise.
+    (``name``, default ``path``) and the transfer syntax otherwise.
     """
     from pydicom.pixels import apply_rescale, get_decoder
 
+    name = str(path) if name is None else name
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DataError(f"DICOM file {path}: holds no pixel data")
+        raise DataError(f"DICOM file {name}: holds no pixel data")
     try:
         return apply_rescale(ds.pixel_array, ds)
     except Exception as exc:  # pydicom raises many types (no plugin for a codec, truncated data, ...)
@@ -113,12 +114,12 @@ def dicom_pixels(ds: Any, path: PathLike) -> np.ndarray:
             missing = True
         if missing:
             raise DataError(
-                f"DICOM file {path}: no decoder installed for its transfer syntax {syntax.name} ({syntax}); "
+                f"DICOM file {name}: no decoder installed for its transfer syntax {syntax.name} ({syntax}); "
                 f"install them with: pip install '{DICOM_EXTRA}'"
             ) from None
     where = f" ({syntax.name})" if syntax is not None else ""
-    detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    raise DataError(f"DICOM file {path}: cannot decode its pixel data{where}: {detail}") from None
+    detail = " ".join(str(error).split())[:300] or type(error).__name__  # one line, whatever pydicom says
+    raise DataError(f"DICOM file {name}: cannot decode its pixel data{where}: {detail}") from None
 
 
 def _decode_dicom(path: PathLike, data: bytes) -> RawImage:
