@@ -6,6 +6,7 @@ Output layout (the same as the phantom's and SPIDER's)::
     out_dir/masks/<pid>_<series>_s<k>.png    8-bit gray, class i written as gray 85*i
     out_dir/manifest.csv                     patient_id, series, slice, image, mask, + acquisition columns
     out_dir/import.json                      what was done (format "spinenet-import", version 1); no PHI
+    out_dir/import_summary.json              every input file left out, with its status and reason
 
 Intensities: 16-bit PNGs hold the volume's values mapped linearly from the volume's [min, max] to
 [0, 65535] (one mapping per series, recorded in import.json as ``source_min`` / ``source_max``), so the
