@@ -30,7 +30,8 @@ Privacy: see :mod:`spinenet.utils.privacy`. Patient ids are hashed by default wi
 or env ``SPINENET_PHI_SALT``; the same salt gives the same pseudonyms in later imports, so a patient's
 series imported on different days stay one patient for splitting). ``patient_id_mode="keep"`` writes the
 id given (or the folder name) but never a DICOM PatientID or name. Only allow-listed acquisition fields
-are copied from DICOM headers; source paths and the salt are never written.
+are copied from DICOM headers; the salt and absolute source paths are never written (import_summary.json
+names left-out files relative to the source folder, with parts that hold a raw id or PHI value redacted).
 """
 
 from __future__ import annotations
