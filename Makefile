@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,onnx]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,dicom]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the package and the dev tools

@@ -373,6 +373,7 @@ def crop_dataset(
     upper_levels: str = "thoracic",
     square: bool = False,
     overwrite: bool = False,
+    progress: bool | None = None,
 ) -> Path:
     """Crop every disc of a segmentation data set into a classification data set; return ``out_dir``.
 
@@ -388,10 +389,12 @@ def crop_dataset(
     clipping), the source row's other columns, and ``label``: axial: the slice's ``dataset.label_col`` value;
     sagittal: ``herniated`` (0/1, see :func:`_disc_label`) and ``label`` = the level if herniated, else
     ``healthy`` (so labels are Šušteršič's sagittal classes healthy / L4-L5 / L5-S1); ``missing.csv``
-    (``patient_id, source_image, reason``) for images without a disc; ``summary.json``.
+    (``patient_id, source_image, reason``) for images without a disc; ``summary.json``. ``progress``: a bar
+    over the images (``None``: on a terminal only; ``False``: never).
     """
     from spinenet.data.io import read_image, read_mask
     from spinenet.data.manifest import load_manifest
+    from spinenet.utils.progress import progress as with_progress
 
     if view not in VIEWS:
         raise ConfigError(f"roi.view: choose one of {', '.join(VIEWS)}, got {view!r}")
@@ -418,7 +421,7 @@ def crop_dataset(
     }
     carried = [c for c in df.columns if c not in drop]
     keep = set(levels) if levels is not None else None
-    for rec in df.to_dict("records"):
+    for rec in with_progress(df.to_dict("records"), total=len(df), desc="cropping discs", enabled=progress):
         image = read_image(rec["image_path"])
         if callable(mask_source):
             mask = np.asarray(mask_source(image, rec))
@@ -816,6 +819,8 @@ def _parser():
     crop.add_argument("--clahe-tiles", type=int, default=4)
     crop.add_argument("--no-clahe", action="store_true", help="skip the CLAHE enhancement")
     p.add_argument("--overwrite", action="store_true", help="replace earlier crops in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(progress=None)  # None: a bar only when stderr is a terminal
     return p
 
 
@@ -948,6 +953,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         levels=levels,
         square=args.square,
         overwrite=args.overwrite,
+        progress=args.progress,
     )
     summary = json.loads((out / "summary.json").read_text())
     if args.segmenter:  # name the checkpoint: "segmenter" alone does not say which

@@ -6,6 +6,7 @@ Output layout (the same as the phantom's and SPIDER's)::
     out_dir/masks/<pid>_<series>_s<k>.png    8-bit gray, class i written as gray 85*i
     out_dir/manifest.csv                     patient_id, series, slice, image, mask, + acquisition columns
     out_dir/import.json                      what was done (format "spinenet-import", version 1); no PHI
+    out_dir/import_summary.json              every input file left out, with its status and reason
 
 Intensities: 16-bit PNGs hold the volume's values mapped linearly from the volume's [min, max] to
 [0, 65535] (one mapping per series, recorded in import.json as ``source_min`` / ``source_max``), so the
@@ -29,7 +30,8 @@ Privacy: see :mod:`spinenet.utils.privacy`. Patient ids are hashed by default wi
 or env ``SPINENET_PHI_SALT``; the same salt gives the same pseudonyms in later imports, so a patient's
 series imported on different days stay one patient for splitting). ``patient_id_mode="keep"`` writes the
 id given (or the folder name) but never a DICOM PatientID or name. Only allow-listed acquisition fields
-are copied from DICOM headers; source paths and the salt are never written.
+are copied from DICOM headers; the salt and absolute source paths are never written (import_summary.json
+names left-out files relative to the source folder, with parts that hold a raw id or PHI value redacted).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from spinenet.errors import ConfigError, DataError, SpinenetError
+from spinenet.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ConfigError, DataError, SpinenetError
 from spinenet.utils.privacy import (
     check_patient_id_mode,
     phi_values,
@@ -57,11 +59,15 @@ from spinenet.utils.privacy import (
     resolve_salt,
     safe_dicom_metadata,
 )
+from spinenet.utils.progress import progress as with_progress
+from spinenet.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 IMPORT_FORMAT = "spinenet-import"
 IMPORT_VERSION = 1
+SUMMARY_NAME = "import_summary.json"  # every input file that was not imported, with its reason
+SUMMARY_FORMAT = "spinenet-import-summary"
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 AXES: tuple[str, ...] = ("sagittal", "axial", "coronal")
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "vertebra", "canal")
@@ -338,31 +344,81 @@ class _DicomFile:
     ds: Any  # header only (no pixels)
 
 
-def _find_dicom_series(src: Path) -> tuple[dict[str, list[_DicomFile]], int]:
-    """Image DICOM files under ``src`` grouped by SeriesInstanceUID; also the number of other files."""
+@dataclass
+class _FileStatus:
+    """What became of one input file that was not imported: ``skipped`` (not an image), ``failed``
+    (unreadable, truncated, no pixel data, undecodable) or ``refused`` (burned-in annotation)."""
+
+    path: Path
+    status: str
+    reason: str
+
+
+def _is_burned_in(ds: Any) -> bool:
+    return str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
+
+
+def _find_dicom_series(
+    src: Path, *, allow_burned_in: bool = True, statuses: list[_FileStatus] | None = None
+) -> tuple[dict[str, list[_DicomFile]], int]:
+    """Image DICOM files under ``src`` grouped by SeriesInstanceUID; also the number of other files.
+
+    Every file left out is appended to ``statuses`` with its reason. ``allow_burned_in=False`` leaves out
+    (refuses) slices whose BurnedInAnnotation is YES: identifying text may be in their pixels.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     if not src.is_dir():
         raise DataError(f"DICOM folder {src}: not found or not a folder")
+    statuses = [] if statuses is None else statuses
+    first_status = len(statuses)
     groups: dict[str, list[_DicomFile]] = defaultdict(list)
-    skipped = 0
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
-            skipped += 1
+            statuses.append(_FileStatus(path, "skipped", "hidden file or DICOMDIR index, not an image"))
+            continue
+        if path.stat().st_size == 0:
+            statuses.append(_FileStatus(path, "failed", "empty file (0 bytes)"))
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError):
-            skipped += 1
+        except InvalidDicomError:
+            if path.name.lower().endswith((".dcm", ".dicom")):
+                statuses.append(_FileStatus(path, "failed", "not a readable DICOM file"))
+            else:
+                statuses.append(_FileStatus(path, "skipped", "not a DICOM file"))
+            continue
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            statuses.append(
+                _FileStatus(path, "failed", f"truncated or corrupt DICOM header ({type(exc).__name__})")
+            )
             continue
         if "Rows" not in ds or "Columns" not in ds:  # structured reports, presentation states ...
-            skipped += 1
+            statuses.append(_FileStatus(path, "skipped", "DICOM object without an image"))
+            continue
+        if not allow_burned_in and _is_burned_in(ds):
+            statuses.append(
+                _FileStatus(
+                    path,
+                    "refused",
+                    "BurnedInAnnotation is YES (identifying text may be in the pixels); "
+                    "pass --allow-burned-in to import it",
+                )
+            )
             continue
         groups[str(ds.get("SeriesInstanceUID", "")) or str(path.parent)].append(_DicomFile(path, ds))
+    skipped = len(statuses) - first_status
     if not groups:
-        raise DataError(f"DICOM folder {src}: no DICOM image files found ({skipped} other files)")
+        refused = [st for st in statuses[first_status:] if st.status != "skipped"]
+        detail = f"; e.g. {_shown(refused[0].path, src)}: {refused[0].reason}" if refused else ""
+        raise DataError(f"DICOM folder {src}: no DICOM image files found ({skipped} other files{detail})")
     return dict(groups), skipped
+
+
+def _shown(path: Path, src: Path) -> str:
+    """A source file as the user knows it: relative to the imported folder."""
+    return str(path.relative_to(src)) if src in path.parents else path.name
 
 
 def _float_list(value: Any) -> list[float] | None:
@@ -413,40 +469,61 @@ def _sort_dicom(files: list[_DicomFile], where: str) -> tuple[list[_DicomFile], 
     return files, None
 
 
-def _read_pixels(files: list[_DicomFile], src: Path) -> tuple[np.ndarray, Any]:
-    """(N, H, W) float volume in modality units (rescale slope / intercept applied) and the first dataset."""
+def _read_pixels(
+    files: list[_DicomFile],
+    src: Path,
+    where: str,
+    statuses: list[_FileStatus] | None = None,
+    bar: Any = None,
+) -> tuple[np.ndarray, Any, list[_DicomFile]]:
+    """(N, H, W) float volume in modality units (rescale slope / intercept applied), the first dataset and
+    the files it holds. A file that cannot be read (no pixel data, truncated, no decoder, colour, another
+    size) is left out and appended to ``statuses``; :class:`DataError` when no file of the series is left."""
     import pydicom
-    from pydicom.pixels import apply_rescale
 
+    from spinenet.data.io import dicom_pixels
+
+    statuses = [] if statuses is None else statuses
     slices: list[np.ndarray] = []
+    read: list[_DicomFile] = []
     first = None
+    failures: list[_FileStatus] = []
     for f in files:
-        rel = f.path.relative_to(src) if src in f.path.parents else f.path.name
+        rel = _shown(f.path, src)
         try:
-            ds = pydicom.dcmread(f.path)
-            arr = ds.pixel_array
-        except Exception as exc:  # compressed transfer syntax without a decoder, broken pixel data ...
-            raise DataError(
-                f"DICOM file {rel}: cannot decode its pixel data ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
-            ) from None
-        if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise DataError(
-                f"DICOM file {rel}: colour images are not supported (SamplesPerPixel "
-                f"{ds.SamplesPerPixel}); MR series are gray"
-            )
-        arr = np.asarray(apply_rescale(arr, ds), dtype=np.float64)
-        frames = arr if arr.ndim == 3 else arr[None]
-        if slices and frames.shape[1:] != slices[0].shape:
-            raise DataError(
-                f"DICOM file {rel}: size {frames.shape[1:]} differs from the series' {slices[0].shape}"
-            )
+            try:
+                ds = pydicom.dcmread(f.path)
+            except Exception as exc:  # the header was read: the pixel data must be cut short
+                raise DataError(f"DICOM file {rel}: cannot read its pixel data ({type(exc).__name__})") from None
+            if int(ds.get("SamplesPerPixel", 1)) != 1:
+                raise DataError(
+                    f"DICOM file {rel}: colour images are not supported (SamplesPerPixel "
+                    f"{ds.SamplesPerPixel}); MR series are gray"
+                )
+            arr = np.asarray(dicom_pixels(ds, f.path, rel), dtype=np.float64)
+            frames = arr if arr.ndim == 3 else arr[None]
+            if slices and frames.shape[1:] != slices[0].shape:
+                raise DataError(
+                    f"DICOM file {rel}: size {frames.shape[1:]} differs from the series' {slices[0].shape}"
+                )
+        except DataError as exc:
+            failures.append(_FileStatus(f.path, "failed", str(exc)))
+            continue
+        finally:
+            if bar is not None:
+                bar.update(1)
         slices.extend(frames)
+        read.append(f)
         first = ds if first is None else first
+    statuses.extend(failures)
+    if not slices:
+        raise DataError(
+            f"DICOM series in {where}: none of its {len(files)} files could be read; first: {failures[0].reason}"
+        )
     volume = np.stack(slices)
     if str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1":  # 0 = white: invert the whole volume
         volume = volume.max() + volume.min() - volume
-    return volume, first
+    return volume, first, read
 
 
 def _check_same_grid(
@@ -492,6 +569,8 @@ def _dicom_series(
     unmapped: str,
     bit_depth: int,
     check_geometry: bool,
+    statuses: list[_FileStatus] | None = None,
+    bar: Any = None,
 ) -> _Series:
     files, geometry = _sort_dicom(files, where)
     header = files[0].ds
@@ -515,7 +594,7 @@ def _dicom_series(
     name = _slug(name, "series")
     if any(tok.lower() in dicom_phi or tok == raw for tok in re.split(r"[-.]", name)):
         name = "series"  # never let an identifying token into file names
-    volume, _ = _read_pixels(files, src)
+    volume, _, _ = _read_pixels(files, src, where, statuses, bar)
     images, intensity = scale_intensity(volume, bit_depth)
     mask_classes = None
     label_record: dict[str, Any] = {}
@@ -553,7 +632,7 @@ def _dicom_series(
 def _import_dicom_groups(
     src: Path,
     groups: dict[str, list[_DicomFile]],
-    skipped: int,
+    statuses: list[_FileStatus],
     out_dir: str | Path,
     *,
     patient_id: str | None,
@@ -567,6 +646,7 @@ def _import_dicom_groups(
     labeled_only: bool,
     check_geometry: bool,
     overwrite: bool,
+    progress: bool | None = None,
 ) -> Path:
     lm = parse_label_map(label_map)
     pid_for, id_info = _id_policy(patient_id_mode, salt)
@@ -576,26 +656,56 @@ def _import_dicom_groups(
             "folder of one series"
         )
     out = _Output(out_dir, overwrite)
-    for files in sorted(groups.values(), key=lambda fs: str(fs[0].path)):
-        parent = files[0].path.parent
-        where = str(parent.relative_to(src)) if parent != src else str(src)
-        s = _dicom_series(
-            files,
-            src,
-            where,
-            pid_for=pid_for,
-            mode=patient_id_mode,
-            patient_id=patient_id,
-            fallback_id=_slug(parent.name, "patient"),
-            series=series,
-            masks=masks,
-            label_map=lm,
-            unmapped=unmapped,
-            bit_depth=bit_depth,
-            check_geometry=check_geometry,
+    skipped = len(statuses)
+    redact: set[str] = set()  # identifying values and raw ids, kept out of the summary's file names
+    series_errors: list[DataError] = []
+    n_files = sum(len(fs) for fs in groups.values())
+    with progress_bar(n_files, "importing DICOM", progress) as bar:
+        for files in sorted(groups.values(), key=lambda fs: str(fs[0].path)):
+            parent = files[0].path.parent
+            where = str(parent.relative_to(src)) if parent != src else str(src)
+            redact.update(v.lower() for f in files for v in phi_values(f.ds))
+            fallback_id = _slug(parent.name, "patient")
+            if patient_id_mode == "hash":  # the raw id hashed for this series: not to be shown beside it
+                has_id = patient_id or str(files[0].ds.get("PatientID", "") or "").strip()
+                redact.add((patient_id or ("" if has_id else fallback_id)).lower())
+                redact.discard("")
+            failed_before = len(statuses)
+            try:
+                s = _dicom_series(
+                    files,
+                    src,
+                    where,
+                    pid_for=pid_for,
+                    mode=patient_id_mode,
+                    patient_id=patient_id,
+                    fallback_id=fallback_id,
+                    series=series,
+                    masks=masks,
+                    label_map=lm,
+                    unmapped=unmapped,
+                    bit_depth=bit_depth,
+                    check_geometry=check_geometry,
+                    statuses=statuses,
+                    bar=bar,
+                )
+            except DataError as exc:  # one bad series must not stop the others: it is listed instead
+                series_errors.append(exc)
+                listed = {st.path for st in statuses[failed_before:]}
+                statuses.extend(
+                    _FileStatus(f.path, "failed", f"its series was not imported: {exc}")
+                    for f in files
+                    if f.path not in listed
+                )
+                continue
+            out.add(s, labeled_only=labeled_only)
+    if not out.rows and len(series_errors) == 1 and len(groups) == 1:
+        raise series_errors[0]  # a single series: its own error, as before
+    if not out.rows and series_errors:
+        raise DataError(
+            f"DICOM folder {src}: none of its {len(groups)} series could be imported; first: {series_errors[0]}"
         )
-        out.add(s, labeled_only=labeled_only)
-    return out.finish(
+    root = out.finish(
         {
             "source": "dicom",
             **id_info,
@@ -605,6 +715,41 @@ def _import_dicom_groups(
             "skipped_files": skipped,
         }
     )
+    _write_summary(root, src, n_files + skipped, statuses, redact)
+    return root
+
+
+def _redacted(text: str, redact: set[str]) -> str:
+    """``text`` with identifying values (as substrings) and short raw ids (as whole tokens) replaced by
+    ``<redacted>``: folder and file names are often patient names or ids."""
+    for value in sorted(redact, key=len, reverse=True):
+        pattern = re.escape(value) if len(value) >= 3 else rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])"
+        text = re.sub(pattern, "<redacted>", text, flags=re.IGNORECASE)
+    return text
+
+
+def _write_summary(
+    root: Path, src: Path, n_inputs: int, statuses: list[_FileStatus], redact: set[str]
+) -> dict[str, Any]:
+    """``import_summary.json``: counts, and every input file that was not imported with its reason."""
+    counts = {k: sum(st.status == k for st in statuses) for k in ("failed", "refused", "skipped")}
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "version": 1,
+        "inputs": n_inputs,
+        "imported": n_inputs - sum(counts.values()),
+        **counts,
+        "files": [
+            {
+                "file": _redacted(_shown(st.path, src), redact),
+                "status": st.status,
+                "reason": _redacted(st.reason, redact),
+            }
+            for st in sorted(statuses, key=lambda st: str(st.path))
+        ],
+    }
+    (root / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
 
 
 def import_dicom_tree(
@@ -622,19 +767,28 @@ def import_dicom_tree(
     labeled_only: bool = False,
     check_geometry: bool = True,
     overwrite: bool = False,
+    allow_burned_in: bool = False,
+    progress: bool | None = None,
 ) -> Path:
     """Import every DICOM image series found under ``src`` (grouped by SeriesInstanceUID) into ``out_dir``.
 
     The patient id of each series is ``patient_id`` if given, else (hash mode) its DICOM PatientID hashed,
     else the name of the folder holding it. ``masks`` (a label volume on the series' grid) is only allowed
     when ``src`` holds one series. Returns ``out_dir``.
+
+    Fault isolation: a file that cannot be imported (empty, not DICOM, truncated, no pixel data, no decoder,
+    a slice with BurnedInAnnotation YES unless ``allow_burned_in``) or a series that fails as a whole is left
+    out, and the others are imported; ``out_dir/import_summary.json`` lists each left-out file with its
+    reason. :class:`DataError` only when nothing could be imported. ``progress``: a bar over the files
+    (``None``: on a terminal only).
     """
     src = Path(src).expanduser()
-    groups, skipped = _find_dicom_series(src)
+    statuses: list[_FileStatus] = []
+    groups, _ = _find_dicom_series(src, allow_burned_in=allow_burned_in, statuses=statuses)
     return _import_dicom_groups(
         src,
         groups,
-        skipped,
+        statuses,
         out_dir,
         patient_id=patient_id,
         patient_id_mode=patient_id_mode,
@@ -647,6 +801,7 @@ def import_dicom_tree(
         labeled_only=labeled_only,
         check_geometry=check_geometry,
         overwrite=overwrite,
+        progress=progress,
     )
 
 
@@ -665,11 +820,14 @@ def import_dicom_series(
     labeled_only: bool = False,
     check_geometry: bool = True,
     overwrite: bool = False,
+    allow_burned_in: bool = False,
+    progress: bool | None = None,
 ) -> Path:
     """Import one DICOM series (a folder holding exactly one series) into ``out_dir``; see
     :func:`import_dicom_tree` for the arguments. Returns ``out_dir``."""
     src = Path(series_dir).expanduser()
-    groups, skipped = _find_dicom_series(src)
+    statuses: list[_FileStatus] = []
+    groups, _ = _find_dicom_series(src, allow_burned_in=allow_burned_in, statuses=statuses)
     if len(groups) != 1:
         raise DataError(
             f"DICOM folder {src}: holds {len(groups)} series, expected one; import the parent "
@@ -678,7 +836,7 @@ def import_dicom_series(
     return _import_dicom_groups(
         src,
         groups,
-        skipped,
+        statuses,
         out_dir,
         patient_id=patient_id,
         patient_id_mode=patient_id_mode,
@@ -691,6 +849,7 @@ def import_dicom_series(
         labeled_only=labeled_only,
         check_geometry=check_geometry,
         overwrite=overwrite,
+        progress=progress,
     )
 
 
@@ -840,7 +999,7 @@ def import_volume(
         check_geometry=check_geometry,
     )
     out.add(s, labeled_only=labeled_only)
-    return out.finish(
+    root = out.finish(
         {
             "source": "volume",
             **id_info,
@@ -850,6 +1009,8 @@ def import_volume(
             "axis": axis,
         }
     )
+    _write_summary(root, image_path.parent, 1, [], set())
+    return root
 
 
 def volume_patient_id(path: Path) -> str:
@@ -872,10 +1033,12 @@ def import_volume_folder(
     labeled_only: bool = False,
     check_geometry: bool = True,
     overwrite: bool = False,
+    progress: bool | None = None,
 ) -> Path:
     """Import every volume file in ``image_dir`` (SPIDER's ``images/``), each with the label volume of the
     same file name in ``label_dir`` (SPIDER's ``masks/``). Patient ids come from the file names
-    (:func:`volume_patient_id`). Returns ``out_dir``."""
+    (:func:`volume_patient_id`). A volume that cannot be imported is left out and listed with its reason in
+    ``import_summary.json``, the others are imported. Returns ``out_dir``."""
     image_dir = Path(image_dir).expanduser()
     files = (
         sorted(p for p in image_dir.iterdir() if p.is_file() and _volume_suffix(p))
@@ -895,22 +1058,35 @@ def import_volume_folder(
     lm = parse_label_map(label_map)
     pid_for, id_info = _id_policy(patient_id_mode, salt)
     out = _Output(out_dir, overwrite)
-    for path in files:
+    statuses: list[_FileStatus] = []
+    redact: set[str] = set()
+    for path in with_progress(files, desc="importing volumes", enabled=progress):
         raw = volume_patient_id(path)
-        s = _volume_series(
-            path,
-            label_path=label_dir / path.name if label_dir else None,
-            label_map=lm,
-            axis=axis,
-            pid=pid_for(raw),
-            raw_id=raw,
-            series=None,
-            unmapped=unmapped,
-            bit_depth=bit_depth,
-            check_geometry=check_geometry,
-        )
+        if id_info["patient_id_mode"] == "hash":
+            redact.add(raw.lower())  # the pseudonym must not be linked to the file's raw id
+        try:
+            s = _volume_series(
+                path,
+                label_path=label_dir / path.name if label_dir else None,
+                label_map=lm,
+                axis=axis,
+                pid=pid_for(raw),
+                raw_id=raw,
+                series=None,
+                unmapped=unmapped,
+                bit_depth=bit_depth,
+                check_geometry=check_geometry,
+            )
+        except DataError as exc:  # one bad volume must not stop the others: it is listed instead
+            statuses.append(_FileStatus(path, "failed", str(exc)))
+            continue
         out.add(s, labeled_only=labeled_only)
-    return out.finish(
+    if not out.rows and statuses:
+        raise DataError(
+            f"volume folder {image_dir}: none of its {len(files)} volumes could be imported; first: "
+            f"{statuses[0].reason}"
+        )
+    root = out.finish(
         {
             "source": "volume",
             **id_info,
@@ -920,6 +1096,8 @@ def import_volume_folder(
             "axis": axis,
         }
     )
+    _write_summary(root, image_dir, len(files), statuses, redact)
+    return root
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -985,6 +1163,14 @@ def build_import_parser(parser: argparse.ArgumentParser | None = None) -> argpar
         help="accept a label volume of the right size whose origin / spacing / direction differ",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a previous import in --out")
+    p.add_argument(
+        "--allow-burned-in",
+        action="store_true",
+        help="DICOM: import slices whose BurnedInAnnotation is YES (text in the pixels may identify the "
+        "patient); refused by default",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(progress=None)  # None: a bar only when stderr is a terminal
     return p
 
 
@@ -1023,24 +1209,45 @@ def run_import(args: argparse.Namespace) -> Path:
                 "--patient-id / --series apply to one file or series; a folder of volumes takes ids "
                 "from the file names"
             )
-        return import_volume_folder(src, args.out, label_dir=args.labels, axis=args.axis, **common)
+        return import_volume_folder(
+            src, args.out, label_dir=args.labels, axis=args.axis, progress=args.progress, **common
+        )
     return import_dicom_tree(
-        src, args.out, patient_id=args.patient_id, masks=args.labels, series=args.series, **common
+        src,
+        args.out,
+        patient_id=args.patient_id,
+        masks=args.labels,
+        series=args.series,
+        allow_burned_in=args.allow_burned_in,
+        progress=args.progress,
+        **common,
     )
 
 
 def main_import(argv: Sequence[str] | None = None) -> int:
-    """``spinenet data import`` entry: 0 on success, 2 with a one-line message on a user error."""
+    """``spinenet data import`` entry: 0 on success, 3 (EXIT_PARTIAL) when some input files were not
+    imported (listed in import_summary.json), 2 with a one-line message on a user error."""
     args = build_import_parser().parse_args(argv)
     try:
         out = run_import(args)
     except SpinenetError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     manifest = out / "manifest.csv"
     n = sum(1 for _ in manifest.open(encoding="utf-8")) - 1
-    print(f"imported {n} slices into {out} (manifest.csv, import.json)")
-    return 0
+    summary_path = out / SUMMARY_NAME
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    problems = [f for f in summary.get("files", []) if f["status"] != "skipped"]
+    for f in problems[:5]:  # file names only (redacted where they hold ids); every one is in the summary
+        print(f"{f['status']}: {f['file']}: {f['reason']}", file=sys.stderr)
+    if len(problems) > 5:
+        print(f"... and {len(problems) - 5} more in {summary_path}", file=sys.stderr)
+    left_out = ", ".join(f"{summary[k]} {k}" for k in ("failed", "refused", "skipped") if summary.get(k))
+    print(
+        f"imported {n} slices from {summary.get('imported', '?')} of {summary.get('inputs', '?')} input files "
+        f"into {out}" + (f"; {left_out} (reasons in {SUMMARY_NAME})" if left_out else "")
+    )
+    return EXIT_PARTIAL if problems else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

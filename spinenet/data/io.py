@@ -8,7 +8,8 @@ Images come back as float32 in [0, 1], shape ``(H, W)`` (``channels=1``) or ``(H
   image by robust percentiles: the 0.5th percentile maps to 0 and the 99.5th to 1, values outside are clipped.
   MRI intensities have no fixed range (they depend on scanner, coil and sequence), so a fixed divisor would
   leave most images nearly black; the percentiles also ignore a few very bright pixels (fat, flow artefacts).
-- DICOM (``.dcm``/``.dicom`` or any file with the ``DICM`` preamble) goes through pydicom: RescaleSlope and
+- DICOM (``.dcm``/``.dicom`` or any file with the ``DICM`` preamble) goes through pydicom (:func:`dicom_pixels`;
+  compressed syntaxes through the ``dicom`` extra's decoders, SimpleITK as the fallback): RescaleSlope and
   RescaleIntercept are applied before scaling, and MONOCHROME1 (low values bright) is inverted after it.
 
 Masks come back as int64 class ids: ``mask_values[i]`` is the stored gray value of class ``i``.
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,6 +35,8 @@ PathLike = str | os.PathLike[str]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PERCENTILES = (0.5, 99.5)
+# what installs the decoders of compressed DICOM (pyproject extra `dicom`)
+DICOM_EXTRA = "spinenet-mri[dicom]"
 
 
 @dataclass
@@ -69,6 +73,54 @@ def _read_bytes(path: PathLike) -> bytes:
         raise DataError(f"cannot read {p}: {e}") from e
 
 
+def _decode_with_simpleitk(path: PathLike) -> np.ndarray | None:
+    """Pixels through SimpleITK's GDCM reader (modality units: GDCM applies the rescale), or ``None``."""
+    try:
+        import SimpleITK as sitk
+
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except Exception:  # any failure means "no fallback"; the caller names the first cause
+        return None
+
+
+def dicom_pixels(ds: Any, path: PathLike, name: str | None = None) -> np.ndarray:
+    """The pixels of a read DICOM dataset in modality units (RescaleSlope / RescaleIntercept applied with
+    ``pydicom.pixels.apply_rescale``): ``(H, W)``, ``(H, W, 3)`` or ``(frames, H, W[, 3])``.
+
+    Compressed transfer syntaxes (JPEG lossless, JPEG-LS, JPEG 2000, JPEG extended ...) are decoded by
+    pydicom's plugins (the ``dicom`` extra: pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg); SimpleITK's
+    GDCM reader is the fallback when no plugin is installed or the plugins fail. ``DataError`` naming the file
+    (``name``, default ``path``) and the transfer syntax otherwise.
+    """
+    from pydicom.pixels import apply_rescale, get_decoder
+
+    name = str(path) if name is None else name
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataError(f"DICOM file {name}: holds no pixel data")
+    try:
+        return apply_rescale(ds.pixel_array, ds)
+    except Exception as exc:  # pydicom raises many types (no plugin for a codec, truncated data, ...)
+        error = exc
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        arr = _decode_with_simpleitk(path)
+        if arr is not None:
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            return arr[0] if frames == 1 and arr.shape[0] == 1 else arr
+        try:
+            missing = not get_decoder(syntax).is_available
+        except NotImplementedError:  # a syntax pydicom has no decoder for at all
+            missing = True
+        if missing:
+            raise DataError(
+                f"DICOM file {name}: no decoder installed for its transfer syntax {syntax.name} ({syntax}); "
+                f"install them with: pip install '{DICOM_EXTRA}'"
+            ) from None
+    where = f" ({syntax.name})" if syntax is not None else ""
+    detail = " ".join(str(error).split())[:300] or type(error).__name__  # one line, whatever pydicom says
+    raise DataError(f"DICOM file {name}: cannot decode its pixel data{where}: {detail}") from None
+
+
 def _decode_dicom(path: PathLike, data: bytes) -> RawImage:
     import pydicom
 
@@ -76,14 +128,7 @@ def _decode_dicom(path: PathLike, data: bytes) -> RawImage:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as e:
         raise DataError(f"cannot read DICOM file {path}: {e}") from e
-    try:
-        arr = ds.pixel_array
-    except Exception as e:  # pydicom raises many types (missing pixel data, no handler for a codec, ...)
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        hint = (
-            f" (transfer syntax {syntax.name}; compressed DICOM may need pylibjpeg or gdcm)" if syntax else ""
-        )
-        raise DataError(f"cannot decode DICOM pixel data of {path}: {e}{hint}") from e
+    arr = dicom_pixels(ds, path)
     samples = int(ds.get("SamplesPerPixel", 1))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1 or arr.ndim > (3 if samples > 1 else 2):
@@ -92,10 +137,6 @@ def _decode_dicom(path: PathLike, data: bytes) -> RawImage:
             "convert volumes to slices with `spinenet data import`"
         )
     pixels = arr.astype(np.float32)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if slope != 1.0 or intercept != 0.0:
-        pixels = pixels * np.float32(slope) + np.float32(intercept)
     if pixels.ndim == 3 and pixels.shape[-1] == 4:
         pixels = pixels[..., :3]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()

@@ -24,6 +24,7 @@ import pandas as pd
 
 from spinenet.data.io import as_gray_mask, image_size, quiet_opencv, read_raw, validate_mask_values
 from spinenet.errors import ConfigError, DataError
+from spinenet.utils.progress import progress_bar
 
 # Problem kinds in report order, with the heading printed above their examples.
 KINDS: dict[str, str] = {
@@ -347,9 +348,23 @@ def existing_files(paths: Iterable[str]) -> np.ndarray:
     return out
 
 
-def _pmap(fn: Callable[[str], Any], items: list[str], threads: bool = True) -> dict[str, Any]:
+def _counted(fn: Callable[[str], Any], bar: Any) -> Callable[[str], Any]:
+    def step(item: str) -> Any:
+        result = fn(item)
+        bar.update(1)
+        return result
+
+    return step
+
+
+def _pmap(
+    fn: Callable[[str], Any], items: list[str], threads: bool = True, bar: Any = None
+) -> dict[str, Any]:
     """``fn`` over items; with ``threads``, in a few threads that each take one contiguous chunk (decoders
-    release the GIL; one task per item would cost more in scheduling than small files take to decode)."""
+    release the GIL; one task per item would cost more in scheduling than small files take to decode).
+    ``bar`` (a :func:`~spinenet.utils.progress.progress_bar`) is advanced once per item."""
+    if bar is not None:
+        fn = _counted(fn, bar)
     workers = min(8, os.cpu_count() or 1)
     if not threads or workers < 2 or len(items) < 64:
         return {it: fn(it) for it in items}
@@ -404,12 +419,15 @@ def _mask_info(path: str, values: list[int] | None) -> tuple[tuple[int, int] | N
     return shape, None, f"values {shown} in {path}; the configured map is {values}"
 
 
-def check_dataset(spec: DatasetSpec, deep: bool = True, max_examples: int = 20) -> DataReport:
+def check_dataset(
+    spec: DatasetSpec, deep: bool = True, max_examples: int = 20, progress: bool | None = None
+) -> DataReport:
     """Check a data set and report every problem at once (see ``KINDS``), not only the first.
 
     Existence is checked by listing each folder once; sizes come from file headers; with ``deep`` every
     unique image and mask is decoded once (in threads) to find truncated files and mask values outside
-    ``mask_values``. ``deep=False`` only checks existence and header sizes.
+    ``mask_values``. ``deep=False`` only checks existence and header sizes. ``progress``: a bar over the
+    decodes (``None``: only when stderr is a terminal; ``False``: never).
     """
     t0 = time.perf_counter()
     report = DataReport(spec.manifest_path, max_examples=max_examples, deep=deep)
@@ -449,7 +467,9 @@ def check_dataset(spec: DatasetSpec, deep: bool = True, max_examples: int = 20) 
         img_size = _pmap(_header, unique_images, threads=False)  # GIL-bound
         img_err: dict[str, str | None] = {p: s for p, s in img_size.items() if isinstance(s, str)}
         if deep:
-            img_err.update(_pmap(_decodes, [p for p in unique_images if p not in img_err]))
+            todo = [p for p in unique_images if p not in img_err]
+            with progress_bar(len(todo), "decoding images", progress) as bar:
+                img_err.update(_pmap(_decodes, todo, bar=bar))
         for i in np.flatnonzero(image_ok):
             err = img_err.get(image_abs[i])
             if err:
@@ -465,7 +485,8 @@ def check_dataset(spec: DatasetSpec, deep: bool = True, max_examples: int = 20) 
             if deep:
                 values = spec.mask_values
                 todo = [p for p in unique_masks if not isinstance(mask_size[p], str)]
-                mask_deep = _pmap(lambda p: _mask_info(p, values), todo)
+                with progress_bar(len(todo), "decoding masks", progress) as bar:
+                    mask_deep = _pmap(lambda p: _mask_info(p, values), todo, bar=bar)
             for i in range(len(df)):
                 line = int(lines[i])
                 if not mask_ok[i]:

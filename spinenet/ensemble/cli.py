@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-workers", type=int, default=None, help="data loader workers (default: the member's)"
     )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(progress=None)  # None: a bar only when stderr is a terminal
     return p
 
 
@@ -419,7 +421,13 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, SearchResult] = {}
     if args.method in ("exhaustive", "both"):
         results["exhaustive"] = exhaustive_search(
-            pv.probs, pv.targets, objective, step=args.step, device=device, keep_scores=False
+            pv.probs,
+            pv.targets,
+            objective,
+            step=args.step,
+            device=device,
+            keep_scores=False,
+            progress=args.progress,
         )
     if args.method in ("greedy", "both"):
         results["greedy"] = greedy_selection(

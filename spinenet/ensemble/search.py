@@ -44,6 +44,7 @@ import torch
 
 from spinenet.ensemble.objectives import Objective, get_objective
 from spinenet.errors import ConfigError, DataError
+from spinenet.utils.progress import progress_bar
 
 __all__ = [
     "SearchResult",
@@ -523,11 +524,13 @@ def exhaustive_search(
     chunk: int = 65536,
     keep_scores: bool = True,
     prune: bool = True,
+    progress: bool | None = False,
 ) -> SearchResult:
     """Score every weight vector of the simplex grid with step `step`; return the first best one.
 
     Exact: the same per-vector scores and the same optimum as `naive_scores` over `simplex_counts` (ties go
     to the first vector in lexicographic order of the counts). `device=None` uses CUDA when available.
+    `progress`: a bar over the chunks of weight vectors (`None`: on a terminal only; default off).
     """
     t0 = time.perf_counter()
     dev = _default_device(device)
@@ -541,16 +544,19 @@ def exhaustive_search(
         if workers > 1:
             chunk = min(chunk, 1024)  # several chunks per worker keeps the load even
         starts = range(0, counts.shape[0], chunk)
+        bar = progress_bar(counts.shape[0], "weight vectors", progress)
 
         def run(s: int) -> None:
             scores[s : s + chunk] = scorer.score(counts[s : s + chunk]).cpu()
+            bar.update(min(chunk, counts.shape[0] - s))
 
-        if workers > 1 and len(starts) > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, starts))
-        else:
-            for s in starts:
-                run(s)
+        with bar:
+            if workers > 1 and len(starts) > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(run, starts))
+            else:
+                for s in starts:
+                    run(s)
     _sync(dev)
     best = int(torch.argmax(scores))  # first maximal index
     return SearchResult(
