@@ -17,6 +17,7 @@ later, register it with :func:`allow_safe_globals` (a thin wrapper over
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -31,6 +32,15 @@ import torch
 from spinenet.errors import DataError
 
 META_KEY = "spinenet"
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: what sidecars, metrics.json and ensembles record."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def allow_safe_globals(types: list[Any]) -> None:
@@ -64,7 +74,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
                 "(e.g. hyper-parameters via OmegaConf.to_container)"
             ) from None
         raise DataError(f"checkpoint {path}: not a readable PyTorch checkpoint ({_first_line(msg)})") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError) as exc:
+    except RuntimeError as exc:
+        if "TorchScript" in str(exc):  # torch refuses TorchScript archives under weights_only before running them
+            raise DataError(f"checkpoint {path}: a TorchScript file (a program, not weights); it was NOT "
+                            "executed. Give the .ckpt checkpoint it was exported from") from None
+        raise DataError(
+            f"checkpoint {path}: not a readable PyTorch checkpoint (truncated, corrupt or another format: "
+            f"{type(exc).__name__}: {_first_line(str(exc))})"
+        ) from None
+    except (EOFError, KeyError, ValueError, OSError, AttributeError) as exc:
         # truncated zip ("failed finding central directory"), legacy-format garbage, text files ...
         raise DataError(
             f"checkpoint {path}: not a readable PyTorch checkpoint (truncated, corrupt or another format: "
