@@ -62,12 +62,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; our error says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")  # refused below
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Weights only load failed" in msg:
             found = re.search(r"GLOBAL ([\w.]+)", msg)
             what = f" (it references {found.group(1)})" if found else ""
+            with path.open("rb") as f:
+                head = f.read(2)
+            if not found and not head.startswith((b"PK", b"\x80")):  # neither a zip nor a pickle: text, garbage
+                detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", msg)
+                raise DataError(
+                    f"checkpoint {path}: not a readable PyTorch checkpoint (another format: "
+                    f"{detail.group(1) if detail else _first_line(msg)}); nothing in it was executed"
+                ) from None
             raise DataError(
                 f"checkpoint {path}: not a weights-only checkpoint{what}; it was NOT executed. Only tensors and "
                 "plain containers are loaded. If you made this file yourself, re-save it with plain dicts "
