@@ -287,7 +287,7 @@ def load_predictor(path: str | Path, device: str = "cpu", allow_torchscript: boo
     if suffix == ".onnx":
         prep = _sidecar(path)
         session = onnx_session(str(path), device, f"{path}: running ONNX",
-                               "or pass the TorchScript file (.pt) exported beside it")
+                               "or pass the TorchScript file (.pt) exported beside it with --allow-torchscript")
         return OnnxPredictor(session, prep, path, device)
     if suffix not in (".ckpt", ".json"):
         raise ConfigError(
