@@ -268,6 +268,24 @@ def test_eval_loads_the_artifact_like_one_model(tiny_sweep, tiny_phantom, compos
     assert 0.0 < mixed["test"]["loss"] < float("inf"), "the loss sees the ensemble's log-probabilities"
 
 
+@pytest.mark.slow
+def test_a_copied_run_given_again_is_counted_once_and_reported(tiny_sweep, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(tiny_sweep / "0", tmp_path / "copy_of_0"))
+    recorded = json.loads((copy / "metrics.json").read_text())["checkpoint_sha256"]
+    out = tmp_path / "dup"
+    assert main([str(tiny_sweep / "0"), str(tiny_sweep / "1"), str(copy), "--method", "greedy",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["members"]) == 2 and report["members"][0]["sha256"] in recorded.values()
+    assert report["members"][0]["duplicates"] == [f"copy_of_0 ({copy.resolve()}/checkpoints/"
+                                                  f"{Path(report['members'][0]['checkpoint']).name})"]
+    md = (out / "report.md").read_text()
+    assert "**Counted once:** copy_of_0" in md and "same file (counted once)" in md
+    assert len(json.loads((out / "ensemble.json").read_text())["members"]) == 2
+
+
 # --------------------------------------------------------------------------------------------- classification
 def _cls_overrides(axial: Path) -> list[str]:
     """DiscNet on the tiny axial phantom's whole slices, labelled by their axial class (seconds to train)."""

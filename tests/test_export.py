@@ -56,11 +56,11 @@ def test_exported_models_match_the_checkpoint(exported, key, name):
     assert ref.channels_last and not plain.channels_last
     torch.testing.assert_close(plain(x), expected, atol=ATOL, rtol=RTOL)
     for suffix in (".pt", ".onnx"):
-        got = load_predictor(folder / f"{name}{suffix}")(x)
+        got = load_predictor(folder / f"{name}{suffix}", allow_torchscript=True)(x)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
-    # the sidecar JSON opens the TorchScript file
-    assert load_predictor(folder / f"{name}.json").kind == "torchscript"
+    # the sidecar JSON opens the ONNX file (TorchScript is code: only when allowed, see test_model_trust.py)
+    assert load_predictor(folder / f"{name}.json").kind == "onnx"
 
 
 def test_diagnose_runs_from_exported_files(exported, tmp_path):
@@ -73,7 +73,8 @@ def test_diagnose_runs_from_exported_files(exported, tmp_path):
     runs = {}
     for tag, seg, cls, extra in (
         ("ckpt", ckpts["seg"], ckpts["cls"], []),
-        ("onnx", root / "seg_export" / "segmenter.onnx", root / "cls_export" / "classifier.pt", []),
+        ("onnx", root / "seg_export" / "segmenter.onnx", root / "cls_export" / "classifier.pt",
+         ["--allow-torchscript"]),
         # checkpoints exported in memory and run by ONNX Runtime (the fast CPU path)
         ("engine", ckpts["seg"], ckpts["cls"], ["--engine", "onnxruntime"]),
     ):

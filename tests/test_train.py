@@ -34,6 +34,11 @@ def test_train_then_eval(tiny_phantom, compose_cfg, tmp_path):
         assert _finite({k: v for k, v in on_disk[split].items() if v is not None})
     assert 0.0 <= on_disk["test"]["dice_mean_fg"] <= 1.0
     assert (run / "checkpoints" / "last.ckpt").is_file() and Path(on_disk["best_checkpoint"]).is_file()
+    # each checkpoint's SHA-256, which spinenet ensemble checks a member against
+    from spinenet.utils.safe_io import file_sha256
+
+    assert on_disk["checkpoint_sha256"] == {Path(c).name: file_sha256(c)
+                                            for c in (on_disk["best_checkpoint"], on_disk["last_checkpoint"])}
     splits = json.loads((run / "splits.json").read_text())
     assert not set(splits["splits"]["train"]) & set(splits["splits"]["test"])
     assert list((run / "overlays").glob("val_epoch*.png")), "validation overlays are saved as PNG"

@@ -1,8 +1,9 @@
 """The saved ensemble: a JSON file naming member checkpoints and weights, loaded like a single model.
 
-``ensemble.json`` (format ``spinenet-ensemble``, version 1) holds, per member, the checkpoint path (absolute,
-and relative to the JSON file so a folder moved as a whole still loads), its SHA-256, and its weight, plus how
-the weights were chosen. No pickle: the members are ordinary weights-only spinenet checkpoints.
+``ensemble.json`` (format ``spinenet-ensemble``, version 1) holds, per member, the checkpoint path (relative to
+the JSON file, tried first so a folder moved as a whole uses its own files, and absolute), its SHA-256, and its
+weight, plus how the weights were chosen. Every member file is checked against its SHA-256 before it is loaded;
+a member without one is refused. No pickle: the members are ordinary weights-only spinenet checkpoints.
 
 :func:`load_ensemble` returns a LightningModule of the members' own class (``SegmentationModule`` or
 ``ClassificationModule``) whose ``net`` is an :class:`EnsembleNet`, so ``spinenet eval``, the test step and the
@@ -133,13 +134,16 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
     for i, m in enumerate(members):
         if not isinstance(m, dict) or "checkpoint" not in m or "weight" not in m:
             raise DataError(f"ensemble file {path}: member {i} lacks a checkpoint or weight")
+        if not isinstance(m.get("sha256"), str) or len(m["sha256"]) != 64:
+            raise DataError(f"ensemble file {path}: member {m.get('name', i)} records no SHA-256 of its checkpoint "
+                            "(spinenet ensemble always writes one); rebuild the ensemble with spinenet ensemble")
     return doc
 
 
 def _member_path(entry: dict[str, Any], artifact: Path) -> Path:
-    tried = [Path(entry["checkpoint"])]
-    if entry.get("checkpoint_relative"):
-        tried.append((artifact.parent / entry["checkpoint_relative"]).resolve())
+    # relative first: a folder moved or copied as a whole uses its own files (either is checked by its SHA-256)
+    tried = [(artifact.parent / entry["checkpoint_relative"]).resolve()] if entry.get("checkpoint_relative") else []
+    tried.append(Path(entry["checkpoint"]))
     for p in tried:
         if p.is_file():
             return p
@@ -168,7 +172,7 @@ def load_ensemble(path: str | Path, verify: bool = True):
     members, modules = [], []
     for entry in used:
         ckpt = _member_path(entry, path)
-        if verify and entry.get("sha256") and file_sha256(ckpt) != entry["sha256"]:
+        if verify and file_sha256(ckpt) != entry["sha256"]:
             raise DataError(
                 f"ensemble file {path}: member {entry.get('name')} ({ckpt}) has changed since the "
                 "weights were chosen (SHA-256 differs); rebuild the ensemble with spinenet ensemble"

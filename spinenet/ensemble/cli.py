@@ -289,6 +289,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "test columns, and prefer the plain average (AEM) unless a WAEM is clearly better on both.",
             "",
         ]
+    dups = [(m["name"], d) for m in report["members"] for d in m.get("duplicates", [])]
+    if dups:
+        lines += [f"> **Counted once:** {d} is the same file as {name} (same SHA-256)." for name, d in dups] + [""]
     lines += ["## Validation and test", ""]
     header = ["model", "weights"] + [
         f"{s} {m}" + (" (objective)" if m == obj and s == "val" else "")
@@ -353,7 +356,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for i, m in enumerate(report["members"]):
         cached = ", ".join(f"{s} {'cached' if c else 'predicted'}" for s, c in m["cached"].items())
         desc = f" ({m['description']})" if m.get("description") else ""
-        lines.append(f"{i + 1}. **{m['name']}**{desc}: `{m['checkpoint']}`; {cached}")
+        again = "".join(f"; also given as {d}, the same file (counted once)" for d in m.get("duplicates", []))
+        lines.append(f"{i + 1}. **{m['name']}**{desc}: `{m['checkpoint']}` (SHA-256 {m['sha256'][:12]}…); "
+                     f"{cached}{again}")
     lines += ["", "## Notes", ""]
     lines += [f"- `{m}`: {METRIC_NOTES[m]}." for m in metrics]
     lines += [

@@ -2,10 +2,15 @@
 
 A member is a trained checkpoint. It can be named as
 - a checkpoint file (``.../checkpoints/epoch_012.ckpt``);
-- a run folder (its ``metrics.json`` names the best checkpoint);
+- a run folder (its ``metrics.json`` names the checkpoint its test used, found inside that folder: a copied
+  run folder never uses the original's files);
 - a sweep folder: every successful trial, or the top k of them (:func:`top_k_of_sweep`), ranked by the
   sweep's monitor at each trial's best checkpoint (``best_score`` in ``metrics.json``; the monitor's last
   validation value where that is missing), ``monitor_mode`` deciding the direction.
+
+A member is what the user gave: a run's checkpoint is checked against the SHA-256 its training recorded in
+``metrics.json`` (``checkpoint_sha256``), and a file given twice (same SHA-256, e.g. a run and its copy) is
+counted once, with a warning and a note in the report.
 
 Members of one ensemble must see the same input and predict the same classes: same task, class names
 (segmentation) or label names (classification), image size, input channels, resize mode, CLAHE and mask
@@ -54,6 +59,7 @@ class Member:
     description: str = ""  # its run's overrides that the other members do not share
     overrides: list[str] = field(default_factory=list)  # its run's Hydra overrides
     rank_score: float | None = None  # the monitor at the best checkpoint, for sweep members
+    duplicates: list[str] = field(default_factory=list)  # members given again with the same file: counted once
 
     @property
     def task(self) -> str:
@@ -75,6 +81,7 @@ class Member:
             "description": self.description,
             "rank_score": self.rank_score,
             "architecture": architecture(self.config),
+            "duplicates": list(self.duplicates),
         }
 
 
@@ -130,14 +137,17 @@ def member_from_checkpoint(
             f"{path} is an ensemble artifact; name its members instead (ensembles of ensembles "
             "are not supported)"
         )
-    ckpt = load_run_checkpoint(path)
     if run_dir is None and path.parent.name == "checkpoints":
         run_dir = path.parent.parent
+    sha256 = file_sha256(path)
+    if run_dir is not None:
+        check_recorded_sha256(run_dir, path, sha256)
+    ckpt = load_run_checkpoint(path)
     return Member(
         name=name or _default_name(path, run_dir),
         checkpoint=path,
         config=dict(ckpt["spinenet"]),
-        sha256=file_sha256(path),
+        sha256=sha256,
         run_dir=run_dir,
         source=source,
         rank_score=rank_score,
@@ -156,22 +166,67 @@ def _default_name(path: Path, run_dir: Path | None) -> str:
     return path.stem
 
 
+def _metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"run folder {run_dir}: metrics.json is not readable JSON ({exc})") from None
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"run folder {run_dir}: metrics.json does not hold a JSON object")
+    return metrics
+
+
 def _run_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a finished run was tested with (test_ckpt: its best, or its last), else its best, else
-    its last (moved folders work: the file name is looked up locally)."""
-    metrics_file = run_dir / "metrics.json"
-    candidates: list[Path] = []
-    if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
-        for key in ("tested_checkpoint", "best_checkpoint", "last_checkpoint"):
-            if metrics.get(key):
-                saved = Path(metrics[key])
-                candidates += [saved, run_dir / "checkpoints" / saved.name]
-    candidates.append(run_dir / "checkpoints" / "last.ckpt")
+    """The checkpoint a finished run was tested with (``tested_checkpoint``; runs from before ``test_ckpt``:
+    their best, else their last), found INSIDE ``run_dir``: by its path relative to the run folder that
+    metrics.json recorded, else by its file name under ``checkpoints/``. A path outside the folder given is
+    never used (a copied run folder must not silently load the original's checkpoint); a folder without
+    metrics.json gives ``checkpoints/last.ckpt``."""
+    run_dir = run_dir.resolve()
+    metrics = _metrics(run_dir)
+    key = next((k for k in ("tested_checkpoint", "best_checkpoint", "last_checkpoint")
+                if metrics and metrics.get(k)), None)
+    if key is None:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return last
+        raise ConfigError(f"run folder {run_dir} has no checkpoint (no metrics.json naming one, no "
+                          "checkpoints/last.ckpt)")
+    saved = Path(str(metrics[key]))
+    candidates = []
+    if not saved.is_absolute():
+        candidates.append(run_dir / saved)
+    elif metrics.get("run_dir") and saved.is_relative_to(str(metrics["run_dir"])):
+        candidates.append(run_dir / saved.relative_to(str(metrics["run_dir"])))
+    candidates.append(run_dir / "checkpoints" / saved.name)
     for c in candidates:
-        if c.is_file():
+        if c.is_file() and c.resolve().is_relative_to(run_dir):  # a symlink out of the folder does not count
             return c
-    raise ConfigError(f"run folder {run_dir} has no checkpoint (looked for {[str(c) for c in candidates]})")
+    raise ConfigError(f"run folder {run_dir}: the {key} its metrics.json names ({saved.name}) is not inside "
+                      "the folder; a checkpoint outside the folder given is never used")
+
+
+def check_recorded_sha256(run_dir: Path, checkpoint: Path, sha256: str) -> None:
+    """:class:`DataError` when ``checkpoint`` differs from the SHA-256 its training recorded in ``run_dir``'s
+    metrics.json; a warning when the run recorded none (trained before spinenet recorded them)."""
+    metrics = _metrics(run_dir)
+    if metrics is None:
+        return
+    recorded = metrics.get("checkpoint_sha256")
+    if not isinstance(recorded, dict):
+        log.warning("run folder %s: its metrics.json records no checkpoint SHA-256 (an older run); %s is used "
+                    "unverified", run_dir, checkpoint.name)
+        return
+    expected = recorded.get(checkpoint.name)
+    if expected is None:
+        log.info("run folder %s: no SHA-256 recorded for %s (not a best, last or tested checkpoint); unverified",
+                 run_dir, checkpoint.name)
+    elif expected != sha256:
+        raise DataError(f"checkpoint {checkpoint} does not match the SHA-256 its training recorded in "
+                        f"{run_dir / 'metrics.json'} (modified or replaced)")
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -299,14 +354,17 @@ def resolve_members(
                 f"ensemble member {spec}: not a checkpoint, a run folder (metrics.json) or a sweep "
                 "folder (trial folders 0/, 1/, ...)"
             )
-    seen: dict[str, str] = {}
+    # the same file twice (a run and its copy, a checkpoint named again) would double its weight: counted once
+    first: dict[str, Member] = {}
     for m in members:
-        if m.sha256 in seen:
-            raise ConfigError(
-                f"member {m.name} is the same checkpoint as {seen[m.sha256]} ({m.checkpoint}); "
-                "name each member once"
-            )
-        seen[m.sha256] = m.name
+        if m.sha256 in first:
+            kept = first[m.sha256]
+            kept.duplicates.append(f"{m.name} ({m.checkpoint})")
+            log.warning("ensemble member %s (%s) is the same file as %s (same SHA-256); counted once",
+                        m.name, m.checkpoint, kept.name)
+        else:
+            first[m.sha256] = m
+    members = list(first.values())
     if not members:
         raise ConfigError("no ensemble members: name checkpoints, run folders or a sweep folder (--sweep)")
     # overrides every member shares (data root, epochs) say nothing about a member

@@ -501,7 +501,8 @@ def run(
 # ---------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------
-def _models_by_view(values: Sequence[str], view: str, what: str, device: str) -> dict[str, Predictor]:
+def _models_by_view(values: Sequence[str], view: str, what: str, device: str,
+                    allow_torchscript: bool = False) -> dict[str, Predictor]:
     out: dict[str, Predictor] = {}
     for value in values:
         v, sep, path = value.partition("=")
@@ -509,7 +510,7 @@ def _models_by_view(values: Sequence[str], view: str, what: str, device: str) ->
             v, path = view, value
         if v not in VIEWS:
             raise ConfigError(f"--{what} {value}: the view before '=' must be one of {', '.join(VIEWS)}")
-        out[v] = load_predictor(path, device)
+        out[v] = load_predictor(path, device, allow_torchscript)
     return out
 
 
@@ -520,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         "segment, find discs, name levels bottom-up, crop as in training, classify.",
         epilog="examples:\n"
         "  spinenet diagnose scan.png --segmenter seg.ckpt --classifier cls.ckpt --out findings\n"
-        "  spinenet diagnose dicom_dir/ --segmenter export/segmenter.onnx --classifier export/classifier.pt "
+        "  spinenet diagnose dicom_dir/ --segmenter export/segmenter.onnx --classifier export/classifier.onnx "
         "--out findings\n"
         "  spinenet diagnose --manifest studies.csv --study-col patient_id --view-col view \\\n"
         "      --segmenter sagittal=s.ckpt --classifier sagittal=c.ckpt \\\n"
@@ -529,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", nargs="?", help="image file, folder of images, or DICOM folder")
     p.add_argument("--segmenter", action="append", required=True, metavar="[VIEW=]FILE",
-                   help=".ckpt, ensemble .json, or exported .pt/.onnx; VIEW= for a second view (repeatable)")
+                   help=".ckpt, ensemble .json, or exported .onnx (or .pt with --allow-torchscript); VIEW= for a "
+                   "second view (repeatable)")
     p.add_argument("--classifier", action="append", required=True, metavar="[VIEW=]FILE")
     p.add_argument("--view", choices=VIEWS, default=None,
                    help="view of the inputs (default sagittal; DICOM: from the slice orientation)")
@@ -550,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "class names, else 1)")
     p.add_argument("--min-area", type=int, default=20, help="smallest disc contour in pixels")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--allow-torchscript", action="store_true",
+                   help="load TorchScript (.pt/.ts) models: they can run arbitrary operations, so only files you trust")
     return p
 
 
@@ -564,8 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("--study-col needs --manifest (the CSV whose column groups images into studies)")
     if args.engine == "onnxruntime" and args.device != "cpu":
         raise ConfigError("--engine onnxruntime runs on the CPU; use --engine torch with --device cuda")
-    segmenters = _models_by_view(args.segmenter, args.view, "segmenter", args.device)
-    classifiers = _models_by_view(args.classifier, args.view, "classifier", args.device)
+    segmenters = _models_by_view(args.segmenter, args.view, "segmenter", args.device, args.allow_torchscript)
+    classifiers = _models_by_view(args.classifier, args.view, "classifier", args.device, args.allow_torchscript)
     if args.engine == "onnxruntime":
         from spinenet.pipeline.export import onnxruntime_predictor
 

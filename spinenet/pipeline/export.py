@@ -3,7 +3,8 @@
 Written to ``DIR``: ``<name>.pt`` (TorchScript, traced), ``<name>.onnx`` (opset 17, dynamic batch axis;
 input ``input`` (B, C, H, W) float32, output ``logits``) and ``<name>.json``, the sidecar: the preprocessing
 the model expects (:class:`~spinenet.pipeline.models.Preprocessing`: image size, channels, resize mode,
-CLAHE, classes, and for classifiers the crop recipe), the files, and the verification below. ``<name>`` is
+CLAHE, classes, and for classifiers the crop recipe), the files and their SHA-256 (checked whenever an
+exported file is loaded), and the verification below. ``<name>`` is
 ``segmenter`` or ``classifier`` unless ``--name`` is given. ``spinenet diagnose`` runs from these files.
 
 Verification: each exported file is run on random inputs (batch 1 and 3) and must reproduce the checkpoint's
@@ -27,7 +28,14 @@ from typing import Any
 import torch
 
 from spinenet.errors import ConfigError, DataError
-from spinenet.pipeline.models import EXPORT_FORMAT, EXPORT_VERSION, Predictor, load_predictor
+from spinenet.pipeline.models import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    TORCHSCRIPT_SUFFIXES,
+    Predictor,
+    load_predictor,
+    open_torchscript,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +124,8 @@ def export_model(
     if unknown or not formats:
         raise ConfigError(f"--format: choose from {', '.join(FORMATS)}, got {list(formats)}")
     checkpoint = Path(checkpoint)
+    if checkpoint.suffix.lower() in (*TORCHSCRIPT_SUFFIXES, ".onnx"):  # refused before a TorchScript file is opened
+        raise ConfigError(f"{checkpoint}: export a .ckpt checkpoint or an ensemble .json, not an exported file")
     ref = load_predictor(checkpoint)
     if ref.kind != "module":
         raise ConfigError(f"{checkpoint}: export a .ckpt checkpoint or an ensemble .json, not an exported file")
@@ -148,6 +158,8 @@ def export_model(
             "source_sha256": _sha256(checkpoint),
             "preprocessing": ref.prep.to_dict(),
             "files": files,
+            # checked before an exported file is opened (spinenet.pipeline.models): a modified file is refused
+            "sha256": {f: _sha256(out / f) for f in files.values()},
             "verification": checks,
             "input": {"name": "input", "shape": ["batch", ref.prep.in_channels, *ref.prep.image_size],
                       "dtype": "float32", "range": [0.0, 1.0]},
@@ -165,7 +177,7 @@ def export_model(
             traced.save(str(path))
             files["torchscript"] = path.name
             write_sidecar()
-            checks["torchscript_max_abs_diff"] = verify(ref, load_predictor(path))
+            checks["torchscript_max_abs_diff"] = verify(ref, open_torchscript(path))  # the file just written
         if "onnx" in formats:
             path = out / f"{name}.onnx"
             try:

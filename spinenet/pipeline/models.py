@@ -3,9 +3,15 @@
 :func:`load_predictor` opens, by suffix:
 
 - ``.ckpt``: a spinenet checkpoint (weights only); ``.json``: a saved ensemble (``spinenet ensemble``) or the
-  sidecar of an export (``spinenet export``, then its TorchScript file is used);
-- ``.pt`` / ``.ts``: TorchScript from ``spinenet export`` (the sidecar ``<stem>.json`` beside it);
-- ``.onnx``: ONNX from ``spinenet export``, run with onnxruntime (sidecar beside it).
+  sidecar of an export (``spinenet export``, then its ONNX file is used, else its TorchScript file);
+- ``.onnx``: ONNX from ``spinenet export``, run with onnxruntime (sidecar beside it);
+- ``.pt`` / ``.ts``: TorchScript from ``spinenet export`` (the sidecar ``<stem>.json`` beside it), only with
+  ``allow_torchscript=True``: a TorchScript file is a program (its ``__setstate__`` runs while it loads, its
+  ``forward`` can call any TorchScript op), so a file from elsewhere must be trusted before it is opened.
+
+Trust: checkpoints and ensembles are loaded weights-only; ONNX files run only ONNX operators. The sidecar of an
+export records the SHA-256 of each exported file and the file is checked against it before it is opened (a
+modified or replaced file is refused). A hash detects tampering after export, not a malicious original.
 
 Every predictor carries :class:`Preprocessing`: what the model was trained on (size, channels, resize mode,
 CLAHE, class names) and, for classifiers, how its crops were made (size, margin, CLAHE, square, levels), so
@@ -26,12 +32,14 @@ import torch
 
 from spinenet.errors import ConfigError, DataError
 from spinenet.roi import margin_setting
+from spinenet.utils.safe_io import file_sha256
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "spinenet-export"
 EXPORT_VERSION = 1
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts")
+TORCHSCRIPT_WARNING = "TorchScript files can run arbitrary operations; load only files you trust"
 DEFAULT_MARGIN = 0.10
 
 
@@ -194,12 +202,23 @@ class OnnxPredictor(Predictor):
 
 
 def _sidecar(path: Path) -> Preprocessing:
+    """The preprocessing in ``path``'s sidecar, after checking ``path`` against the SHA-256 recorded there."""
     side = path.with_suffix(".json")
     if not side.is_file():
         raise DataError(f"{path}: its preprocessing sidecar {side.name} is missing (written by spinenet export)")
-    doc = json.loads(side.read_text())
-    if doc.get("format") != EXPORT_FORMAT:
-        raise DataError(f"{side}: not a spinenet export sidecar (format {doc.get('format')!r})")
+    try:
+        doc = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{side}: not a readable JSON sidecar ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        raise DataError(f"{side}: not a spinenet export sidecar (format "
+                        f"{doc.get('format') if isinstance(doc, dict) else None!r})")
+    expected = (doc.get("sha256") or {}).get(path.name)
+    if expected is None:  # exports written before sidecars recorded hashes
+        log.warning("%s: its sidecar %s records no SHA-256 (an older export); loaded without checking it",
+                    path, side.name)
+    elif file_sha256(path) != expected:
+        raise DataError(f"model file {path} does not match the SHA-256 in its sidecar {side} (modified or replaced)")
     return Preprocessing.from_dict(doc["preprocessing"])
 
 
@@ -216,8 +235,27 @@ def onnx_session(model: str | bytes, device: str, what: str, alternative: str = 
     return ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
 
 
-def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
-    """A checkpoint, ensemble JSON, export sidecar JSON, TorchScript (``.pt``/``.ts``) or ONNX file."""
+def open_torchscript(path: Path, device: str = "cpu") -> Predictor:
+    """An exported TorchScript file, checked against its sidecar's SHA-256 before ``torch.jit.load`` runs
+    anything in it. No trust check: :func:`load_predictor` asks for ``allow_torchscript``; ``spinenet export``
+    calls this for the file it has just written."""
+    import warnings
+
+    prep = _sidecar(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        net = torch.jit.load(str(path), map_location=device).eval()
+    p = Predictor(net, prep, path, device)
+    p.kind = "torchscript"
+    return p
+
+
+def load_predictor(path: str | Path, device: str = "cpu", allow_torchscript: bool = False) -> Predictor:
+    """A checkpoint, ensemble JSON, export sidecar JSON, ONNX or TorchScript (``.pt``/``.ts``) file.
+
+    TorchScript runs code from the file: it is refused (:class:`ConfigError`, before the file is read) unless
+    ``allow_torchscript``, and then loaded with a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}")
@@ -228,21 +266,28 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
         except ValueError as exc:
             raise DataError(f"{path}: not a JSON file ({exc})") from None
         if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
-            return load_predictor(path.with_name(doc["files"]["torchscript"]), device)
-    if suffix in TORCHSCRIPT_SUFFIXES:
-        prep = _sidecar(path)
-        import warnings
+            files = doc.get("files") or {}
+            # ONNX when it was exported (it runs only ONNX operators); TorchScript when it is the only file, or
+            # when it is allowed and onnxruntime is not installed
+            import importlib.util
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
-            net = torch.jit.load(str(path), map_location=device).eval()
-        p = Predictor(net, prep, path, device)
-        p.kind = "torchscript"
-        return p
+            chosen = files.get("onnx") or files.get("torchscript")
+            if allow_torchscript and files.get("torchscript") and importlib.util.find_spec("onnxruntime") is None:
+                chosen = files["torchscript"]
+            if not chosen:
+                raise DataError(f"{path}: the export sidecar names no exported file")
+            return load_predictor(path.with_name(Path(chosen).name), device, allow_torchscript)
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        if not allow_torchscript:
+            raise ConfigError(f"{path} is a TorchScript file, which can run arbitrary code; it was not opened. "
+                              "Pass --allow-torchscript (allow_torchscript=True) only for a file you trust, "
+                              "or use the .onnx file exported beside it")
+        log.warning("%s: %s", path, TORCHSCRIPT_WARNING)
+        return open_torchscript(path, device)
     if suffix == ".onnx":
         prep = _sidecar(path)
         session = onnx_session(str(path), device, f"{path}: running ONNX",
-                               "or pass the TorchScript file (.pt) exported beside it")
+                               "or pass the TorchScript file (.pt) exported beside it with --allow-torchscript")
         return OnnxPredictor(session, prep, path, device)
     if suffix not in (".ckpt", ".json"):
         raise ConfigError(

@@ -18,17 +18,49 @@ log = logging.getLogger("spinenet")
 
 
 def load_run_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A spinenet checkpoint, loaded without unpickling arbitrary objects."""
+    """A spinenet checkpoint, loaded without unpickling arbitrary objects (:func:`~spinenet.utils.safe_io.load_checkpoint`)."""
+    from spinenet.utils.safe_io import load_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path: checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{path} is not a weights-only spinenet checkpoint; it was not loaded ({exc})") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "spinenet" not in ckpt:
-        raise DataError(f"{path} is not a spinenet checkpoint (no state_dict / spinenet config inside)")
+    ckpt = load_checkpoint(path)
+    if "state_dict" not in ckpt or "spinenet" not in ckpt:
+        raise DataError(f"checkpoint {path}: not a spinenet checkpoint (no state_dict / spinenet config inside)")
     return ckpt
+
+
+def check_resume_checkpoint(path: str | Path, task: str) -> dict[str, Any]:
+    """The checkpoint ``spinenet train ckpt_path=...`` resumes from, checked before fit: readable, weights-only,
+    a spinenet training checkpoint of ``task`` with its optimizer state. :class:`ConfigError` naming it otherwise."""
+    try:
+        ckpt = load_run_checkpoint(path)
+    except DataError as exc:
+        raise ConfigError(f"ckpt_path: {exc}") from None
+    saved_task = str(ckpt["spinenet"].get("task", "segmentation"))
+    if saved_task != task:
+        raise ConfigError(f"ckpt_path: checkpoint {path} is a {saved_task} checkpoint; this run trains {task}")
+    if "optimizer_states" not in ckpt or "loops" not in ckpt:
+        raise ConfigError(f"ckpt_path: checkpoint {path} holds weights only (no optimizer or loop state); "
+                          "training can resume only from a checkpoint that spinenet train wrote")
+    return ckpt
+
+
+def check_weights_fit(ckpt: dict[str, Any], module: torch.nn.Module, path: str | Path) -> None:
+    """:class:`ConfigError` when ``ckpt``'s weights do not load into ``module`` (another architecture, class
+    count or input), naming the file and the first differences."""
+    own = module.state_dict()
+    theirs = ckpt["state_dict"]
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(shapes)} of another shape (e.g. {shapes[0]}; checkpoint vs this model)" if shapes else ""]
+        raise ConfigError(f"ckpt_path: checkpoint {path} does not fit this model (another architecture, classes "
+                          f"or input?): weights {', '.join(p for p in parts if p)}")
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, DictConfig]:

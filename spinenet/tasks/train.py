@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from spinenet.ddp import DDP_CONFIG_ENV, is_ddp_worker
 from spinenet.errors import ConfigError
 from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
+from spinenet.tasks.evaluate import check_resume_checkpoint, check_weights_fit
+from spinenet.utils.safe_io import file_sha256
 
 log = logging.getLogger("spinenet")
 
@@ -145,6 +147,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     output_dir, ckpt_path = _resolve_resume(cfg, output_dir)
+    # a bad ckpt_path (empty, text, pickle payload, another task) fails here with its name, not inside fit()
+    resume = check_resume_checkpoint(ckpt_path, str(cfg.get("task", "segmentation"))) if ckpt_path else None
     test_ckpt = str(cfg.get("test_ckpt", "best"))
     if test_ckpt not in TEST_CKPTS:
         raise ConfigError(f"test_ckpt must be one of {list(TEST_CKPTS)}, got {test_ckpt!r}")
@@ -162,6 +166,9 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_module(cfg, datamodule.class_names, datamodule.label_names)
+    if resume is not None:
+        check_weights_fit(resume, model, ckpt_path)
+        del resume
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
@@ -226,6 +233,8 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         # the weights behind "test" (test_ckpt): what spinenet ensemble takes from this run
         "test_ckpt": test_ckpt if test else None,
         "tested_checkpoint": tested if test else None,
+        # SHA-256 by file name of the checkpoints above: spinenet ensemble checks a member against it
+        "checkpoint_sha256": {Path(c).name: file_sha256(c) for c in (best, last_ckpt) if c and Path(c).is_file()},
         "epochs": trainer.current_epoch,
         "classes": datamodule.class_names or datamodule.label_names,
         "empty_class_policy": getattr(model, "averaging_note", None),

@@ -17,6 +17,7 @@ later, register it with ``torch.serialization.add_safe_globals`` rather than eve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -33,6 +34,15 @@ from spinenet.errors import DataError
 META_KEY = "spinenet"
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: what sidecars, metrics.json and ensembles record."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True``; :class:`DataError` naming the file otherwise.
 
@@ -47,19 +57,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; our error says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")  # refused below
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Weights only load failed" in msg:
             found = re.search(r"GLOBAL ([\w.]+)", msg)
             what = f" (it references {found.group(1)})" if found else ""
+            with path.open("rb") as f:
+                head = f.read(2)
+            if not found and not head.startswith((b"PK", b"\x80")):  # neither a zip nor a pickle: text, garbage
+                detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", msg)
+                raise DataError(
+                    f"checkpoint {path}: not a readable PyTorch checkpoint (another format: "
+                    f"{detail.group(1) if detail else _first_line(msg)}); nothing in it was executed"
+                ) from None
             raise DataError(
                 f"checkpoint {path}: not a weights-only checkpoint{what}; it was NOT executed. Only tensors and "
                 "plain containers are loaded. If you made this file yourself, re-save it with plain dicts "
                 "(e.g. hyper-parameters via OmegaConf.to_container)"
             ) from None
         raise DataError(f"checkpoint {path}: not a readable PyTorch checkpoint ({_first_line(msg)})") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError) as exc:
+    except RuntimeError as exc:
+        if "TorchScript" in str(exc):  # torch refuses TorchScript archives under weights_only before running them
+            raise DataError(f"checkpoint {path}: a TorchScript file (a program, not weights); it was NOT "
+                            "executed. Give the .ckpt checkpoint it was exported from") from None
+        raise DataError(
+            f"checkpoint {path}: not a readable PyTorch checkpoint (truncated, corrupt or another format: "
+            f"{type(exc).__name__}: {_first_line(str(exc))})"
+        ) from None
+    except (EOFError, KeyError, ValueError, OSError, AttributeError) as exc:
         # truncated zip ("failed finding central directory"), legacy-format garbage, text files ...
         raise DataError(
             f"checkpoint {path}: not a readable PyTorch checkpoint (truncated, corrupt or another format: "
