@@ -433,12 +433,15 @@ def write_report(
     if fmt not in ("md", "html"):
         raise ConfigError(f"--format must be md or html, got {fmt!r}")
     out = Path(out).expanduser() if out else Path(folders[0]).expanduser() / "report"
-    target = out / f"report.{fmt}"
+    from spinenet.utils.outdir import prepare_output_dir, refuse_input_overlap
+
+    # the default <first folder>/report lies inside an input: allowed, but never a folder that is or holds one
+    refuse_input_overlap(out, [(f, "input folder") for f in folders], inside_ok=folders)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} is not empty; choose another --out or add --overwrite")
     table = collect(folders)
-    out.mkdir(parents=True, exist_ok=True)
-    out = out.resolve()
+    out = prepare_output_dir(out, [(f, "input folder") for f in folders], overwrite, "report", clear=(),
+                             inside_ok=folders)
     blocks = build_blocks(table, folders, out, metric, mode, top)
     text = render_markdown(blocks, out) if fmt == "md" else render_html(blocks)
     target = out / f"report.{fmt}"

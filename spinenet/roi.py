@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -264,21 +263,11 @@ def assign_levels(boxes: Sequence[Box], upper: str = "thoracic") -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # writing data sets
 # ---------------------------------------------------------------------------------------------------------
-def _prepare_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"roi output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"roi output folder {out} is not empty; choose a new folder or pass --overwrite"
-            )
-        for name in _OUTPUTS:  # only what this module writes, never the user's other files
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+def _prepare_out_dir(out_dir: str | Path, overwrite: bool, inputs: Sequence[Any] = ()) -> Path:
+    from spinenet.utils.outdir import prepare_output_dir
+
+    # --overwrite replaces only what this module writes, never the user's other files
+    out = prepare_output_dir(out_dir, inputs, overwrite, command="roi", clear=_OUTPUTS)
     (out / "images").mkdir(parents=True, exist_ok=True)
     return out
 
@@ -317,10 +306,12 @@ class _Writer:
         head = ["patient_id", "image", "source_image", "level", "disc_index", "x0", "y0", "x1", "y1", "area"]
         df = pd.DataFrame(self.rows)
         cols = [c for c in head if c in df.columns] + [c for c in df.columns if c not in head]
-        (df[cols] if len(df) else pd.DataFrame(columns=head)).to_csv(self.out / "manifest.csv", index=False)
-        pd.DataFrame(self.missing, columns=["patient_id", "source_image", "reason"]).to_csv(
-            self.out / "missing.csv", index=False
-        )
+        from spinenet.utils.safe_csv import neutralise_frame
+
+        table = df[cols] if len(df) else pd.DataFrame(columns=head)
+        neutralise_frame(table).to_csv(self.out / "manifest.csv", index=False)
+        missing = pd.DataFrame(self.missing, columns=["patient_id", "source_image", "reason"])
+        neutralise_frame(missing).to_csv(self.out / "missing.csv", index=False)
         labels = Counter(str(r["label"]) for r in self.rows if "label" in r)
         summary.update(
             n_crops=len(self.rows),
@@ -373,8 +364,12 @@ def crop_dataset(
     upper_levels: str = "thoracic",
     square: bool = False,
     overwrite: bool = False,
+    inputs: Sequence[Any] = (),
 ) -> Path:
     """Crop every disc of a segmentation data set into a classification data set; return ``out_dir``.
+
+    ``out_dir`` may not overlap the data root, its manifest or ``inputs`` (e.g. the segmenter's checkpoint;
+    paths or ``(path, what)``); ``overwrite`` clears only a folder that spinenet wrote.
 
     ``spec``: a :class:`~spinenet.data.manifest.DatasetSpec` (or its config mapping) of the source data.
     ``mask_source``: ``"gt"`` reads each row's mask (``dataset.mask_col``, ``dataset.mask_values``); a
@@ -405,7 +400,9 @@ def crop_dataset(
         if not spec.mask_col or not spec.mask_values:
             raise ConfigError("roi.mask_source=gt needs dataset.mask_col and dataset.mask_values")
     df = load_manifest(spec)
-    out = _prepare_out_dir(out_dir, overwrite)
+    out = _prepare_out_dir(
+        out_dir, overwrite, [(spec.root, "data root"), (spec.manifest_path, "manifest"), *inputs]
+    )
     writer = _Writer(out)
     drop = {
         spec.image_col,
@@ -539,7 +536,11 @@ def crops_from_box_csv(
         raise DataError(f"box CSV not found: {csv_path}")
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        from spinenet.data.manifest import not_utf8_message
+
+        raise DataError(not_utf8_message(csv_path)) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise DataError(f"cannot read {csv_path} as CSV: {e}") from e
     label_col = label_col or ("label" if "label" in df.columns else "lesion_type")
     need = ["image_id", label_col, *BOX_COLUMNS] + ([patient_col] if patient_col else [])
@@ -600,7 +601,7 @@ def crops_from_box_csv(
         )
         raise DataError(f"{csv_path}: {len(problems)} bad row(s):\n  {shown}")
 
-    out = _prepare_out_dir(out_dir, overwrite)
+    out = _prepare_out_dir(out_dir, overwrite, [(csv_path, "box CSV"), (root, "image folder")])
     writer = _Writer(out)
     counts: Counter[str] = Counter()
     cache: dict[Path, np.ndarray] = {}
@@ -671,7 +672,8 @@ def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mappin
     generated there unless it exists, so a segmentation experiment's phantom is reused. Returns ``out_dir``.
     """
     from spinenet.data.manifest import DatasetSpec
-    from spinenet.data.phantom import MASK_GRAY_STEP, classes_for, generate_phantom
+    from spinenet.data.phantom import MASK_GRAY_STEP, PHANTOM_OUTPUTS, classes_for, generate_phantom
+    from spinenet.utils.outdir import build_atomically
 
     crops = dict(crops or {})
     phantom = {k: v for k, v in phantom.items() if k != "tag"}  # tag only names the folders
@@ -698,7 +700,14 @@ def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mappin
             )
     elif not (source / "manifest.csv").is_file():
         log.info("generating the synthetic phantom in %s", source)
-        generate_phantom(source, **phantom)
+        # complete or absent, even when a run is killed or another run generates it at the same time
+        build_atomically(
+            source,
+            lambda tmp: generate_phantom(tmp, **phantom),
+            lambda path: (path / "manifest.csv").is_file(),
+            PHANTOM_OUTPUTS,
+            "synthetic phantom",
+        )
     spec = DatasetSpec(
         root=source,
         label_col=f"{view}_class",
@@ -948,6 +957,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         levels=levels,
         square=args.square,
         overwrite=args.overwrite,
+        inputs=[(args.segmenter, "segmenter checkpoint")] if args.segmenter else (),
     )
     summary = json.loads((out / "summary.json").read_text())
     if args.segmenter:  # name the checkpoint: "segmenter" alone does not say which

@@ -136,7 +136,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _out_dir(arg: str | None, overwrite: bool) -> Path:
+def _out_dir(arg: str | None, overwrite: bool, inputs: Sequence[Any] = ()) -> Path:
     if arg is None:
         from spinenet.config import run_uid
 
@@ -144,12 +144,9 @@ def _out_dir(arg: str | None, overwrite: bool) -> Path:
         out = Path("outputs") / "ensemble" / f"{stamp}_{run_uid()}"
     else:
         out = Path(arg).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out} is not empty; choose another folder or add --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve()
+    from spinenet.utils.outdir import prepare_output_dir
+
+    return prepare_output_dir(out, inputs, overwrite, command="ensemble", clear=())
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -387,7 +384,9 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         )
     device = _device(args.device)
     split_file = find_split_file(members, args.splits)
-    out = _out_dir(args.out, args.overwrite)
+    inputs = [(args.sweep, "sweep"), (split_file, "split file"), (args.data_root, "data root")]
+    inputs += [(m.run_dir or m.checkpoint, f"member {m.name}") for m in members]
+    out = _out_dir(args.out, args.overwrite, inputs)
     print(f"ensemble: {len(members)} member(s), {task}, objective {objective}, device {device}", flush=True)
     preds, dm = collect_predictions(
         members,

@@ -28,6 +28,7 @@ import torch
 
 from spinenet.errors import ConfigError, DataError
 from spinenet.pipeline.models import EXPORT_FORMAT, EXPORT_VERSION, Predictor, load_predictor
+from spinenet.utils.outdir import prepare_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,7 @@ def export_model(
     name = name or ("segmenter" if ref.task == "segmentation" else "classifier")
     out = Path(out_dir)
     targets = [out / f"{name}.json"] + [out / f"{name}{'.pt' if f == 'torchscript' else '.onnx'}" for f in formats]
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, [(checkpoint, "checkpoint")], overwrite, command="export", clear=())
     for t in targets:
         t.unlink(missing_ok=True)
     net = ref.net.net if hasattr(ref.net, "net") else ref.net
