@@ -48,6 +48,7 @@ from spinenet.ensemble.search import (
     step_to_divisions,
 )
 from spinenet.errors import ConfigError
+from spinenet.utils.markdown import md_code, md_text
 
 log = logging.getLogger("spinenet")
 
@@ -248,8 +249,8 @@ def _weights_text(w: Sequence[float]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    out = ["| " + " | ".join(md_text(h) for h in header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(md_text(_fmt(c)) for c in r) + " |" for r in rows]
     return out
 
 
@@ -266,8 +267,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         f"Weights chosen on the **validation split only** ({val['images']} images, {val['patients']} patients) "
         f"to maximise **{obj}** ({METRIC_NOTES.get(obj, obj)}); the test split ({test['images']} images, "
-        f"{test['patients']} patients) never influenced them. Split file: `{report['splits_file']}`; data: "
-        f"`{report['data_root']}`.",
+        f"{test['patients']} patients) never influenced them. Split file: {md_code(report['splits_file'])}; data: "
+        f"{md_code(report['data_root'])}.",
         "",
     ]
     if report["warnings"]:
@@ -277,7 +278,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{MIN_CLASS_EXAMPLES} {'images showing it' if task == 'segmentation' else 'examples'}.)",
             ">",
         ]
-        lines += [f"> - {w}" for w in report["warnings"]]
+        lines += [f"> - {md_text(w)}" for w in report["warnings"]]
         lines += [
             "> ",
             "> Differences between members, AEM and WAEM on such a split are mostly noise: compare the "
@@ -298,7 +299,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _table(header, rows) + [""]
     chosen = report["chosen"]
     lines += [
-        f"**Saved ensemble:** `{report['artifact']}` = {chosen['name']} ({chosen['why']}). Evaluate it on any "
+        f"**Saved ensemble:** {md_code(report['artifact'])} = {md_text(chosen['name'])} ({chosen['why']}). Evaluate it on any "
         f"data set like a single model:",
         "",
         "```bash",
@@ -338,17 +339,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     what = "images showing each class" if task == "segmentation" else "examples per class"
     lines += [
         f"Validation {what}: "
-        + ", ".join(f"{c} {n}" for c, n in zip(classes, counts["val"], strict=True))
+        + ", ".join(f"{md_text(c)} {n}" for c, n in zip(classes, counts["val"], strict=True))
         + "; test: "
-        + ", ".join(f"{c} {n}" for c, n in zip(classes, counts["test"], strict=True))
+        + ", ".join(f"{md_text(c)} {n}" for c, n in zip(classes, counts["test"], strict=True))
         + ".",
         "",
     ]
     lines += ["## Members", ""]
     for i, m in enumerate(report["members"]):
         cached = ", ".join(f"{s} {'cached' if c else 'predicted'}" for s, c in m["cached"].items())
-        desc = f" ({m['description']})" if m.get("description") else ""
-        lines.append(f"{i + 1}. **{m['name']}**{desc}: `{m['checkpoint']}`; {cached}")
+        desc = f" ({md_text(m['description'])})" if m.get("description") else ""
+        lines.append(f"{i + 1}. **{md_text(m['name'])}**{desc}: {md_code(m['checkpoint'])}; {cached}")
     lines += ["", "## Notes", ""]
     lines += [f"- `{m}`: {METRIC_NOTES[m]}." for m in metrics]
     lines += [

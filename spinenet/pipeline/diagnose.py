@@ -55,6 +55,7 @@ from spinenet.roi import (
     square_box,
 )
 from spinenet.utils.outdir import prepare_output_dir, refuse_input_overlap
+from spinenet.utils.safe_csv import neutralise_frame
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +480,7 @@ def run(
             im.pop("mask", None)
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(out / "findings.csv", index=False)
+    neutralise_frame(pd.DataFrame(rows)).to_csv(out / "findings.csv", index=False)
     summary = {"studies": len(studies), "images": len(items),
                "images_without_disc": sum(1 for s in done.values() for im in s if not im["discs"]),
                "discs": sum(len(im["discs"]) for s in done.values() for im in s), "models": models,
