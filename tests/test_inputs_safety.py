@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,29 @@ def checksums(root: Path) -> dict[str, str]:
     }
 
 
-def refused(proc: subprocess.CompletedProcess, *words: str) -> None:
+class Result:
+    """What a CLI call left: exit code, stdout, stderr (a subprocess's, or captured in this process)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """``spinenet`` in this process (its import costs ~10 s per subprocess on a busy machine): an exception
+    other than the one-line user errors would fail the test, as a traceback would show in a terminal."""
+    from spinenet.cli import main
+
+    def call(*args: str | Path) -> Result:
+        capsys.readouterr()
+        rc = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(rc, captured.out, captured.err)
+
+    return call
+
+
+def refused(proc: subprocess.CompletedProcess | Result, *words: str) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     for w in words:
@@ -62,37 +85,37 @@ def phantom(tmp_path) -> Path:
 
 
 # --- 2. never destroy input -------------------------------------------------------------------------------
-def test_roi_refuses_an_out_that_is_or_lies_inside_its_input(phantom, tmp_path):
+def test_roi_refuses_an_out_that_is_or_lies_inside_its_input(phantom, tmp_path, cli):
     before = checksums(phantom)
-    for out in (phantom, phantom / "crops", phantom / "images"):
-        proc = spinenet("roi", "--root", phantom, "--out", out, "--overwrite")
-        refused(proc, str(out), "data root", "choose another --out")
-    proc = spinenet("roi", "--root", phantom / "images" / "..", "--out", tmp_path, "--overwrite")
-    refused(proc, "contains")
+    # the reported case, as a user runs it: this deleted the images and the manifest
+    refused(spinenet("roi", "--root", phantom, "--out", phantom, "--overwrite"), str(phantom), "is the data root")
+    for out in (phantom / "crops", phantom / "images"):
+        refused(cli("roi", "--root", phantom, "--out", out, "--overwrite"), str(out), "lies inside the data root")
+    refused(cli("roi", "--root", phantom / "images" / "..", "--out", tmp_path, "--overwrite"), "contains")
     assert checksums(phantom) == before
 
 
-def test_roi_overwrite_clears_only_a_spinenet_output(phantom, tmp_path):
+def test_roi_overwrite_clears_only_a_spinenet_output(phantom, tmp_path, cli):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    proc = spinenet("roi", "--root", phantom, "--out", mine, "--overwrite")
+    proc = cli("roi", "--root", phantom, "--out", mine, "--overwrite")
     refused(proc, f"{mine} was not written by spinenet (no {MARKER})")
     assert (mine / "notes.txt").read_text() == "keep"
     crops = tmp_path / "crops"
-    assert spinenet("roi", "--root", phantom, "--out", crops).returncode == 0
+    assert cli("roi", "--root", phantom, "--out", crops).returncode == 0
     assert json.loads((crops / MARKER).read_text())["command"] == "roi"
-    refused(spinenet("roi", "--root", phantom, "--out", crops), "not empty", "--overwrite")
-    assert spinenet("roi", "--root", phantom, "--out", crops, "--overwrite").returncode == 0
+    refused(cli("roi", "--root", phantom, "--out", crops), "not empty", "--overwrite")
+    assert cli("roi", "--root", phantom, "--out", crops, "--overwrite").returncode == 0
 
 
-def test_synth_and_import_refuse_to_overwrite_a_folder_spinenet_did_not_write(tmp_path):
+def test_synth_and_import_refuse_to_overwrite_a_folder_spinenet_did_not_write(tmp_path, cli):
     user = tmp_path / "my_data"
     (user / "images").mkdir(parents=True)
     (user / "images" / "scan.png").write_bytes(b"not ours")
     (user / "manifest.csv").write_text("patient_id,image\n1,images/scan.png\n")
     before = checksums(user)
-    refused(spinenet("data", "synth", "--out", user, "--patients", "2", "--size", "64", "--overwrite"),
+    refused(cli("data", "synth", "--out", user, "--patients", "2", "--size", "64", "--overwrite"),
             "was not written by spinenet")
     vol = tmp_path / "vol.nii.gz"
     import SimpleITK as sitk
@@ -101,25 +124,25 @@ def test_synth_and_import_refuse_to_overwrite_a_folder_spinenet_did_not_write(tm
     proc = spinenet("data", "import", vol, "--out", user, "--overwrite", "--keep-ids")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "was not written by spinenet" in proc.stderr
-    proc = spinenet("data", "import", tmp_path, "--out", tmp_path / "imported", "--keep-ids")
+    proc = cli("data", "import", tmp_path, "--out", tmp_path / "imported", "--keep-ids")
     assert proc.returncode == 2 and "lies inside the volume folder" in proc.stderr, proc.stderr
     assert checksums(user) == before
     # a folder that synth wrote may be overwritten
     out = tmp_path / "synth"
-    assert spinenet("data", "synth", "--out", out, "--patients", "2", "--size", "64").returncode == 0
-    assert spinenet("data", "synth", "--out", out, "--patients", "1", "--size", "64", "--overwrite").returncode == 0
+    assert cli("data", "synth", "--out", out, "--patients", "2", "--size", "64").returncode == 0
+    assert cli("data", "synth", "--out", out, "--patients", "1", "--size", "64", "--overwrite").returncode == 0
     assert len(pd.read_csv(out / "manifest.csv")) == 3  # 1 patient x 3 slices
 
 
-def test_report_and_diagnose_refuse_outputs_over_their_inputs(tmp_path):
+def test_report_and_diagnose_refuse_outputs_over_their_inputs(tmp_path, cli):
     runs = tmp_path / "runs"
     (runs / "0").mkdir(parents=True)
     (runs / "0" / "metrics.json").write_text("{}")
     before = checksums(runs)
-    refused(spinenet("report", runs, "--out", runs, "--overwrite"), "is the input folder")
-    refused(spinenet("report", runs, "--out", tmp_path, "--overwrite"), "contains the input folder")
+    refused(cli("report", runs, "--out", runs, "--overwrite"), "is the input folder")
+    refused(cli("report", runs, "--out", tmp_path, "--overwrite"), "contains the input folder")
     (tmp_path / "scan.png").write_bytes(b"x")
-    proc = spinenet("diagnose", tmp_path / "scan.png", "--segmenter", runs / "seg.ckpt",
+    proc = cli("diagnose", tmp_path / "scan.png", "--segmenter", runs / "seg.ckpt",
                     "--classifier", f"sagittal={runs / 'cls.ckpt'}", "--out", runs, "--overwrite")
     refused(proc, "contains the model file")
     assert checksums(runs) == before
@@ -156,7 +179,7 @@ def _escape_rows(phantom: Path, tmp_path: Path) -> None:
     pd.concat([df, extra]).to_csv(phantom / "manifest.csv", index=False)
 
 
-def test_manifest_paths_outside_the_root_are_data_errors(phantom, tmp_path):
+def test_manifest_paths_outside_the_root_are_data_errors(phantom, tmp_path, cli):
     n = len(pd.read_csv(phantom / "manifest.csv"))
     _escape_rows(phantom, tmp_path)
     before = checksums(phantom)
@@ -171,7 +194,7 @@ def test_manifest_paths_outside_the_root_are_data_errors(phantom, tmp_path):
     proc = spinenet("data", "check", phantom)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"line {n + 4} [image]: images/link.png leads to" in proc.stdout + proc.stderr
-    refused(spinenet("roi", "--root", phantom, "--out", tmp_path / "crops"), f"line {n + 2} [image]")
+    refused(cli("roi", "--root", phantom, "--out", tmp_path / "crops"), f"line {n + 2} [image]")
     assert checksums(phantom) == before
 
 
@@ -217,7 +240,7 @@ def test_concurrent_first_runs_make_one_identical_dataset(tmp_path):
 
 
 # --- 9. clear messages and safe outputs -------------------------------------------------------------------
-def test_empty_and_corrupt_images_are_named(phantom):
+def test_empty_and_corrupt_images_are_named(phantom, cli):
     img = phantom / "images" / "P0001_sagittal_s0.png"
     img.write_bytes(b"")
     for read in (read_image, lambda p: read_mask(p, [0, 85])):
@@ -228,45 +251,47 @@ def test_empty_and_corrupt_images_are_named(phantom):
     with pytest.raises(DataError, match=rf"{img} is not a readable image \(truncated or corrupt"):
         read_image(img)
     img.write_bytes(b"")
-    proc = spinenet("data", "check", phantom)
+    proc = cli("data", "check", phantom)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "line 2 [image]" in proc.stdout and "is empty (0 bytes)" in proc.stdout
 
 
-def test_a_manifest_that_is_not_utf8_is_named_with_its_line(phantom, tmp_path):
+def test_a_manifest_that_is_not_utf8_is_named_with_its_line(phantom, tmp_path, cli):
     text = (phantom / "manifest.csv").read_bytes().replace(b"P0002", b"P\xe90002")
     (phantom / "manifest.csv").write_bytes(text)
     before = checksums(phantom)
-    proc = spinenet("data", "check", phantom)
+    proc = cli("data", "check", phantom)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"{phantom / 'manifest.csv'} is not UTF-8 text: byte 0xe9 at line 3, column 2" in proc.stdout
-    refused(spinenet("roi", "--root", phantom, "--out", tmp_path / "c"), "is not UTF-8 text", "line 3")
+    refused(cli("roi", "--root", phantom, "--out", tmp_path / "c"), "is not UTF-8 text", "line 3")
     assert checksums(phantom) == before
 
 
-def test_csv_outputs_neutralise_formulas_but_keep_numbers(phantom, tmp_path):
+def test_csv_outputs_neutralise_formulas_but_keep_numbers(phantom, tmp_path, cli):
     df = pd.read_csv(phantom / "manifest.csv", dtype=str)
     df["patient_id"] = ["=HYPERLINK(\"http://x\")", "-1"]
     df["note"] = ["@SUM(A1)", "+cmd"]
     df.to_csv(phantom / "manifest.csv", index=False)
-    assert spinenet("roi", "--root", phantom, "--out", tmp_path / "crops").returncode == 0
+    assert cli("roi", "--root", phantom, "--out", tmp_path / "crops").returncode == 0
     out = pd.read_csv(tmp_path / "crops" / "manifest.csv", dtype=str)
-    assert set(out["patient_id"]) == {"'=HYPERLINK(\"http://x\")", "-1"}
-    assert set(out["note"]) == {"'@SUM(A1)", "'+cmd"}
+    missing = pd.read_csv(tmp_path / "crops" / "missing.csv", dtype=str)  # P0002's slice holds no disc
+    assert {*out["patient_id"], *missing["patient_id"]} == {"'=HYPERLINK(\"http://x\")", "-1"}
+    assert set(out["note"]) == {"'@SUM(A1)"}
     frame = neutralise_frame(pd.DataFrame({"x": [-1.5, 2.0], "s": ["-3", "-a"], "=c": ["ok", "=1"]}))
     assert frame["x"].tolist() == [-1.5, 2.0] and frame["s"].tolist() == ["-3", "'-a"]
     assert list(frame.columns) == ["x", "s", "'=c"]
 
 
-def test_markdown_reports_escape_folder_names(tmp_path):
+def test_markdown_reports_escape_folder_names(tmp_path, cli):
     evil = "<img src=x onerror=alert(1)>"
     run = tmp_path / evil
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"task": "classification", "monitor": "val/auroc",
                                                   "best_score": 0.8, "test": {"auroc": 0.7}}))
-    proc = spinenet("report", run, "--out", tmp_path / "rep")
+    proc = cli("report", run, "--out", tmp_path / "rep")
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "rep" / "report.md").read_text()
-    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    outside_code = re.sub(r"(`+).*?\1", "", text)  # inside a code span the name is literal text
+    assert "<img" not in outside_code and "# Report: &lt;img src=x onerror=alert(1)&gt;" in text
     assert md_text("a|b*c`d<") == "a\\|b\\*c\\`d&lt;"
     assert md_code("a`b") == "`` a`b ``"
