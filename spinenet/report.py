@@ -369,7 +369,7 @@ def render_markdown(blocks: list[tuple], out: Path) -> str:
             lines += ["| " + " | ".join(_md_cell(v) for v in r) + " |" for r in b[2]]
             lines.append("")
         elif kind == "img":
-            lines += [f"![{md_text(b[2])}](<{Path(b[1]).relative_to(out).as_posix()}>)", ""]
+            lines += [f"![{md_text(b[2])}]({Path(b[1]).relative_to(out).as_posix()})", ""]
         elif kind == "ul":
             lines += [f"- {md_text(item)}" for item in b[1]] + [""]
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -583,6 +584,9 @@ def crops_from_box_csv(
             problems.append(f"line {line} ({image_id}): xmin < xmax and ymin < ymax needed, got {coords}")
             continue
         path = _find_image(root, str(image_id).strip())
+        if path is not None and not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
+            problems.append(f"line {line}: image {image_id!r} leads outside the image folder {root}")
+            continue
         if path is None:
             problems.append(
                 f"line {line}: image {image_id!r} not found under {root} (tried {', '.join(IMAGE_SUFFIXES)})"

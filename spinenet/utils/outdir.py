@@ -108,7 +108,8 @@ def prepare_output_dir(
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{setting} {out} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
+    # a folder holding only the marker (a run that failed before writing) counts as empty
+    if path.is_dir() and any(p.name != MARKER for p in path.iterdir()):
         if not overwrite:
             raise ConfigError(f"{setting} {out} is not empty; choose another {setting} or pass --overwrite")
         if not is_spinenet_output(path):
