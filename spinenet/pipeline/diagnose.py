@@ -550,13 +550,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ensure_torch_threads()
     args.view_given = args.view is not None
-    models = [(v.partition("=")[2] or v, "model file") for v in [*args.segmenter, *args.classifier]]
-    refuse_input_overlap(args.out, [(args.input, "input"), (args.manifest, "manifest"), *models])
     args.view = args.view or "sagittal"
     if args.study_col and not args.manifest:
         raise ConfigError("--study-col needs --manifest (the CSV whose column groups images into studies)")
     if args.engine == "onnxruntime" and args.device != "cpu":
         raise ConfigError("--engine onnxruntime runs on the CPU; use --engine torch with --device cuda")
+    models = [(v.partition("=")[2] or v, "model file") for v in [*args.segmenter, *args.classifier]]
+    refuse_input_overlap(args.out, [(args.input, "input"), (args.manifest, "manifest"), *models])
     segmenters = _models_by_view(args.segmenter, args.view, "segmenter", args.device)
     classifiers = _models_by_view(args.classifier, args.view, "classifier", args.device)
     if args.engine == "onnxruntime":
