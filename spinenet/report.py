@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from spinenet.errors import ConfigError
+from spinenet.utils.markdown import md_code, md_text
 
 TRIAL_FILE = "trial.json"
 # overrides that say where things go, not what was trained
@@ -261,7 +262,7 @@ def _fmt(v: Any) -> str:
 
 
 def _md_cell(v: Any) -> str:
-    return _fmt(v).replace("|", "\\|").replace("\n", " ")
+    return md_text(_fmt(v))
 
 
 def build_blocks(
@@ -290,7 +291,7 @@ def build_blocks(
             f"{len(table)} run(s): {len(ok)} with a result, {len(failed)} failed"
             + (f"; task {task}" if task else "")
             + f". Ranked by **{label}** ({mode}). "
-            "Sources: " + ", ".join(f"`{Path(f).resolve()}`" for f in folders) + ".",
+            "Sources: " + ", ".join(f"`{str(Path(f).resolve()).replace('`', chr(39))}`" for f in folders) + ".",
         )
     )
     shown_metrics = [c for c in _SUMMARY_METRICS if c in table.columns and c != col]
@@ -357,21 +358,31 @@ def render_markdown(blocks: list[tuple], out: Path) -> str:
     for b in blocks:
         kind = b[0]
         if kind == "h1":
-            lines += [f"# {b[1]}", ""]
+            lines += [f"# {md_text(b[1])}", ""]
         elif kind == "h2":
-            lines += [f"## {b[1]}", ""]
+            lines += [f"## {md_text(b[1])}", ""]
         elif kind == "p":
-            lines += [b[1], ""]
+            lines += [_md_paragraph(b[1]), ""]
         elif kind == "table":
             lines.append("| " + " | ".join(_md_cell(h) for h in b[1]) + " |")
             lines.append("|" + "---|" * len(b[1]))
             lines += ["| " + " | ".join(_md_cell(v) for v in r) + " |" for r in b[2]]
             lines.append("")
         elif kind == "img":
-            lines += [f"![{b[2]}]({Path(b[1]).relative_to(out).as_posix()})", ""]
+            lines += [f"![{md_text(b[2])}]({Path(b[1]).relative_to(out).as_posix()})", ""]
         elif kind == "ul":
-            lines += [f"- {item}" for item in b[1]] + [""]
+            lines += [f"- {md_text(item)}" for item in b[1]] + [""]
     return "\n".join(lines)
+
+
+def _md_paragraph(text: str) -> str:
+    """Our own paragraph with `code` and **bold**: names inside code spans stay literal, HTML elsewhere is
+    escaped (a folder or metric name must not become markup)."""
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(
+        md_code(p[1:-1]) if p.startswith("`") and p.endswith("`") and len(p) > 1 else html.escape(p, quote=False)
+        for p in parts
+    )
 
 
 def _inline_md(text: str) -> str:
@@ -433,12 +444,15 @@ def write_report(
     if fmt not in ("md", "html"):
         raise ConfigError(f"--format must be md or html, got {fmt!r}")
     out = Path(out).expanduser() if out else Path(folders[0]).expanduser() / "report"
-    target = out / f"report.{fmt}"
+    from spinenet.utils.outdir import prepare_output_dir, refuse_input_overlap
+
+    # the default <first folder>/report lies inside an input: allowed, but never a folder that is or holds one
+    refuse_input_overlap(out, [(f, "input folder") for f in folders], inside_ok=folders)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} is not empty; choose another --out or add --overwrite")
     table = collect(folders)
-    out.mkdir(parents=True, exist_ok=True)
-    out = out.resolve()
+    out = prepare_output_dir(out, [(f, "input folder") for f in folders], overwrite, "report", clear=(),
+                             inside_ok=folders)
     blocks = build_blocks(table, folders, out, metric, mode, top)
     text = render_markdown(blocks, out) if fmt == "md" else render_html(blocks)
     target = out / f"report.{fmt}"

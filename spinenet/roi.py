@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -264,21 +264,11 @@ def assign_levels(boxes: Sequence[Box], upper: str = "thoracic") -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # writing data sets
 # ---------------------------------------------------------------------------------------------------------
-def _prepare_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"roi output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"roi output folder {out} is not empty; choose a new folder or pass --overwrite"
-            )
-        for name in _OUTPUTS:  # only what this module writes, never the user's other files
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+def _prepare_out_dir(out_dir: str | Path, overwrite: bool, inputs: Sequence[Any] = ()) -> Path:
+    from spinenet.utils.outdir import prepare_output_dir
+
+    # --overwrite replaces only what this module writes, never the user's other files
+    out = prepare_output_dir(out_dir, inputs, overwrite, command="roi", clear=_OUTPUTS)
     (out / "images").mkdir(parents=True, exist_ok=True)
     return out
 
@@ -317,10 +307,12 @@ class _Writer:
         head = ["patient_id", "image", "source_image", "level", "disc_index", "x0", "y0", "x1", "y1", "area"]
         df = pd.DataFrame(self.rows)
         cols = [c for c in head if c in df.columns] + [c for c in df.columns if c not in head]
-        (df[cols] if len(df) else pd.DataFrame(columns=head)).to_csv(self.out / "manifest.csv", index=False)
-        pd.DataFrame(self.missing, columns=["patient_id", "source_image", "reason"]).to_csv(
-            self.out / "missing.csv", index=False
-        )
+        from spinenet.utils.safe_csv import neutralise_frame
+
+        table = df[cols] if len(df) else pd.DataFrame(columns=head)
+        neutralise_frame(table).to_csv(self.out / "manifest.csv", index=False)
+        missing = pd.DataFrame(self.missing, columns=["patient_id", "source_image", "reason"])
+        neutralise_frame(missing).to_csv(self.out / "missing.csv", index=False)
         labels = Counter(str(r["label"]) for r in self.rows if "label" in r)
         summary.update(
             n_crops=len(self.rows),
@@ -374,8 +366,12 @@ def crop_dataset(
     square: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
+    inputs: Sequence[Any] = (),
 ) -> Path:
     """Crop every disc of a segmentation data set into a classification data set; return ``out_dir``.
+
+    ``out_dir`` may not overlap the data root, its manifest or ``inputs`` (e.g. the segmenter's checkpoint;
+    paths or ``(path, what)``); ``overwrite`` clears only a folder that spinenet wrote.
 
     ``spec``: a :class:`~spinenet.data.manifest.DatasetSpec` (or its config mapping) of the source data.
     ``mask_source``: ``"gt"`` reads each row's mask (``dataset.mask_col``, ``dataset.mask_values``); a
@@ -408,7 +404,9 @@ def crop_dataset(
         if not spec.mask_col or not spec.mask_values:
             raise ConfigError("roi.mask_source=gt needs dataset.mask_col and dataset.mask_values")
     df = load_manifest(spec)
-    out = _prepare_out_dir(out_dir, overwrite)
+    out = _prepare_out_dir(
+        out_dir, overwrite, [(spec.root, "data root"), (spec.manifest_path, "manifest"), *inputs]
+    )
     writer = _Writer(out)
     drop = {
         spec.image_col,
@@ -542,7 +540,11 @@ def crops_from_box_csv(
         raise DataError(f"box CSV not found: {csv_path}")
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        from spinenet.data.manifest import not_utf8_message
+
+        raise DataError(not_utf8_message(csv_path)) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise DataError(f"cannot read {csv_path} as CSV: {e}") from e
     label_col = label_col or ("label" if "label" in df.columns else "lesion_type")
     need = ["image_id", label_col, *BOX_COLUMNS] + ([patient_col] if patient_col else [])
@@ -585,6 +587,9 @@ def crops_from_box_csv(
             problems.append(f"line {line} ({image_id}): xmin < xmax and ymin < ymax needed, got {coords}")
             continue
         path = _find_image(root, str(image_id).strip())
+        if path is not None and not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
+            problems.append(f"line {line}: image {image_id!r} leads outside the image folder {root}")
+            continue
         if path is None:
             problems.append(
                 f"line {line}: image {image_id!r} not found under {root} (tried {', '.join(IMAGE_SUFFIXES)})"
@@ -603,7 +608,7 @@ def crops_from_box_csv(
         )
         raise DataError(f"{csv_path}: {len(problems)} bad row(s):\n  {shown}")
 
-    out = _prepare_out_dir(out_dir, overwrite)
+    out = _prepare_out_dir(out_dir, overwrite, [(csv_path, "box CSV"), (root, "image folder")])
     writer = _Writer(out)
     counts: Counter[str] = Counter()
     cache: dict[Path, np.ndarray] = {}
@@ -674,7 +679,8 @@ def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mappin
     generated there unless it exists, so a segmentation experiment's phantom is reused. Returns ``out_dir``.
     """
     from spinenet.data.manifest import DatasetSpec
-    from spinenet.data.phantom import MASK_GRAY_STEP, classes_for, generate_phantom
+    from spinenet.data.phantom import MASK_GRAY_STEP, PHANTOM_OUTPUTS, classes_for, generate_phantom
+    from spinenet.utils.outdir import build_atomically
 
     crops = dict(crops or {})
     phantom = {k: v for k, v in phantom.items() if k != "tag"}  # tag only names the folders
@@ -701,7 +707,14 @@ def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mappin
             )
     elif not (source / "manifest.csv").is_file():
         log.info("generating the synthetic phantom in %s", source)
-        generate_phantom(source, **phantom)
+        # complete or absent, even when a run is killed or another run generates it at the same time
+        build_atomically(
+            source,
+            lambda tmp: generate_phantom(tmp, **phantom),
+            lambda path: (path / "manifest.csv").is_file(),
+            PHANTOM_OUTPUTS,
+            "synthetic phantom",
+        )
     spec = DatasetSpec(
         root=source,
         label_col=f"{view}_class",
@@ -954,6 +967,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         square=args.square,
         overwrite=args.overwrite,
         progress=args.progress,
+        inputs=[(args.segmenter, "segmenter checkpoint")] if args.segmenter else (),
     )
     summary = json.loads((out / "summary.json").read_text())
     if args.segmenter:  # name the checkpoint: "segmenter" alone does not say which

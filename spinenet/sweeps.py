@@ -22,6 +22,9 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from spinenet.utils.markdown import md_code, md_text
+from spinenet.utils.safe_csv import neutralise_frame
+
 log = logging.getLogger("spinenet")
 
 TRIAL_FILE = "trial.json"
@@ -99,24 +102,24 @@ def write_summary(sweep_dir: Path, monitor: str | None, mode: str = "max") -> tu
     if not table.empty and monitor in table.columns:
         table = table.sort_values(monitor, ascending=mode == "min", na_position="last", kind="stable")
     csv = Path(sweep_dir) / "summary.csv"
-    table.to_csv(csv, index=False)
+    neutralise_frame(table).to_csv(csv, index=False)
     shown = [c for c in table.columns if c.startswith("override:") or c in ("trial", "status", monitor)]
     shown += [c for c in table.columns if c.startswith("test/") and c.split("/", 1)[1] in
               ("dice_mean_fg", "miou", "accuracy", "balanced_accuracy", "auroc", "f1_macro") and c not in shown]
-    lines = [f"# Sweep {Path(sweep_dir).name}", "", f"Sorted by `{monitor}` ({mode}). {len(table)} trials, "
+    lines = [f"# Sweep {md_text(Path(sweep_dir).name)}", "", f"Sorted by {md_code(monitor)} ({mode}). {len(table)} trials, "
              f"{int((table.get('status', pd.Series()) == 'failed').sum())} failed.", ""]
     if not table.empty:
         view = table[shown].copy()
         view.columns = [c.removeprefix("override:") for c in view.columns]
-        lines.append("| " + " | ".join(map(str, view.columns)) + " |")
+        lines.append("| " + " | ".join(md_text(c) for c in view.columns) + " |")
         lines.append("|" + "---|" * len(view.columns))
         for _, r in view.iterrows():
             cells = [f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else ("" if v is None or
                      (isinstance(v, float) and not math.isfinite(v)) else str(v)) for v in r]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
         failed = table[table["status"] == "failed"]
         if len(failed):
-            lines += ["", "## Failed trials", ""] + [f"- trial {r.trial}: {r.error}" for r in failed.itertuples()]
+            lines += ["", "## Failed trials", ""] + [f"- trial {r.trial}: {md_text(r.error)}" for r in failed.itertuples()]
     md = Path(sweep_dir) / "summary.md"
     md.write_text("\n".join(lines) + "\n")
     return table, csv

@@ -308,7 +308,8 @@ def test_unmapped_label_values(tmp_path: Path) -> None:
         import_volume(tmp_path / "img.nii", tmp_path / "out", patient_id="1", salt=SALT,
                       label_path=tmp_path / "lab.nii", label_map="spider")
     assert "--unmapped background" in str(info.value)
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+    out = tmp_path / "out"  # nothing half-written: at most the folder and its spinenet marker
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".spinenet-output"]
     out = import_volume(tmp_path / "img.nii", tmp_path / "out", patient_id="1", salt=SALT,
                         label_path=tmp_path / "lab.nii", label_map="spider", unmapped="background")
     first = png(out, read_manifest(out)[0]["mask"])
@@ -320,7 +321,7 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path: Path) -> None:
     _write_volume(tmp_path / "a_t1.mha", image)
     out = tmp_path / "out"
     import_volume(tmp_path / "a_t1.mha", out, patient_id="a", patient_id_mode="keep")
-    with pytest.raises(DataError, match=f"output folder {out} is not empty"):
+    with pytest.raises(ConfigError, match=f"--out {out} is not empty"):
         import_volume(tmp_path / "a_t1.mha", out, patient_id="b", patient_id_mode="keep")
     (out / "notes.txt").write_text("mine\n")
     import_volume(tmp_path / "a_t1.mha", out, patient_id="b", patient_id_mode="keep", overwrite=True)
@@ -330,7 +331,7 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
     write_dicom_series(tmp_path / "dcm")
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(ConfigError, match="not empty"):
         import_dicom_series(tmp_path / "dcm", tmp_path / "other", salt=SALT)
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["x.txt"]
 

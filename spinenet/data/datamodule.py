@@ -214,16 +214,9 @@ class SpineDataModule(L.LightningDataModule):
             raise DataError(f"data set not found: {root / self.spec.manifest} (data.dataset.root={root})")
         synth = dict(self.synthesize)
         crops = synth.pop("crops", None)
-        if crops is not None:  # a classification set: the phantom's discs, cropped with its masks
-            from spinenet.roi import phantom_crops
+        from spinenet.data.phantom import generate_on_first_use
 
-            log.info("generating phantom disc crops in %s", root)
-            phantom_crops(root, synth, crops)
-            return
-        from spinenet.data.phantom import generate_phantom
-
-        log.info("generating the synthetic phantom in %s", root)
-        generate_phantom(root, **synth)
+        generate_on_first_use(root, synth, crops, self.spec.manifest)
 
     # -- setup: manifest, checks, split ---------------------------------------------------------------
     def load_frame(self) -> pd.DataFrame:

@@ -86,6 +86,10 @@ def grade_crops(
     skipped_path = out.with_name(f"{out.stem}_skipped.csv")
     if Path(out_name).name != out_name or out.suffix != ".csv" or out == manifest:
         raise ConfigError(f"--out must be a new .csv file name inside {crops_dir} (not manifest.csv), got {out_name!r}")
+    from spinenet.utils.outdir import refuse_input_overlap
+
+    refuse_input_overlap(out, [(gradings, "gradings"), *((e, "--exclude manifest") for e in exclude)])
+    refuse_input_overlap(skipped_path, [(gradings, "gradings"), *((e, "--exclude manifest") for e in exclude)])
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
     crops = pd.read_csv(manifest, dtype={"patient_id": str})
@@ -122,9 +126,11 @@ def grade_crops(
         kept.append(rows.assign(ivd_label=numbers.astype(int)))
     result = pd.concat(kept, ignore_index=True) if kept else crops.head(0).assign(ivd_label=pd.Series(dtype=int))
     result = result.merge(table, on=["patient_id", "ivd_label"], how="left", validate="many_to_one")
-    result.to_csv(out, index=False)
+    from spinenet.utils.safe_csv import neutralise_frame
+
+    neutralise_frame(result).to_csv(out, index=False)
     skipped_table = pd.DataFrame(skipped, columns=["patient_id", "source_image", "crops", "kind", "reason"])
-    skipped_table.to_csv(skipped_path, index=False)
+    neutralise_frame(skipped_table).to_csv(skipped_path, index=False)
     return out, result, skipped_table
 
 

@@ -231,16 +231,13 @@ class _Series:
 class _Output:
     """The output folder: refuses a non-empty one unless overwriting, writes slices, manifest and import.json."""
 
-    def __init__(self, out_dir: str | Path, overwrite: bool) -> None:
+    def __init__(self, out_dir: str | Path, overwrite: bool, inputs: Sequence[Any] = ()) -> None:
+        from spinenet.utils.outdir import prepare_output_dir
+
         self.root = Path(out_dir).expanduser()
-        if self.root.exists() and not self.root.is_dir():
-            raise DataError(f"output folder {self.root}: exists and is not a folder")
-        if self.root.is_dir() and any(self.root.iterdir()):
-            if not overwrite:
-                raise DataError(
-                    f"output folder {self.root} is not empty; choose an empty folder or pass --overwrite "
-                    "(overwrite=True) to replace a previous import there"
-                )
+        # never into the source, and --overwrite only over an earlier spinenet output
+        prepare_output_dir(self.root, inputs, overwrite, command="data import", clear=())
+        if overwrite:
             self._remove_previous_import()
         self.rows: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
@@ -305,10 +302,12 @@ class _Output:
         header: list[str] = []
         for row in self.rows:
             header += [k for k in row if k not in header]
+        from spinenet.utils.safe_csv import neutralise_rows
+
         with (self.root / "manifest.csv").open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=header, restval="")
             writer.writeheader()
-            writer.writerows(self.rows)
+            writer.writerows(neutralise_rows(self.rows))
         from spinenet import __version__ as spinenet_version
 
         record = {
@@ -655,7 +654,7 @@ def _import_dicom_groups(
             f"DICOM folder {src}: holds {len(groups)} series; a label volume can only go with a "
             "folder of one series"
         )
-    out = _Output(out_dir, overwrite)
+    out = _Output(out_dir, overwrite, [(src, "DICOM folder"), (masks, "label volume")])
     skipped = len(statuses)
     redact: set[str] = set()  # identifying values and raw ids, kept out of the summary's file names
     series_errors: list[DataError] = []
@@ -984,7 +983,7 @@ def import_volume(
     """
     lm = parse_label_map(label_map)
     pid_for, id_info = _id_policy(patient_id_mode, salt)
-    out = _Output(out_dir, overwrite)
+    out = _Output(out_dir, overwrite, [(image_path, "volume"), (label_path, "label volume")])
     image_path = Path(image_path).expanduser()
     s = _volume_series(
         image_path,
@@ -1057,7 +1056,7 @@ def import_volume_folder(
             )
     lm = parse_label_map(label_map)
     pid_for, id_info = _id_policy(patient_id_mode, salt)
-    out = _Output(out_dir, overwrite)
+    out = _Output(out_dir, overwrite, [(image_dir, "volume folder"), (label_dir, "label folder")])
     statuses: list[_FileStatus] = []
     redact: set[str] = set()
     for path in with_progress(files, desc="importing volumes", enabled=progress):

@@ -68,9 +68,12 @@ def _read_bytes(path: PathLike) -> bytes:
     if not p.is_file():
         raise DataError(f"no such file: {p}" if not p.exists() else f"not a file: {p}")
     try:
-        return p.read_bytes()
+        data = p.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read {p}: {e}") from e
+    if not data:  # OpenCV would fail an assertion on an empty buffer
+        raise DataError(f"image file {p} is empty (0 bytes)")
+    return data
 
 
 def _decode_with_simpleitk(path: PathLike) -> np.ndarray | None:
@@ -155,7 +158,7 @@ def _decode_raster(path: PathLike, data: bytes) -> np.ndarray:
             else:
                 arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB if arr.shape[-1] == 4 else cv2.COLOR_BGR2RGB)
         return arr
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -164,7 +167,10 @@ def _decode_raster(path: PathLike, data: bytes) -> np.ndarray:
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
             arr = np.asarray(im)
     except Exception as e:
-        raise DataError(f"cannot read image {path}: not a readable PNG/JPG/TIFF/DICOM file ({e})") from e
+        detail = "not a known image format" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise DataError(
+            f"{path} is not a readable image (truncated or corrupt; PNG/JPG/TIFF/DICOM expected): {detail}"
+        ) from e
     if arr.ndim == 3 and arr.shape[-1] in (2, 4):
         arr = arr[..., :-1]
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -300,6 +306,8 @@ def image_size(path: PathLike) -> tuple[int, int]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"no such file: {p}" if not p.exists() else f"not a file: {p}")
+    if p.stat().st_size == 0:
+        raise DataError(f"image file {p} is empty (0 bytes)")
     if is_dicom(p):
         import pydicom
 

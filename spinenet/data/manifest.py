@@ -31,6 +31,7 @@ KINDS: dict[str, str] = {
     "manifest": "the manifest cannot be used",
     "missing_patient": "empty or missing patient id",
     "unknown_label": "label not in dataset.label_names",
+    "outside_root": "path leads outside the data root (dataset.allow_outside_root is false)",
     "duplicate_image": "image listed in more than one row",
     "missing_image": "image file does not exist",
     "unreadable_image": "image file cannot be read",
@@ -56,11 +57,14 @@ class DatasetSpec:
     mask_values: list[int] | None = None  # mask_values[i] is the gray value of class i
     class_names: list[str] | None = None  # segmentation class names, one per mask value
     level_col: str | None = None  # the disc level of each row (e.g. "L4-L5"; empty: unknown), for model.level_prior
+    allow_outside_root: bool = False  # manifest paths may lead outside root (../, absolute, symlinks)
 
     def __post_init__(self) -> None:
         if not isinstance(self.root, str | os.PathLike):
             raise ConfigError(f"dataset.root must be a folder path, got {self.root!r}")
         self.root = Path(self.root).expanduser()
+        if not isinstance(self.allow_outside_root, bool):
+            raise ConfigError(f"dataset.allow_outside_root must be true or false, got {self.allow_outside_root!r}")
         for name in ("manifest", "image_col", "patient_col"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -200,6 +204,22 @@ def raise_if_bad(report: DataReport, what: str) -> None:
 # Reading the CSV and the fast row checks shared by load_manifest and check_dataset
 
 
+def not_utf8_message(path: str | os.PathLike) -> str:
+    """Where a CSV file stops being UTF-8: line and column of the first bad byte, for a one-line error."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        return (
+            f"{path} is not UTF-8 text: byte 0x{data[start]:02x} at line {line}, column {column}; "
+            "save it as UTF-8"
+        )
+    return f"{path} is not UTF-8 text; save it as UTF-8"
+
+
 def _read_table(spec: DatasetSpec) -> tuple[pd.DataFrame | None, list[Problem]]:
     path = spec.manifest_path
     if not path.is_file():
@@ -223,7 +243,9 @@ def _read_table(spec: DatasetSpec) -> tuple[pd.DataFrame | None, list[Problem]]:
             skip_blank_lines=False,
             encoding="utf-8-sig",
         )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+    except UnicodeDecodeError:
+        return None, [Problem(None, None, "manifest", not_utf8_message(path))]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
         return None, [Problem(None, None, "manifest", f"cannot read {path} as CSV: {e}")]
     missing = [
         (s, c)
@@ -289,6 +311,32 @@ def _fast_problems(df: pd.DataFrame, spec: DatasetSpec, label_names: list[str] |
     return problems
 
 
+def _outside_root(df: pd.DataFrame, spec: DatasetSpec) -> list[Problem]:
+    """Image and mask cells whose file, symlinks resolved, lies outside the data root (unless allowed)."""
+    if spec.allow_outside_root:
+        return []
+    root = os.path.realpath(spec.root)
+    inside = root.rstrip(os.sep) + os.sep
+    problems = []
+    lines = df[LINE_COL].to_numpy()
+    for col in (c for c in (spec.image_col, spec.mask_col) if c):
+        for i, v in enumerate(df[col].to_numpy()):
+            if not isinstance(v, str) or not v:
+                continue
+            real = os.path.realpath(os.path.join(root, v))
+            if real != root and not real.startswith(inside):
+                problems.append(
+                    Problem(
+                        int(lines[i]),
+                        col,
+                        "outside_root",
+                        f"{v} leads to {real}, outside the data root {spec.root}; move the file into the "
+                        "root or set data.dataset.allow_outside_root=true",
+                    )
+                )
+    return problems
+
+
 def _abs_paths(root: Path, values: pd.Series) -> list[str]:
     base = str(root.resolve())
     return [os.path.normpath(os.path.join(base, v)) if isinstance(v, str) and v else "" for v in values]
@@ -306,7 +354,9 @@ def load_manifest(spec: DatasetSpec) -> pd.DataFrame:
     if df is None:
         raise DataError(problems[0].message)
     label_names = _label_names(df, spec)
-    report = DataReport(spec.manifest_path, len(df), _fast_problems(df, spec, label_names), 10, deep=None)
+    problems = _fast_problems(df, spec, label_names) + _outside_root(df, spec)
+    problems.sort(key=lambda p: (p.row, list(KINDS).index(p.kind)))
+    report = DataReport(spec.manifest_path, len(df), problems, 10, deep=None)
     raise_if_bad(report, "bad manifest")
     df["image_path"] = _abs_paths(spec.root, df[spec.image_col])
     if spec.mask_col:
@@ -438,6 +488,10 @@ def check_dataset(
     report.n_rows = len(df)
     problems = report.problems
     problems += _fast_problems(df, spec, _label_names(df, spec))
+    outside = _outside_root(df, spec)
+    problems += outside
+    # a file outside the root is not opened, not even to check it
+    df = df[~df[LINE_COL].isin({p.row for p in outside})].reset_index(drop=True)
     lines = df[LINE_COL].to_numpy()
 
     image_rel = df[spec.image_col].to_numpy()

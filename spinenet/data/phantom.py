@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from spinenet.errors import ConfigError, DataError
+from spinenet.utils.outdir import prepare_output_dir
 
 SAGITTAL_CLASSES = ("background", "disc", "vertebra", "canal")
 AXIAL_CLASSES = ("background", "disc", "canal", "posterior")
@@ -44,6 +47,9 @@ AXIAL_LABELS = ("healthy", "bulge", "central", "left", "right")
 MASK_GRAY_STEP = 85  # class i is written as gray value 85*i in mask PNGs
 VIEWS = ("sagittal", "axial")
 GENERATOR_VERSION = 1
+PHANTOM_OUTPUTS = ("images", "masks", "manifest.csv", "phantom.json")  # what generate_phantom writes
+
+log = logging.getLogger(__name__)
 
 _MARGIN = 0.16  # canvas margin (image fractions) so a rotated, shifted crop never leaves the canvas
 _SAG = {name: i for i, name in enumerate(SAGITTAL_CLASSES)}
@@ -1089,13 +1095,9 @@ def generate_phantom(
     probs = _normalise_balance(view, class_balance)
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"phantom output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(
-                f"phantom output folder {out} is not empty; choose a new folder or pass overwrite"
-            )
+    # refuses a non-empty folder unless overwriting, and overwriting one that spinenet did not write
+    prepare_output_dir(out, overwrite=overwrite, command="data synth", clear=())
+    if overwrite:
         # remove only files this generator writes, so stale slices of a larger earlier run cannot linger
         own = re.compile(r"^P\d{4,}_(sagittal|axial)_s\d+\.png$")
         for sub in ("images", "masks"):
@@ -1161,6 +1163,37 @@ def generate_phantom(
     }
     (out / "phantom.json").write_text(json.dumps(meta, indent=2) + "\n")
     return manifest
+
+
+def generate_on_first_use(root: Path, synth: Mapping, crops: Mapping | None, manifest: str = "manifest.csv") -> Path:
+    """Generate the phantom (or, with ``crops``, its disc crops) in ``root`` on first use; return ``root``.
+
+    Written into a temporary sibling and renamed into place under a lock (``build_atomically``): a killed run
+    leaves no half-written ``root``, a partial one left by older versions is regenerated, and runs started
+    together wait for one generation.
+    """
+    from spinenet.utils.outdir import build_atomically
+
+    root = Path(root)
+    synth = dict(synth)
+
+    def complete(path: Path) -> bool:
+        return (path / manifest).is_file()
+
+    if crops is not None:  # a classification set: the phantom's discs, cropped with its masks
+        from spinenet.roi import _OUTPUTS, phantom_crops
+
+        crops = dict(crops)
+        # the source phantom is named after the final folder, not after the temporary one
+        crops["source"] = str(crops.get("source") or root.with_name(root.name + "_source"))
+        log.info("generating phantom disc crops in %s", root)
+        return build_atomically(
+            root, lambda tmp: phantom_crops(tmp, synth, crops), complete, _OUTPUTS, "phantom disc crops"
+        )
+    log.info("generating the synthetic phantom in %s", root)
+    return build_atomically(
+        root, lambda tmp: generate_phantom(tmp, **synth), complete, PHANTOM_OUTPUTS, "synthetic phantom"
+    )
 
 
 def render_preview(

@@ -48,6 +48,7 @@ from spinenet.ensemble.search import (
     step_to_divisions,
 )
 from spinenet.errors import ConfigError
+from spinenet.utils.markdown import md_code, md_text
 
 log = logging.getLogger("spinenet")
 
@@ -138,7 +139,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _out_dir(arg: str | None, overwrite: bool) -> Path:
+def _out_dir(arg: str | None, overwrite: bool, inputs: Sequence[Any] = ()) -> Path:
     if arg is None:
         from spinenet.config import run_uid
 
@@ -146,12 +147,9 @@ def _out_dir(arg: str | None, overwrite: bool) -> Path:
         out = Path("outputs") / "ensemble" / f"{stamp}_{run_uid()}"
     else:
         out = Path(arg).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out} is not empty; choose another folder or add --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve()
+    from spinenet.utils.outdir import prepare_output_dir
+
+    return prepare_output_dir(out, inputs, overwrite, command="ensemble", clear=())
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -253,8 +251,8 @@ def _weights_text(w: Sequence[float]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    out = ["| " + " | ".join(md_text(h) for h in header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(md_text(_fmt(c)) for c in r) + " |" for r in rows]
     return out
 
 
@@ -271,8 +269,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         f"Weights chosen on the **validation split only** ({val['images']} images, {val['patients']} patients) "
         f"to maximise **{obj}** ({METRIC_NOTES.get(obj, obj)}); the test split ({test['images']} images, "
-        f"{test['patients']} patients) never influenced them. Split file: `{report['splits_file']}`; data: "
-        f"`{report['data_root']}`.",
+        f"{test['patients']} patients) never influenced them. Split file: {md_code(report['splits_file'])}; data: "
+        f"{md_code(report['data_root'])}.",
         "",
     ]
     if report["warnings"]:
@@ -282,7 +280,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{MIN_CLASS_EXAMPLES} {'images showing it' if task == 'segmentation' else 'examples'}.)",
             ">",
         ]
-        lines += [f"> - {w}" for w in report["warnings"]]
+        lines += [f"> - {md_text(w)}" for w in report["warnings"]]
         lines += [
             "> ",
             "> Differences between members, AEM and WAEM on such a split are mostly noise: compare the "
@@ -306,7 +304,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _table(header, rows) + [""]
     chosen = report["chosen"]
     lines += [
-        f"**Saved ensemble:** `{report['artifact']}` = {chosen['name']} ({chosen['why']}). Evaluate it on any "
+        f"**Saved ensemble:** {md_code(report['artifact'])} = {md_text(chosen['name'])} ({chosen['why']}). Evaluate it on any "
         f"data set like a single model:",
         "",
         "```bash",
@@ -346,18 +344,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     what = "images showing each class" if task == "segmentation" else "examples per class"
     lines += [
         f"Validation {what}: "
-        + ", ".join(f"{c} {n}" for c, n in zip(classes, counts["val"], strict=True))
+        + ", ".join(f"{md_text(c)} {n}" for c, n in zip(classes, counts["val"], strict=True))
         + "; test: "
-        + ", ".join(f"{c} {n}" for c, n in zip(classes, counts["test"], strict=True))
+        + ", ".join(f"{md_text(c)} {n}" for c, n in zip(classes, counts["test"], strict=True))
         + ".",
         "",
     ]
     lines += ["## Members", ""]
     for i, m in enumerate(report["members"]):
         cached = ", ".join(f"{s} {'cached' if c else 'predicted'}" for s, c in m["cached"].items())
-        desc = f" ({m['description']})" if m.get("description") else ""
-        again = "".join(f"; also given as {d}, the same file (counted once)" for d in m.get("duplicates", []))
-        lines.append(f"{i + 1}. **{m['name']}**{desc}: `{m['checkpoint']}` (SHA-256 {m['sha256'][:12]}…); "
+        desc = f" ({md_text(m['description'])})" if m.get("description") else ""
+        again = "".join(f"; also given as {md_text(d)}, the same file (counted once)" for d in m.get("duplicates", []))
+        lines.append(f"{i + 1}. **{md_text(m['name'])}**{desc}: {md_code(m['checkpoint'])} (SHA-256 {m['sha256'][:12]}…); "
                      f"{cached}{again}")
     lines += ["", "## Notes", ""]
     lines += [f"- `{m}`: {METRIC_NOTES[m]}." for m in metrics]
@@ -394,7 +392,9 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         )
     device = _device(args.device)
     split_file = find_split_file(members, args.splits)
-    out = _out_dir(args.out, args.overwrite)
+    inputs = [(args.sweep, "sweep"), (split_file, "split file"), (args.data_root, "data root")]
+    inputs += [(m.run_dir or m.checkpoint, f"member {m.name}") for m in members]
+    out = _out_dir(args.out, args.overwrite, inputs)
     print(f"ensemble: {len(members)} member(s), {task}, objective {objective}, device {device}", flush=True)
     preds, dm = collect_predictions(
         members,

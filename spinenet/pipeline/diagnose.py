@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import re
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,8 @@ from spinenet.roi import (
     plausible_sagittal_discs,
     square_box,
 )
+from spinenet.utils.outdir import prepare_output_dir, refuse_input_overlap
+from spinenet.utils.safe_csv import neutralise_frame
 
 log = logging.getLogger(__name__)
 
@@ -397,19 +398,9 @@ def _report(study: str, doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _prepare_out(out: Path, studies: Iterable[str], overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
-        for name in [*studies, "findings.csv", "summary.json"]:  # only what this command writes
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def _prepare_out(out: Path, studies: Iterable[str], overwrite: bool, inputs: Sequence[Any] = ()) -> None:
+    # --overwrite clears only what this command writes, and only in a folder that spinenet wrote
+    prepare_output_dir(out, inputs, overwrite, "diagnose", clear=[*studies, "findings.csv", "summary.json"])
 
 
 def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dict[str, str]) -> dict[str, Any]:
@@ -489,7 +480,7 @@ def run(
             im.pop("mask", None)
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(out / "findings.csv", index=False)
+    neutralise_frame(pd.DataFrame(rows)).to_csv(out / "findings.csv", index=False)
     summary = {"studies": len(studies), "images": len(items),
                "images_without_disc": sum(1 for s in done.values() for im in s if not im["discs"]),
                "discs": sum(len(im["discs"]) for s in done.values() for im in s), "models": models,
@@ -568,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("--study-col needs --manifest (the CSV whose column groups images into studies)")
     if args.engine == "onnxruntime" and args.device != "cpu":
         raise ConfigError("--engine onnxruntime runs on the CPU; use --engine torch with --device cuda")
+    models = [(v.partition("=")[2] or v, "model file") for v in [*args.segmenter, *args.classifier]]
+    refuse_input_overlap(args.out, [(args.input, "input"), (args.manifest, "manifest"), *models])
     segmenters = _models_by_view(args.segmenter, args.view, "segmenter", args.device, args.allow_torchscript)
     classifiers = _models_by_view(args.classifier, args.view, "classifier", args.device, args.allow_torchscript)
     if args.engine == "onnxruntime":

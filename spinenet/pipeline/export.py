@@ -36,6 +36,7 @@ from spinenet.pipeline.models import (
     load_predictor,
     open_torchscript,
 )
+from spinenet.utils.outdir import prepare_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,7 @@ def export_model(
     name = name or ("segmenter" if ref.task == "segmentation" else "classifier")
     out = Path(out_dir)
     targets = [out / f"{name}.json"] + [out / f"{name}{'.pt' if f == 'torchscript' else '.onnx'}" for f in formats]
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, [(checkpoint, "checkpoint")], overwrite, command="export", clear=())
     for t in targets:
         t.unlink(missing_ok=True)
     net = ref.net.net if hasattr(ref.net, "net") else ref.net
