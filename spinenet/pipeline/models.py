@@ -228,7 +228,8 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
         except ValueError as exc:
             raise DataError(f"{path}: not a JSON file ({exc})") from None
         if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
-            return load_predictor(path.with_name(doc["files"]["torchscript"]), device)
+            files = doc["files"]  # TorchScript (legacy) when exported too: it runs without onnxruntime
+            return load_predictor(path.with_name(files.get("torchscript") or files["onnx"]), device)
     if suffix in TORCHSCRIPT_SUFFIXES:
         prep = _sidecar(path)
         import warnings
