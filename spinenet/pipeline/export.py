@@ -73,7 +73,12 @@ def verify(reference: Predictor, exported: Predictor, batches: Sequence[int] = (
 def _onnx_program(net: torch.nn.Module, example: torch.Tensor) -> Any:
     """``net`` exported through ``torch.export`` to an ONNX program (opset 18, ``input`` -> ``logits``, axis 0
     dynamic and named ``batch``)."""
+    # the exporter's graph passes log each step at INFO, which the CLI's logging would print; warnings stay
+    chatty = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in chatty]
     try:
+        for logger in chatty:
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
         with torch.inference_mode(False), torch.no_grad():
             return torch.onnx.export(net, (example,), dynamo=True, opset_version=ONNX_OPSET,
                                      input_names=["input"], output_names=["logits"],
@@ -82,6 +87,9 @@ def _onnx_program(net: torch.nn.Module, example: torch.Tensor) -> Any:
         raise ConfigError(f"ONNX export needs {exc.name or 'onnxscript'}: pip install 'spinenet-mri[onnx]'") from None
     except Exception as exc:  # torch.export cannot capture the model (an unsupported operation)
         raise ConfigError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    finally:
+        for logger, level in zip(chatty, levels, strict=True):
+            logger.setLevel(level)
 
 
 def onnxruntime_predictor(reference: Predictor) -> Predictor:
