@@ -1,21 +1,42 @@
-# spinenet on a CUDA machine. Build: docker build -t spinenet .
-# Run:   docker run --gpus all --shm-size 8g -v $PWD/data:/work/data -v $PWD/outputs:/work/outputs \
-#          spinenet spinenet train experiment=seg/sustersic2022_sagittal trainer=gpu
-# torch 2.14.1 from PyPI is a CUDA 13 build; the image only needs the driver from the host.
-FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# spinenet (training, diagnosis, export) on a CUDA machine or a CPU.
+#   docker build -t spinenet .
+#   docker run --rm spinenet --help           # the image runs `spinenet`; README "Docker" has the full lines
+# No CUDA base image: the torch 2.14.1 wheel from PyPI brings its own CUDA libraries (nvidia-* wheels), so
+# the host needs only the NVIDIA driver and the NVIDIA Container Toolkit (`docker run --gpus all`).
+FROM python:3.11-slim
 
-ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 WANDB_MODE=offline
-RUN apt-get update && apt-get install -y --no-install-recommends software-properties-common \
-    && add-apt-repository -y ppa:deadsnakes/ppa && apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv make libgl1 libglib2.0-0 \
-    && rm -rf /var/lib/apt/lists/*
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    WANDB_MODE=offline \
+    HOME=/home/spinenet
 
+# A non-root user, spinenet (uid and gid 1000). `docker run --user "$(id -u):$(id -g)"` may run as any other
+# uid: the home (caches of matplotlib, W&B, torch) and the working folder are writable by all, sticky like /tmp.
+RUN groupadd --gid 1000 spinenet \
+    && useradd --uid 1000 --gid 1000 --create-home spinenet \
+    && chmod 1777 /home/spinenet \
+    && install -d -m 1777 /work \
+    && python -m venv /opt/venv
+
+# Dependencies first, from pyproject.toml alone: this layer is rebuilt only when the dependencies change.
+# Extras: onnx (export, ONNX Runtime) and dicom (DICOM import and diagnosis).
+COPY pyproject.toml /src/pyproject.toml
+RUN python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in ('onnx', 'dicom') for r in p['optional-dependencies'][e]]))" \
+    > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the code (its configs ship inside the wheel); `pip check` fails the build if a dependency is missing.
+COPY . /src
+RUN pip install --no-cache-dir --no-deps /src \
+    && pip check
+
+USER 1000:1000
+# data/ and outputs/ (mounted here) are where spinenet reads and writes by default
 WORKDIR /work
-RUN python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-# dependencies first (cached layer), then the code
-COPY pyproject.toml README.md ./
-RUN mkdir spinenet && touch spinenet/__init__.py && pip install --upgrade pip && pip install '.' && pip uninstall -y spinenet-mri
-COPY . .
-RUN pip install --no-deps '.'
-CMD ["spinenet", "--help"]
+ENTRYPOINT ["spinenet"]
+CMD ["--help"]

@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 # CPU runs: keep torch to the machine's cores and W&B offline unless the user says otherwise
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
+# extra pytest arguments, e.g. make test PYTEST_ARGS="--junitxml=reports/junit.xml" (CI's test report)
+PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast lint bench clean
@@ -14,8 +16,10 @@ export WANDB_SILENT ?= true
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
+# An existing .venv is used as it is: packages already there that satisfy pyproject's pins stay (CI puts the
+# CPU build of torch there first; here the first install brings PyPI's CUDA build).
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11)"; exit 1; }
+	@test -x $(BIN)/python || command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,onnx,dicom]'
@@ -27,10 +31,10 @@ demo: install ## generate a small phantom, train the U-Net a few minutes on CPU,
 	$(BIN)/spinenet train experiment=demo
 
 test: install ## the test suite (what CI runs)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install ## the tests without the slow training runs
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff
 	$(BIN)/ruff check spinenet tests

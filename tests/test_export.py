@@ -1,10 +1,12 @@
-"""`spinenet export`: TorchScript and ONNX reproduce the checkpoint (atol 1e-4 + rtol 1e-4, float32), and
-`spinenet diagnose` runs from the exported files with the same findings."""
+"""`spinenet export`: ONNX (torch.export based; TorchScript as the legacy option) reproduces the checkpoint
+(atol 1e-4 + rtol 1e-4, float32), and `spinenet diagnose` runs from the exported files with the same findings."""
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
+import warnings
 
 import cv2
 import numpy as np
@@ -25,7 +27,10 @@ def exported(tmp_path_factory):
     ckpts = {"seg": make_checkpoint(root / "seg.ckpt", SEG_OVERRIDES),
              "cls": make_checkpoint(root / "cls.ckpt", CLS_OVERRIDES)}
     for key, ckpt in ckpts.items():
-        assert cli_main(["export", str(ckpt), "--out", str(root / f"{key}_export")]) == 0
+        # the legacy format no longer hides PyTorch's deprecation of torch.jit.trace
+        with pytest.warns(FutureWarning, match="jit"):
+            assert cli_main(["export", str(ckpt), "--out", str(root / f"{key}_export"),
+                             "--format", "onnx", "torchscript"]) == 0
     return root, ckpts
 
 
@@ -61,6 +66,39 @@ def test_exported_models_match_the_checkpoint(exported, key, name):
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
     # the sidecar JSON opens the ONNX file (TorchScript is code: only when allowed, see test_model_trust.py)
     assert load_predictor(folder / f"{name}.json").kind == "onnx"
+
+
+def test_default_export_is_onnx_alone_with_a_named_batch_axis_and_no_warning(exported, tmp_path, caplog):
+    import onnx
+
+    _, ckpts = exported
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli_main(["export", str(ckpts["seg"]), "--out", str(out)]) == 0
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    # nor the exporter's INFO log of each graph pass
+    assert [r.getMessage() for r in caplog.records if r.name.startswith(("onnxscript", "onnx_ir"))] == []
+    assert sorted(p.name for p in out.iterdir()) == ["segmenter.json", "segmenter.onnx"]
+    side = json.loads((out / "segmenter.json").read_text())
+    assert side["files"] == {"onnx": "segmenter.onnx"} and side["verification"]["onnx_max_abs_diff"] < ATOL
+    model = onnx.load(str(out / "segmenter.onnx"))
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.input, *model.graph.output]}
+    assert shapes == {"input": ["batch", 1, 64, 64], "logits": ["batch", 4, 64, 64]}
+    assert load_predictor(out / "segmenter.json").kind == "onnx"
+
+
+def test_missing_onnx_exporter_is_a_one_line_error(exported, tmp_path, monkeypatch, capsys):
+    def no_onnxscript(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript")
+
+    monkeypatch.setattr(torch.onnx, "export", no_onnxscript)
+    _, ckpts = exported
+    assert cli_main(["export", str(ckpts["cls"]), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX export needs onnxscript: pip install 'spinenet-mri[onnx]'" in err and "Traceback" not in err
 
 
 def test_diagnose_runs_from_exported_files(exported, tmp_path):

@@ -148,7 +148,7 @@ def test_checkpoint_and_exported_files_apply_the_same_level_offsets(tmp_path, ne
     ckpt = _checkpoint_with_offsets(tmp_path, net)
     ref = load_predictor(ckpt)
     assert ref.prep.level_offsets == {"L5-S1": [2.0, -1, 0], "L4-L5": [0, 1.5, -2], "*": [-3.0, 0, 1]}
-    assert cli_main(["export", str(ckpt), "--out", str(tmp_path / "out")]) == 0
+    assert cli_main(["export", str(ckpt), "--out", str(tmp_path / "out"), "--format", "onnx", "torchscript"]) == 0
     rng = np.random.default_rng(0)
     x, _ = prepare_inputs([rng.random((64, 64)).astype(np.float32) for _ in range(3)], ref.prep)
     levels = ["L4-L5", "T12-L1", "L5-S1"]

@@ -1,17 +1,21 @@
-"""``spinenet export CKPT --out DIR``: TorchScript and ONNX files of a segmenter or classifier.
+"""``spinenet export CKPT --out DIR``: ONNX files of a segmenter or classifier (TorchScript: legacy option).
 
-Written to ``DIR``: ``<name>.pt`` (TorchScript, traced), ``<name>.onnx`` (opset 17, dynamic batch axis;
-input ``input`` (B, C, H, W) float32, output ``logits``) and ``<name>.json``, the sidecar: the preprocessing
-the model expects (:class:`~spinenet.pipeline.models.Preprocessing`: image size, channels, resize mode,
-CLAHE, classes, and for classifiers the crop recipe), the files and their SHA-256 (checked whenever an
-exported file is loaded), and the verification below. ``<name>`` is
-``segmenter`` or ``classifier`` unless ``--name`` is given. ``spinenet diagnose`` runs from these files.
+Written to ``DIR``: ``<name>.onnx`` (exported with ``torch.export``, i.e. ``torch.onnx.export(dynamo=True)``;
+opset 18, dynamic batch axis; input ``input`` (B, C, H, W) float32, output ``logits``) and ``<name>.json``, the
+sidecar: the preprocessing the model expects (:class:`~spinenet.pipeline.models.Preprocessing`: image size,
+channels, resize mode, CLAHE, classes, and for classifiers the crop recipe), the files and their SHA-256
+(checked whenever an exported file is loaded), and the verification below. ``<name>`` is ``segmenter`` or ``classifier`` unless ``--name`` is given. ``spinenet diagnose`` runs
+from these files.
+
+``--format torchscript`` (legacy) also writes ``<name>.pt``, traced with ``torch.jit.trace``. TorchScript is
+deprecated in PyTorch and emits its deprecation warnings; it is kept for consumers that run ``.pt`` files
+(LibTorch in C++) and may go when PyTorch drops it.
 
 Verification: each exported file is run on random inputs (batch 1 and 3) and must reproduce the checkpoint's
 outputs within ``atol + rtol * |reference|`` (defaults 1e-4 and 1e-4, float32); the largest difference is
-recorded in the sidecar. ONNX is checked with ``onnx.checker`` and run with onnxruntime when they are
-installed (``pip install 'spinenet-mri[onnx]'``); without onnxruntime the numeric check is skipped and the
-sidecar says so.
+recorded in the sidecar. ONNX export needs ``onnxscript`` and ``onnx``; the file is checked with
+``onnx.checker`` and run with onnxruntime (``pip install 'spinenet-mri[onnx]'``); without onnxruntime the
+numeric check is skipped and the sidecar says so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,9 +43,11 @@ from spinenet.utils.outdir import prepare_output_dir
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("onnx", "torchscript")
+DEFAULT_FORMATS = ("onnx",)  # TorchScript only when asked for (legacy)
 ATOL, RTOL = 1e-4, 1e-4
-ONNX_OPSET = 17
+# torch.onnx's own operator library is written for opset 18 (no version conversion); ONNX Runtime >= 1.14
+ONNX_OPSET = 18
 
 
 def _inputs(prep, batch: int, seed: int) -> torch.Tensor:
@@ -73,12 +78,26 @@ def verify(reference: Predictor, exported: Predictor, batches: Sequence[int] = (
     return worst
 
 
-def _write_onnx(net: torch.nn.Module, example: torch.Tensor, target: Any) -> None:
-    """``net`` as ONNX (opset 17, dynamic batch axis, ``input`` -> ``logits``) to a path or a binary buffer."""
-    with torch.no_grad():
-        torch.onnx.export(net, (example,), target, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+def _onnx_program(net: torch.nn.Module, example: torch.Tensor) -> Any:
+    """``net`` exported through ``torch.export`` to an ONNX program (opset 18, ``input`` -> ``logits``, axis 0
+    dynamic and named ``batch``)."""
+    # the exporter's graph passes log each step at INFO, which the CLI's logging would print; warnings stay
+    chatty = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in chatty]
+    try:
+        for logger in chatty:
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+        with torch.inference_mode(False), torch.no_grad():
+            return torch.onnx.export(net, (example,), dynamo=True, opset_version=ONNX_OPSET,
+                                     input_names=["input"], output_names=["logits"],
+                                     dynamic_shapes=({0: "batch"},), verbose=False)
+    except ImportError as exc:  # onnxscript or onnx missing
+        raise ConfigError(f"ONNX export needs {exc.name or 'onnxscript'}: pip install 'spinenet-mri[onnx]'") from None
+    except Exception as exc:  # torch.export cannot capture the model (an unsupported operation)
+        raise ConfigError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    finally:
+        for logger, level in zip(chatty, levels, strict=True):
+            logger.setLevel(level)
 
 
 def onnxruntime_predictor(reference: Predictor) -> Predictor:
@@ -87,19 +106,14 @@ def onnxruntime_predictor(reference: Predictor) -> Predictor:
     against ``reference`` like an exported file; nothing is written."""
     if reference.kind != "module":
         return reference  # already an exported file
-    import io
-
     from spinenet.pipeline.models import OnnxPredictor, onnx_session
 
     net = reference.net.net if hasattr(reference.net, "net") else reference.net
     if getattr(net, "takes_levels", False):
         raise ConfigError(f"--engine onnxruntime: {reference.source.name} is an ensemble of classifiers with a "
                           "level prior, which runs in PyTorch only; use --engine torch")
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _write_onnx(net.eval().cpu(), _inputs(reference.prep, 2, seed=7), buffer)
-    session = onnx_session(buffer.getvalue(), "cpu", "--engine onnxruntime")
+    program = _onnx_program(net.eval().cpu(), _inputs(reference.prep, 2, seed=7))
+    session = onnx_session(program.model_proto.SerializeToString(), "cpu", "--engine onnxruntime")
     fast = OnnxPredictor(session, reference.prep, reference.source, "cpu")
     verify(reference, fast)
     return fast
@@ -116,7 +130,7 @@ def _sha256(path: Path) -> str:
 def export_model(
     checkpoint: str | Path,
     out_dir: str | Path,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     name: str | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -165,38 +179,31 @@ def export_model(
         }
         sidecar.write_text(json.dumps(doc, indent=2) + "\n")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and legacy-exporter warnings about constant shapes
-        if "torchscript" in formats:
-            path = out / f"{name}.pt"
-            with torch.inference_mode(False), torch.no_grad():
-                traced = torch.jit.trace(net, example, check_trace=False)
-            traced.save(str(path))
-            files["torchscript"] = path.name
-            write_sidecar()
-            checks["torchscript_max_abs_diff"] = verify(ref, open_torchscript(path))  # the file just written
-        if "onnx" in formats:
-            path = out / f"{name}.onnx"
-            try:
-                _write_onnx(net, example, str(path))
-            except Exception as exc:  # torch raises its own error types, e.g. onnx not installed
-                raise ConfigError(f"ONNX export failed ({exc}); pip install 'spinenet-mri[onnx]'") from None
-            files["onnx"] = path.name
-            try:
-                import onnx
-            except ImportError:
-                checks["onnx_checker"] = "onnx not installed: not checked"
-            else:
-                onnx.checker.check_model(str(path))
-                checks["onnx_checker"] = "passed"
-            write_sidecar()
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                checks["onnx_max_abs_diff"] = None
-                checks["onnx_skipped"] = "onnxruntime not installed: numeric check skipped (onnx.checker passed)"
-            else:
-                checks["onnx_max_abs_diff"] = verify(ref, load_predictor(path))
+    if "torchscript" in formats:
+        path = out / f"{name}.pt"
+        with torch.inference_mode(False), torch.no_grad():
+            traced = torch.jit.trace(net, example, check_trace=False)
+        traced.save(str(path))
+        files["torchscript"] = path.name
+        write_sidecar()
+        checks["torchscript_max_abs_diff"] = verify(ref, open_torchscript(path))  # the file just written
+    if "onnx" in formats:
+        path = out / f"{name}.onnx"
+        # one self-contained file (weights inside; a model over 2 GB would get a .data file beside it)
+        _onnx_program(net, example).save(str(path), external_data=False)
+        files["onnx"] = path.name
+        import onnx  # there: the exporter needs it
+
+        onnx.checker.check_model(str(path))
+        checks["onnx_checker"] = "passed"
+        write_sidecar()
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            checks["onnx_max_abs_diff"] = None
+            checks["onnx_skipped"] = "onnxruntime not installed: numeric check skipped (onnx.checker passed)"
+        else:
+            checks["onnx_max_abs_diff"] = verify(ref, load_predictor(path))
     write_sidecar()
     return sidecar
 
@@ -206,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a .ckpt checkpoint or a saved ensemble .json")
     p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
-    p.add_argument("--format", nargs="+", default=list(FORMATS), choices=FORMATS)
+    p.add_argument("--format", nargs="+", default=list(DEFAULT_FORMATS), choices=FORMATS,
+                   help="onnx (default); torchscript is the legacy, deprecated format, only when asked for")
     p.add_argument("--name", help="file stem (default: segmenter or classifier)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(list(argv) if argv is not None else None)
