@@ -64,7 +64,10 @@ def _expected_crop(image, box, crop: CropSettings) -> bytes:
 
 
 def _slice_with_discs(n: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A sagittal spine mask: ``n`` discs stacked between vertebral bodies, a canal behind them."""
     mask = np.zeros((size, size), np.uint8)
+    mask[2 : size - 2, size // 2 - 12 : size // 2 + 12] = 2  # vertebral column
+    mask[2 : size - 2, size // 2 + 16 : size // 2 + 22] = 3  # canal
     for k in range(n):
         cy = int(size * (k + 1) / (n + 1))
         cv2.ellipse(mask, (size // 2, cy), (14, 3), 0, 0, 360, 1, -1)
@@ -178,7 +181,12 @@ def test_phantom_study_gives_its_finding(phantom_study, tmp_path):
     report = (tmp_path / "out" / "P1" / "report.txt").read_text()
     assert "L5-S1: herniation, left" in report
     overlay = cv2.imread(str(tmp_path / "out" / "P1" / "overlay.png"))
-    assert overlay is not None and overlay.shape[0] == 256 and overlay.shape[1] > 2 * 256 - 10
+    # drawn at the source's resolution, small sources (128 px) enlarged to 512 px tall, both images side by side
+    assert overlay is not None and overlay.shape[0] == 512 and overlay.shape[1] == 2 * 512 + 4
+    # the herniation probability of each level, not the probability of the predicted class
+    assert "L4-L5: no herniation, p(herniation) 0.00" in report and "L5-S1: herniation, p(herniation) 1.00" in report
+    assert "class probabilities: healthy 0.00, L4-L5 0.00, L5-S1 1.00" in report  # 3 classes: each named
+    assert "p(herniation) = 1 - p(healthy)" in report
 
     blank_doc = json.loads((tmp_path / "out" / "P2" / "findings.json").read_text())
     assert blank_doc["images"][0]["status"].startswith("no disc found") and blank_doc["findings"] == {}
