@@ -112,6 +112,20 @@ def classify_crops(
     return np.concatenate(out)
 
 
+def checked_disc_boxes(
+    mask: np.ndarray, view: str, disc_class: int, min_area: int, mask_classes: Sequence[str]
+) -> tuple[list[Box], list[dict[str, Any]], str | None]:
+    """The disc boxes levels are named on (sagittal: implausible components left out and listed, pieces of
+    one disc merged; axial: the largest), and why the mask is implausible for ``view`` (None when it is not)."""
+    boxes = disc_boxes(mask, disc_class, min_area)
+    if view == "axial":
+        implausible = axial_implausibility(mask, disc_class, mask_classes, min_area)
+        return ([max(boxes, key=lambda b: b.area)] if boxes else []), [], implausible
+    boxes, rejected = plausible_sagittal_discs(boxes)
+    boxes = merge_fragments(boxes)
+    return boxes, rejected, sagittal_implausibility(mask, boxes, mask_classes)
+
+
 def find_discs(
     image: np.ndarray,
     mask: np.ndarray,
@@ -127,15 +141,7 @@ def find_discs(
     that view; ``mask_classes``: the segmenter's class names, see :mod:`spinenet.pipeline.plausibility`)."""
     crop = classifier.prep.crop
     assert crop is not None
-    boxes = disc_boxes(mask, disc_class, min_area)
-    if view == "axial":
-        implausible = axial_implausibility(mask, disc_class, mask_classes, min_area)
-        boxes = [max(boxes, key=lambda b: b.area)] if boxes else []
-        rejected: list[dict[str, Any]] = []
-    else:
-        boxes, rejected = plausible_sagittal_discs(boxes)
-        boxes = merge_fragments(boxes)
-        implausible = sagittal_implausibility(mask, boxes, mask_classes)
+    boxes, rejected, implausible = checked_disc_boxes(mask, view, disc_class, min_area, mask_classes)
     if implausible:
         return [], [], rejected, implausible
     levels = [""] * len(boxes) if view == "axial" else assign_levels(boxes)
@@ -249,23 +255,24 @@ def study_folders(studies: Iterable[str]) -> dict[str, str]:
 
     raw = list(dict.fromkeys(studies))
     base = {s: _safe(s).lstrip(".")[:MAX_FOLDER_CHARS] or "study" for s in raw}
-    taken: dict[str, int] = {}
+    # an id that is a safe name already keeps it, unless another such id differs from it only in case
+    plain = [s for s in raw if base[s] == s and s.lower() not in RESERVED_NAMES]
+    lowered = [s.lower() for s in plain]
+    keep = {s for s in plain if lowered.count(s.lower()) == 1}
+    out: dict[str, str] = {s: s for s in keep}
+    used = {s.lower() for s in keep}
     for s in raw:
-        taken[base[s].lower()] = taken.get(base[s].lower(), 0) + 1
-    out: dict[str, str] = {}
-    used: set[str] = set()
-    for s in raw:
-        name = base[s]
-        if name != s or taken[name.lower()] > 1 or name.lower() in RESERVED_NAMES:
-            digest = hashlib.sha1(s.encode("utf-8")).hexdigest()
-            k = 8
+        if s in keep:
+            continue
+        digest = hashlib.sha1(s.encode("utf-8")).hexdigest()
+        k = 8
+        name = f"{base[s]}-{digest[:k]}"
+        while name.lower() in used:  # practically never: a longer hash
+            k += 4
             name = f"{base[s]}-{digest[:k]}"
-            while name.lower() in used:  # practically never: a longer hash
-                k += 4
-                name = f"{base[s]}-{digest[:k]}"
         used.add(name.lower())
         out[s] = name
-    return out
+    return {s: out[s] for s in raw}
 
 
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
@@ -439,8 +446,8 @@ def collect_items(args: argparse.Namespace) -> list[Item]:
             items.append(Item(args.study or p.relative_to(src).with_suffix("").as_posix(), rel, args.view,
                               _loader(p)))
         elif p not in dicom_set:
-            # named by place, not path, where DICOM files are around: their folders may carry names
-            name = f"other_file_{k:03d}{p.suffix.lower()[:8]}" if dicoms else rel
+            # in a DICOM folder, named by place, not path: DICOM folders may carry the patient's name
+            name = f"other_file_{k:03d}{p.suffix.lower()[:8]}" if dicoms and not raster else rel
             items.append(_unloadable("", name, args.view, "skipped",
                                      f"not an image ({p.suffix.lower() or 'no suffix'}; diagnose reads "
                                      f"{', '.join(IMAGE_SUFFIXES)} and DICOM)"))
