@@ -537,3 +537,19 @@ def test_labels_never_overlap_and_grow_with_the_image():
         for b in boxes[i + 1 :]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
     assert label_style(2048)[0] > label_style(512)[0] and label_style(2048)[1] > label_style(512)[1]
+
+
+def test_phantom_ground_truth_is_plausible_in_its_own_view_only(tiny_phantom):
+    import pandas as pd
+
+    from spinenet.pipeline.diagnose import checked_disc_boxes
+
+    names = {"sagittal": ["background", "disc", "vertebra", "canal"],
+             "axial": ["background", "disc", "canal", "posterior"]}
+    for view, root in tiny_phantom.items():
+        for row in pd.read_csv(root / "manifest.csv", dtype=str).itertuples():
+            mask = read_mask(root / row.mask, [0, 85, 170, 255])
+            # 64 px images: discs of a few dozen pixels, so a smaller min_area than diagnose's default
+            assert checked_disc_boxes(mask, view, 1, 5, names[view])[2] is None, (view, row.mask)
+            other = "axial" if view == "sagittal" else "sagittal"
+            assert checked_disc_boxes(mask, other, 1, 5, names[other])[2], (view, "as", other, row.mask)

@@ -7,8 +7,8 @@ know" instead: the image is reported as ``implausible for <view>`` with the reas
 Sagittal (discs as found by :func:`spinenet.roi.disc_boxes`, implausible components already left out):
 
 - 1 to :data:`SAGITTAL_MAX_DISCS` discs (a lumbar field of view shows L5-S1 up to the lower thoracic spine);
-- stacked along one axis: consecutive discs (by centroid row) are apart vertically by at least half a disc
-  height, and shifted sideways by at most :data:`MAX_STEP_SLOPE` times their vertical distance (lordosis
+- stacked along one axis: consecutive discs (by centroid row) are apart vertically by at least half the
+  thinner one's height, and shifted sideways by at most :data:`MAX_STEP_SLOPE` times their vertical distance (lordosis
   tilts the column, it does not lay it down);
 - a vertebra between consecutive discs (on the segment joining their centroids), or above and below a single
   disc;
@@ -30,7 +30,7 @@ import numpy as np
 from spinenet.roi import Box, disc_boxes
 
 SAGITTAL_MAX_DISCS = 10  # SPIDER's T2-SPACE ground truth shows up to 10 (T8-T9 .. L5-S1, the top ones cut)
-MAX_STEP_SLOPE = 1.0  # sideways shift / vertical distance between consecutive discs
+MAX_STEP_SLOPE = 1.5  # sideways shift / vertical distance between consecutive discs (up to 0.96 in SPIDER, 1.2 in the phantom)
 MIN_VERTEBRA_BETWEEN = 0.25  # fraction of the centroid-to-centroid segment that is vertebra
 MIN_CANAL_PIXELS = 20
 SPECK_FRACTION = 0.2
@@ -99,7 +99,7 @@ def sagittal_implausibility(mask: np.ndarray, discs: Sequence[Box], classes: Seq
     order = sorted(discs, key=lambda b: b.cy)
     for a, b in zip(order, order[1:], strict=False):
         dy, dx = b.cy - a.cy, abs(b.cx - a.cx)
-        if dy < 0.5 * max(a.height, b.height):
+        if dy < 0.5 * min(a.height, b.height):
             return (f"discs side by side, not stacked (centroids ({a.cx:.0f}, {a.cy:.0f}) and ({b.cx:.0f}, "
                     f"{b.cy:.0f}) px are {dy:.0f} px apart vertically)")
         if dx > MAX_STEP_SLOPE * dy:
