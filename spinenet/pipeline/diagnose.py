@@ -13,9 +13,16 @@ for one study), a DICOM folder (one study per StudyInstanceUID, slices sorted al
 view taken from the slice orientation when recorded), or ``--manifest CSV`` whose ``--study-col`` groups
 images (e.g. a patient's axial and sagittal slices) into studies.
 
-Outputs in ``--out``: per study ``<study>/findings.json``, ``<study>/overlay.png`` (masks, boxes, labels;
-up to 8 images side by side) and ``<study>/report.txt``; ``findings.csv`` (every disc) and
-``summary.json``. Privacy: nothing from a DICOM header but :func:`~spinenet.utils.privacy.safe_dicom_metadata`
+Before levels are named the segmentation is checked against the view (:mod:`spinenet.pipeline.plausibility`);
+an implausible image gets status ``implausible for <view>``, its reason, and no finding.
+
+Faults stay with their input (:func:`diagnose_chunk`): an unreadable file is ``failed``, a file that is not an
+image ``skipped``, each with its reason; the others are diagnosed, and the CLI exits with ``EXIT_PARTIAL``.
+
+Outputs in ``--out``: per study ``<folder>/findings.json``, ``<folder>/overlay.png`` (masks, boxes, labels at
+the image's resolution, at least 512 px tall; up to 8 images side by side) and ``<folder>/report.txt``
+(folder: :func:`study_folders`); ``findings.csv`` (every disc), ``summary.json`` (counts, every input's status
+and reason, study id -> folder) and ``index.html``. Privacy: nothing from a DICOM header but :func:`~spinenet.utils.privacy.safe_dicom_metadata`
 is written; DICOM studies are named ``study1``, ``study2``... and their slices ``slice_000``...; file paths
 of DICOM inputs are never written.
 """
