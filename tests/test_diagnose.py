@@ -517,7 +517,7 @@ def test_study_ids_keep_distinct_folders_inside_out(phantom_study, tmp_path):
     assert {r["file"]: r["status"] for r in summary["inputs"]}["missing.png"] == "failed"
     page = (out / "index.html").read_text()
     assert "&lt;b&gt;&amp;x" in page and "<b>&x" not in page
-    assert f'<img src="{mapping["AB_123"]}/overlay.png" width="320"' in page
+    assert f'<img src="{mapping["AB_123"]}/overlay.png" width="240"' in page
     assert "<script" not in page and "http" not in page
 
 

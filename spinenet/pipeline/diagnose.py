@@ -480,7 +480,7 @@ def dicom_items_from_file(path: Path, args: argparse.Namespace) -> list[Item]:
 # outputs
 # ---------------------------------------------------------------------------------------------------------
 MIN_OVERLAY_HEIGHT = 512
-THUMBNAIL_WIDTH = 320
+THUMBNAIL_WIDTH = 240  # per image of the overlay, up to 3 images
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 
 
@@ -628,6 +628,7 @@ def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dic
            "images": public, "findings": study_findings(images), "disclaimer": DISCLAIMER}
     tiles = [_overlay(im["pixels"], im) for im in images if im.get("pixels") is not None][:8]
     doc["overlay"] = "overlay.png" if tiles else None
+    doc["overlay_images"] = len(tiles)
     (target / "findings.json").write_text(json.dumps(doc, indent=2) + "\n")
     if tiles:
         from spinenet.utils.overlay import save_png
@@ -655,8 +656,8 @@ def _level_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                              f"{d['p_herniation']:.2f}", f"ok ({d['image']})"))
     for im in doc["images"]:
         if im["status"] != STATUS_OK:
-            rows.append(("", "", "", f"{im['image']}: {im['status']}" + (f" ({im['reason']})" if im.get("reason")
-                                                                            else "")))
+            rows.append(("-", "-", "-", f"{im['image']}: {im['status']}" + (f" ({im['reason']})" if im.get("reason")
+                                                                               else "")))
     return rows
 
 
@@ -671,7 +672,7 @@ def write_index(out: Path, summary: dict[str, Any], docs: Sequence[dict[str, Any
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8"><title>spinenet diagnosis</title>',
         "<style>body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
         "margin:.5em 0}td,th{border:1px solid #bbb;padding:.2em .6em;text-align:left;vertical-align:top}"
-        "th{background:#eee}section{display:flex;gap:1.5em;border-top:1px solid #ccc;padding:1em 0}"
+        "th{background:#eee}section{display:flex;align-items:flex-start;gap:1.5em;border-top:1px solid #ccc;padding:1em 0}"
         ".bad{color:#a00}.warn{color:#a60}</style></head><body>",
         "<h1>spinenet diagnosis</h1>",
         f"<p>{summary['studies']} studies, {len(summary['inputs'])} inputs: "
@@ -685,14 +686,15 @@ def write_index(out: Path, summary: dict[str, Any], docs: Sequence[dict[str, Any
         href = quote(doc["folder"])
         parts.append(f"<section><div><h2>{escape(doc['study'])}</h2>")
         if doc.get("overlay"):
-            parts.append(f'<a href="{href}/overlay.png"><img src="{href}/overlay.png" width="{THUMBNAIL_WIDTH}" '
+            width = THUMBNAIL_WIDTH * min(3, max(1, doc.get("overlay_images", 1)))
+            parts.append(f'<a href="{href}/overlay.png"><img src="{href}/overlay.png" width="{width}" '
                          f'alt="overlay of study {escape(doc["study"])}"></a>')
         parts.append(f'<p><a href="{href}/report.txt">report.txt</a> &middot; '
                      f'<a href="{href}/findings.json">findings.json</a></p></div>')
         parts.append("<table><tr><th>level</th><th>finding</th><th>p(herniation)</th><th>status</th></tr>")
         for level, finding, p, status in _level_rows(doc):
             cls = ' class="bad"' if finding.startswith("herniation") else ""
-            st = ' class="warn"' if not level else ""
+            st = ' class="warn"' if level == "-" else ""
             parts.append(f"<tr><td>{escape(level)}</td><td{cls}>{escape(finding)}</td><td>{escape(p)}</td>"
                          f"<td{st}>{escape(status)}</td></tr>")
         parts.append("</table></section>")
