@@ -23,6 +23,7 @@ from spinenet.pipeline.combine import combine
 from spinenet.pipeline.diagnose import Item, diagnose_images, run
 from spinenet.pipeline.models import CropSettings, Predictor, Preprocessing
 from spinenet.roi import assign_levels, crop_roi, disc_boxes, enlarge_box
+from tests.conftest import SPIDER, requires_spider
 
 SAG_LABELS = ["healthy", "L4-L5", "L5-S1"]
 AX_LABELS = ["healthy", "bulge", "central", "left", "right"]
@@ -64,7 +65,10 @@ def _expected_crop(image, box, crop: CropSettings) -> bytes:
 
 
 def _slice_with_discs(n: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A sagittal spine mask: ``n`` discs stacked between vertebral bodies, a canal behind them."""
     mask = np.zeros((size, size), np.uint8)
+    mask[2 : size - 2, size // 2 - 12 : size // 2 + 12] = 2  # vertebral column
+    mask[2 : size - 2, size // 2 + 16 : size // 2 + 22] = 3  # canal
     for k in range(n):
         cy = int(size * (k + 1) / (n + 1))
         cv2.ellipse(mask, (size // 2, cy), (14, 3), 0, 0, 360, 1, -1)
@@ -178,7 +182,12 @@ def test_phantom_study_gives_its_finding(phantom_study, tmp_path):
     report = (tmp_path / "out" / "P1" / "report.txt").read_text()
     assert "L5-S1: herniation, left" in report
     overlay = cv2.imread(str(tmp_path / "out" / "P1" / "overlay.png"))
-    assert overlay is not None and overlay.shape[0] == 256 and overlay.shape[1] > 2 * 256 - 10
+    # drawn at the source's resolution, small sources (128 px) enlarged to 512 px tall, both images side by side
+    assert overlay is not None and overlay.shape[0] == 512 and overlay.shape[1] == 2 * 512 + 4
+    # the herniation probability of each level, not the probability of the predicted class
+    assert "L4-L5: no herniation, p(herniation) 0.00" in report and "L5-S1: herniation, p(herniation) 1.00" in report
+    assert "class probabilities: healthy 0.00, L4-L5 0.00, L5-S1 1.00" in report  # 3 classes: each named
+    assert "p(herniation) = 1 - p(healthy)" in report
 
     blank_doc = json.loads((tmp_path / "out" / "P2" / "findings.json").read_text())
     assert blank_doc["images"][0]["status"].startswith("no disc found") and blank_doc["findings"] == {}
@@ -212,7 +221,7 @@ CLS_OVERRIDES = ["experiment=cls/sustersic2022_sagittal"]
 PHI = {"PatientName": "DOE^JANE", "PatientID": "PID-12345", "PatientBirthDate": "19700101"}
 
 
-def _write_dicom(folder: Path, images: list[np.ndarray]) -> None:
+def _write_dicom(folder: Path, images: list[np.ndarray], no_pixels: tuple[int, ...] = ()) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -234,7 +243,8 @@ def _write_dicom(folder: Path, images: list[np.ndarray]) -> None:
         ds.Rows, ds.Columns = img.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = (img * 4000).astype(np.uint16).tobytes()
+        if k not in no_pixels:
+            ds.PixelData = (img * 4000).astype(np.uint16).tobytes()
         ds.save_as(folder / f"IM{k}", enforce_file_format=True)
 
 
@@ -347,3 +357,199 @@ def test_an_axial_slice_reaches_the_classifier_with_its_given_level():
     got = [diagnose_images([image], "axial", seg, cls, image_levels=[lv])[0]["discs"][0]["class"]
            for lv in ("L4-L5", "L5-S1", None)]
     assert got == ["left", "healthy", "healthy"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fault isolation, "I don't know", study folders, what people read
+# ---------------------------------------------------------------------------------------------------------
+def _png(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), (np.clip(image, 0, 1) * 255).astype(np.uint8))
+    return path
+
+
+def test_a_folder_with_bad_files_is_diagnosed_file_by_file(phantom_study, checkpoints, tmp_path, capsys):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    from spinenet.errors import EXIT_PARTIAL
+
+    src = tmp_path / "scans"
+    good = _png(src / "good.png", phantom_study["sagittal"][0])
+    (src / "zero.png").write_bytes(b"")
+    data = good.read_bytes()
+    (src / "truncated.png").write_bytes(data[: len(data) // 2])
+    (src / "notes.txt").write_text("not an image")
+    ds = Dataset()  # a DICOM file without pixel data (and without an image: no Rows/Columns)
+    ds.Modality, ds.SOPClassUID, ds.SOPInstanceUID = "MR", MRImageStorage, generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = MRImageStorage, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(src / "nopixels.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    rc = cli_main(["diagnose", str(src), "--segmenter", str(checkpoints["seg"]), "--classifier",
+                   str(checkpoints["cls"]), "--out", str(out), "--no-progress"])
+    assert rc == EXIT_PARTIAL
+    summary = json.loads((out / "summary.json").read_text())
+    by_file = {r["file"]: r for r in summary["inputs"]}
+    assert set(by_file) == {"good.png", "zero.png", "truncated.png", "notes.txt", "dicom_file_000"}
+    assert by_file["zero.png"]["status"] == "failed" and by_file["zero.png"]["reason"] == "empty file (0 bytes)"
+    assert by_file["truncated.png"]["reason"].startswith("truncated or corrupt PNG")
+    assert by_file["notes.txt"]["status"] == "skipped" and "not an image (.txt" in by_file["notes.txt"]["reason"]
+    assert by_file["dicom_file_000"]["status"] in ("failed", "skipped")
+    assert "DICOM file without" in by_file["dicom_file_000"]["reason"]
+    assert by_file["good.png"]["status"] not in ("failed", "skipped")  # the good image was diagnosed
+    assert (out / "good" / "findings.json").is_file() and (out / "good" / "overlay.png").is_file()
+    assert json.loads((out / "zero" / "findings.json").read_text())["images"][0]["reason"] == "empty file (0 bytes)"
+    assert "empty file (0 bytes)" in (out / "zero" / "report.txt").read_text()
+    page = (out / "index.html").read_text()
+    assert "empty file (0 bytes)" in page and "truncated or corrupt PNG" in page and "notes.txt" in page
+    printed = capsys.readouterr().out
+    assert f"diagnose: 5 inputs, 1 {by_file['good.png']['status'].split(' for')[0]}" in printed
+    assert "2 failed" in printed or "3 failed" in printed
+    assert f"(see {out / 'summary.json'})" in printed.strip().splitlines()[-1]
+
+
+def test_a_dicom_slice_without_pixel_data_is_listed(phantom_study, checkpoints, tmp_path):
+    from spinenet.utils.privacy import scan_for_phi
+
+    s_img = phantom_study["sagittal"][0]
+    _write_dicom(tmp_path / "DOE_JANE_dicom", [s_img, s_img, s_img], no_pixels=(1,))
+    out = tmp_path / "out"
+    rc = cli_main(["diagnose", str(tmp_path / "DOE_JANE_dicom"), "--segmenter", str(checkpoints["seg"]),
+                   "--classifier", str(checkpoints["cls"]), "--out", str(out), "--no-progress"])
+    assert rc == 3
+    images = json.loads((out / "study1" / "findings.json").read_text())["images"]
+    assert [im["image"] for im in images] == ["series1_slice_000", "series1_slice_001", "series1_slice_002"]
+    assert images[1]["status"] == "failed" and images[1]["reason"] == "DICOM file without pixel data"
+    assert images[0]["status"] != "failed" and images[2]["status"] != "failed"
+    assert scan_for_phi(out, [*PHI.values(), "DOE", "JANE"]) == []
+
+
+def _stub_run(tmp_path, items, pairs, classes=4):
+    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+
+    def net(x):
+        return torch.zeros((len(x), len(SAG_LABELS)))
+
+    cls = Predictor(net, Preprocessing("classification", [32, 32], classes=SAG_LABELS, crop=crop), Path("c"))
+    seg = stub_segmenter(pairs, classes=classes, size=128)
+    return run(items, {"sagittal": seg}, {"sagittal": cls}, tmp_path / "out", batch_size=2, progress=False)
+
+
+def test_axial_slice_and_noise_given_as_sagittal_name_no_level(phantom_study, tmp_path):
+    """An axial slice through the sagittal pipeline once gave 12 "discs" T6-T7..L5-S1, status ok."""
+    s_img, s_mask = phantom_study["sagittal"]
+    a_img, a_mask = phantom_study["axial"]
+    rng = np.random.default_rng(0)
+    noise = rng.random((128, 128)).astype(np.float32)
+    # what a segmenter makes of noise: blobs of every class wherever the smoothed noise is bright or dark
+    smooth = cv2.GaussianBlur(noise, (0, 0), 3)
+    noise_mask = np.digitize(smooth, np.quantile(smooth, [0.55, 0.7, 0.85])).astype(np.int64)
+    twelve, twelve_mask = _slice_with_discs(12)
+    items = [Item("sag", "sag.png", "sagittal", lambda: s_img), Item("ax", "ax.png", "sagittal", lambda: a_img),
+             Item("noise", "noise.png", "sagittal", lambda: noise),
+             Item("twelve", "twelve.png", "sagittal", lambda: twelve)]
+    pairs = [(s_img, s_mask), (a_img, a_mask), (noise, noise_mask), (twelve, twelve_mask)]
+    summary = _stub_run(tmp_path, items, pairs)
+    status = {r["file"]: r for r in summary["inputs"]}
+    assert status["sag.png"]["status"] == "ok"
+    for name in ("ax.png", "noise.png", "twelve.png"):
+        assert status[name]["status"] == "implausible for sagittal", (name, status[name])
+    assert "vertebra above and below" in status["ax.png"]["reason"]
+    assert "12 disc regions" in status["twelve.png"]["reason"]
+    assert summary["status_counts"]["implausible"] == 3
+    for study in ("ax", "noise", "twelve"):
+        doc = json.loads((tmp_path / "out" / study / "findings.json").read_text())
+        assert doc["findings"] == {} and doc["images"][0]["discs"] == []
+        report = (tmp_path / "out" / study / "report.txt").read_text()
+        assert f"{study}.png: implausible for sagittal, no level named (" in report
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert page.count("implausible for sagittal") >= 3
+    # and the other way round: a sagittal slice is not one axial disc
+    from spinenet.pipeline.diagnose import checked_disc_boxes
+
+    assert "separate disc regions" in checked_disc_boxes(s_mask, "axial", 1, 20, ["background", "disc",
+                                                                                   "canal", "posterior"])[2]
+    assert checked_disc_boxes(a_mask, "axial", 1, 20, ["background", "disc", "canal", "posterior"])[2] is None
+
+
+@requires_spider
+def test_spider_ground_truth_slices_are_plausible_sagittal_spines():
+    """Ground-truth masks of real SPIDER slices through the same check: every slice of 12 patients passes
+    (patient 50's slices, with a disc-labelled piece below L5-S1 that would rename every level, do not)."""
+    import pandas as pd
+
+    from spinenet.pipeline.diagnose import checked_disc_boxes
+
+    root = SPIDER / "seg_t2space"
+    rows = pd.read_csv(root / "manifest.csv", dtype=str)
+    names = ["background", "disc", "vertebra", "canal"]
+    kept = rows[rows.patient_id.isin(sorted(set(rows.patient_id) - {"50"})[:12])]
+    for row in kept.itertuples():
+        mask = read_mask(root / row.mask, [0, 29, 76, 150])
+        boxes, _, why = checked_disc_boxes(mask, "sagittal", 1, 20, names)
+        assert why is None and 5 <= len(boxes) <= 10, (row.mask, why)
+    mask = read_mask(root / "masks" / "50_t2_SPACE_slice86.png", [0, 29, 76, 150])
+    assert "no vertebra between" in checked_disc_boxes(mask, "sagittal", 1, 20, names)[2]
+
+
+def test_study_ids_keep_distinct_folders_inside_out(phantom_study, tmp_path):
+    from spinenet.pipeline.diagnose import study_folders
+
+    folders = study_folders(["AB 123", "AB_123", "p/1", "p_1", "../x", "..", "summary.json", "ab_123"])
+    assert len(set(f.lower() for f in folders.values())) == len(folders)
+    assert folders["p_1"] == "p_1" and folders["p/1"].startswith("p_1-")
+    assert all("/" not in f and not f.startswith(".") for f in folders.values())
+
+    s_img, s_mask = phantom_study["sagittal"]
+    ids = ["AB 123", "AB_123", "p/1", "p_1", "../x", "<b>&x"]
+    items = [Item(i, f"{k}.png", "sagittal", lambda: s_img) for k, i in enumerate(ids)]
+    items.append(_stub_item_missing())
+    summary = _stub_run(tmp_path, items, [(s_img, s_mask)])
+    out = tmp_path / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written beside --out
+    mapping = summary["study_folders"]
+    assert set(mapping) == {*ids, "P9"} and len(set(mapping.values())) == len(mapping)
+    for raw, folder in mapping.items():
+        doc = json.loads((out / folder / "findings.json").read_text())
+        assert doc["study"] == raw and doc["folder"] == folder
+    assert {r["file"]: r["status"] for r in summary["inputs"]}["missing.png"] == "failed"
+    page = (out / "index.html").read_text()
+    assert "&lt;b&gt;&amp;x" in page and "<b>&x" not in page
+    assert f'<img src="{mapping["AB_123"]}/overlay.png" width="240"' in page
+    assert "<script" not in page and "http" not in page
+
+
+def _stub_item_missing() -> Item:
+    from spinenet.pipeline.diagnose import _unloadable
+
+    return _unloadable("P9", "missing.png", "sagittal", "failed", "manifest line 3: file not found under x")
+
+
+def test_labels_never_overlap_and_grow_with_the_image():
+    from spinenet.utils.overlay import draw_labels, label_style
+
+    rgb = np.zeros((512, 300, 3), np.uint8)
+    boxes = draw_labels(rgb, [((100, 200 + k, 180, 210 + k), f"L{k} healthy p(hern) 0.10", (0, 255, 0))
+                              for k in range(6)])
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    assert label_style(2048)[0] > label_style(512)[0] and label_style(2048)[1] > label_style(512)[1]
+
+
+def test_phantom_ground_truth_is_plausible_in_its_own_view_only(tiny_phantom):
+    import pandas as pd
+
+    from spinenet.pipeline.diagnose import checked_disc_boxes
+
+    names = {"sagittal": ["background", "disc", "vertebra", "canal"],
+             "axial": ["background", "disc", "canal", "posterior"]}
+    for view, root in tiny_phantom.items():
+        for row in pd.read_csv(root / "manifest.csv", dtype=str).itertuples():
+            mask = read_mask(root / row.mask, [0, 85, 170, 255])
+            # 64 px images: discs of a few dozen pixels, so a smaller min_area than diagnose's default
+            assert checked_disc_boxes(mask, view, 1, 5, names[view])[2] is None, (view, row.mask)
+            other = "axial" if view == "sagittal" else "sagittal"
+            assert checked_disc_boxes(mask, other, 1, 5, names[other])[2], (view, "as", other, row.mask)

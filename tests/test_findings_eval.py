@@ -265,3 +265,31 @@ def test_phantom_diagnose_then_findings_eval(tmp_path, capsys):
     assert all(by_patient[p]["call"] == by_patient[p]["truth"] for p in ok)
     assert r["four_way"]["correct"] == len(ok) + int(truth[flipped] == "healthy") + int(truth[blank] == "healthy")
     assert "evaluation written" in capsys.readouterr().out
+
+
+def test_unreadable_findings_are_listed_and_the_rest_scored(hand_built, tmp_path, capsys):
+    findings, truth, *_ = hand_built
+    (findings / "broken").mkdir()
+    (findings / "broken" / "findings.json").write_text('{"format": "spinenet-find')  # cut short
+    (findings / "empty").mkdir()
+    (findings / "empty" / "findings.json").write_text("")
+    # a study whose only image the segmentation check refused: no finding, listed as such
+    doc = json.loads((findings / "8" / "findings.json").read_text())
+    doc["images"] = [{"image": "8_t2.png", "status": "implausible for sagittal", "reason": "12 disc regions"}]
+    (findings / "8" / "findings.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="broken"):
+        from spinenet.pipeline.evaluate import load_findings
+
+        load_findings(findings)
+    rc = cli_main(["findings-eval", "--findings", str(findings), "--truth", str(truth), "--bootstrap", "0",
+                   "--out", str(tmp_path / "eval.json")])
+    assert rc == 3
+    r = json.loads((tmp_path / "eval.json").read_text())
+    assert r["patients"]["evaluated"] == 11  # every readable study scored
+    assert sorted(Path(u["file"]).parent.name for u in r["unreadable_findings"]) == ["broken", "empty"]
+    assert {Path(u["file"]).parent.name: u["reason"] for u in r["unreadable_findings"]}["empty"] == \
+        "empty file (0 bytes)"
+    assert r["unassessed_studies"] == [{"patient": "8", "study": "8", "images": [
+        {"image": "8_t2.png", "status": "implausible for sagittal", "reason": "12 disc regions"}]}]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("findings-eval: 13 findings files, 11 read, 2 unreadable, 1 evaluated studies")

@@ -13,9 +13,16 @@ for one study), a DICOM folder (one study per StudyInstanceUID, slices sorted al
 view taken from the slice orientation when recorded), or ``--manifest CSV`` whose ``--study-col`` groups
 images (e.g. a patient's axial and sagittal slices) into studies.
 
-Outputs in ``--out``: per study ``<study>/findings.json``, ``<study>/overlay.png`` (masks, boxes, labels;
-up to 8 images side by side) and ``<study>/report.txt``; ``findings.csv`` (every disc) and
-``summary.json``. Privacy: nothing from a DICOM header but :func:`~spinenet.utils.privacy.safe_dicom_metadata`
+Before levels are named the segmentation is checked against the view (:mod:`spinenet.pipeline.plausibility`);
+an implausible image gets status ``implausible for <view>``, its reason, and no finding.
+
+Faults stay with their input (:func:`diagnose_chunk`): an unreadable file is ``failed``, a file that is not an
+image ``skipped``, each with its reason; the others are diagnosed, and the CLI exits with ``EXIT_PARTIAL``.
+
+Outputs in ``--out``: per study ``<folder>/findings.json``, ``<folder>/overlay.png`` (masks, boxes, labels at
+the image's resolution, at least 512 px tall; up to 8 images side by side) and ``<folder>/report.txt``
+(folder: :func:`study_folders`); ``findings.csv`` (every disc), ``summary.json`` (counts, every input's status
+and reason, study id -> folder) and ``index.html``. Privacy: nothing from a DICOM header but :func:`~spinenet.utils.privacy.safe_dicom_metadata`
 is written; DICOM studies are named ``study1``, ``study2``... and their slices ``slice_000``...; file paths
 of DICOM inputs are never written.
 """
@@ -36,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spinenet.errors import ConfigError, DataError
+from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, DataError
 from spinenet.pipeline.combine import (
     UNKNOWN_LEVEL,
     best_per_level,
@@ -45,6 +52,7 @@ from spinenet.pipeline.combine import (
     is_herniated,
 )
 from spinenet.pipeline.models import Predictor, load_predictor, prepare_inputs
+from spinenet.pipeline.plausibility import axial_implausibility, merge_fragments, sagittal_implausibility
 from spinenet.roi import (
     Box,
     assign_levels,
@@ -63,6 +71,7 @@ VIEWS = ("sagittal", "axial")
 ENGINES = ("torch", "onnxruntime")
 FINDINGS_FORMAT = "spinenet-findings"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
+NO_DISC = "no disc found"
 DISCLAIMER = "Research software: not a medical device; findings need a radiologist's review."
 
 
@@ -111,6 +120,20 @@ def classify_crops(
     return np.concatenate(out)
 
 
+def checked_disc_boxes(
+    mask: np.ndarray, view: str, disc_class: int, min_area: int, mask_classes: Sequence[str]
+) -> tuple[list[Box], list[dict[str, Any]], str | None]:
+    """The disc boxes levels are named on (sagittal: implausible components left out and listed, pieces of
+    one disc merged; axial: the largest), and why the mask is implausible for ``view`` (None when it is not)."""
+    boxes = disc_boxes(mask, disc_class, min_area)
+    if view == "axial":
+        implausible = axial_implausibility(mask, disc_class, mask_classes, min_area)
+        return ([max(boxes, key=lambda b: b.area)] if boxes else []), [], implausible
+    boxes, rejected = plausible_sagittal_discs(boxes)
+    boxes = merge_fragments(boxes)
+    return boxes, rejected, sagittal_implausibility(mask, boxes, mask_classes)
+
+
 def find_discs(
     image: np.ndarray,
     mask: np.ndarray,
@@ -118,18 +141,18 @@ def find_discs(
     classifier: Predictor,
     disc_class: int,
     min_area: int,
-) -> tuple[list[dict[str, Any]], list[np.ndarray], list[dict[str, Any]]]:
-    """Discs of one image (level, boxes, whether classified), the crops of those to classify, and the sagittal
-    components that cannot be discs (left out before levels are named)."""
+    mask_classes: Sequence[str] = (),
+) -> tuple[list[dict[str, Any]], list[np.ndarray], list[dict[str, Any]], str | None]:
+    """Discs of one image (level, boxes, whether classified), the crops of those to classify, the sagittal
+    components that cannot be discs (left out before levels are named), and why the segmentation is
+    implausible for ``view`` (then no disc is returned: no level is named on a slice that is not a spine in
+    that view; ``mask_classes``: the segmenter's class names, see :mod:`spinenet.pipeline.plausibility`)."""
     crop = classifier.prep.crop
     assert crop is not None
-    boxes = disc_boxes(mask, disc_class, min_area)
-    if view == "axial":
-        boxes = [max(boxes, key=lambda b: b.area)] if boxes else []
-        levels, rejected = [""] * len(boxes), []
-    else:
-        boxes, rejected = plausible_sagittal_discs(boxes)
-        levels = assign_levels(boxes)
+    boxes, rejected, implausible = checked_disc_boxes(mask, view, disc_class, min_area, mask_classes)
+    if implausible:
+        return [], [], rejected, implausible
+    levels = [""] * len(boxes) if view == "axial" else assign_levels(boxes)
     discs, crops = [], []
     for box, level in zip(boxes, levels, strict=True):
         roi: Box = square_box(box, image.shape) if crop.square else box
@@ -140,7 +163,7 @@ def find_discs(
         if classified:
             crops.append(crop_roi(image, roi, crop.size, crop.clahe))
         discs.append(disc)
-    return discs, crops, rejected
+    return discs, crops, rejected, None
 
 
 def diagnose_images(
@@ -155,7 +178,8 @@ def diagnose_images(
     image_levels: Sequence[str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per image: ``mask`` and ``discs`` (level, box, crop_box, class, probability, probabilities,
-    p_herniation; discs outside the classifier's levels have ``classified: False``) and ``status``.
+    p_herniation; discs outside the classifier's levels have ``classified: False``), ``status`` (``ok``,
+    ``no disc found`` or ``implausible for <view>``) and, unless ok, ``reason``.
     ``image_levels``: each image's level when known beforehand (axial slices), for a classifier's level prior."""
     if view not in VIEWS:
         raise ConfigError(f"--view: choose one of {', '.join(VIEWS)}, got {view!r}")
@@ -172,13 +196,14 @@ def diagnose_images(
         per_image, crops, levels = [], [], []
         given = list(image_levels[start : start + batch_size]) if image_levels else [None] * len(chunk)
         for img, mask, known in zip(chunk, masks, given, strict=True):
-            discs, c, dropped = find_discs(img, mask, view, classifier, dc, min_area)
-            per_image.append((discs, dropped))
+            discs, c, dropped, implausible = find_discs(img, mask, view, classifier, dc, min_area,
+                                                        segmenter.prep.classes)
+            per_image.append((discs, dropped, implausible))
             crops += c
             # sagittal discs are named bottom-up; an axial slice's level comes with the input (--level-col)
             levels += [d["level"] or known or "" for d in discs if d["classified"]]
         probs = iter(classify_crops(crops, classifier, max(batch_size, 1) * 8, levels))
-        for mask, (discs, dropped) in zip(masks, per_image, strict=True):
+        for mask, (discs, dropped, implausible) in zip(masks, per_image, strict=True):
             for d in discs:
                 if not d["classified"]:
                     continue
@@ -188,8 +213,12 @@ def diagnose_images(
                 d["class"], d["probability"] = labels[k], round(float(p[k]), 4)
                 d["p_herniation"] = round(herniation_probability(view, d["probabilities"]), 4)
                 d["herniated"] = is_herniated(view, d["class"])
-            status = "ok" if discs else f"no disc found (no disc contour of >= {min_area} pixels)"
-            results.append({"mask": mask, "discs": discs, "status": status, "view": view, "rejected": dropped})
+            res = {"mask": mask, "discs": discs, "status": "ok", "view": view, "rejected": dropped}
+            if implausible:
+                res.update(status=f"implausible for {view}", reason=implausible)
+            elif not discs:
+                res.update(status=NO_DISC, reason=f"no disc contour of >= {min_area} pixels")
+            results.append(res)
         if progress is not None:
             progress(len(chunk))
     return results
@@ -200,24 +229,109 @@ def diagnose_images(
 # ---------------------------------------------------------------------------------------------------------
 @dataclass
 class Item:
-    """One image to diagnose: where its pixels come from and which study, view and level it belongs to."""
+    """One input file: where its pixels come from and which study, view and level it belongs to.
+
+    ``study`` is the raw study id (a file name, manifest value or ``study1``...); its output folder is
+    :func:`study_folders`'. An input that cannot be diagnosed at all has ``status`` ``skipped`` (not an image)
+    or ``failed`` and a ``reason``; it is listed in ``summary.json`` and ``index.html``, never dropped silently.
+    """
 
     study: str
-    name: str  # written to the outputs: a file name, never a DICOM header value
+    name: str  # written to the outputs: a file name, never a DICOM header value or a DICOM file's path
     view: str
     load: Callable[[], np.ndarray]
     level: str | None = None
     dicom: dict[str, Any] = field(default_factory=dict)
+    status: str = ""
+    reason: str | None = None
 
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "study"
 
 
+# output names diagnose writes next to the study folders; a study may not take one of them
+RESERVED_NAMES = ("findings.csv", "summary.json", "index.html", "eval.json")
+MAX_FOLDER_CHARS = 80
+
+
+def study_folders(studies: Iterable[str]) -> dict[str, str]:
+    """Raw study id -> output folder name: file-name safe, distinct, never ``.``/``..``; a short hash of the
+    raw id is appended where making it safe changed it or where it would collide (``AB 123`` and ``AB_123``,
+    ``p/1`` and ``p_1``, or two ids differing only in case on a case-insensitive disk)."""
+    import hashlib
+
+    raw = list(dict.fromkeys(studies))
+    base = {s: _safe(s).lstrip(".")[:MAX_FOLDER_CHARS] or "study" for s in raw}
+    # an id that is a safe name already keeps it, unless another such id differs from it only in case
+    plain = [s for s in raw if base[s] == s and s.lower() not in RESERVED_NAMES]
+    lowered = [s.lower() for s in plain]
+    keep = {s for s in plain if lowered.count(s.lower()) == 1}
+    out: dict[str, str] = {s: s for s in keep}
+    used = {s.lower() for s in keep}
+    for s in raw:
+        if s in keep:
+            continue
+        digest = hashlib.sha1(s.encode("utf-8")).hexdigest()
+        k = 8
+        name = f"{base[s]}-{digest[:k]}"
+        while name.lower() in used:  # practically never: a longer hash
+            k += 4
+            name = f"{base[s]}-{digest[:k]}"
+        used.add(name.lower())
+        out[s] = name
+    return {s: out[s] for s in raw}
+
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def read_failure(path: Path, error: Exception) -> str:
+    """A short reason why ``path`` could not be read, without its folder (DICOM folders may be named after
+    the patient): empty, truncated or corrupt, not an image, DICOM without pixel data."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        return f"cannot read the file ({e.strerror or e})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    from spinenet.data.io import is_dicom
+
+    if is_dicom(path):
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(path, force=True)
+            if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+                return "DICOM file without pixel data"
+        except Exception:  # noqa: BLE001 - any pydicom failure means the same to the user
+            return f"not a readable DICOM file ({size} bytes)"
+        return "cannot decode the DICOM pixel data" + (f": {error}".replace(str(path), "<file>") if error else "")
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
+    if kind:
+        return f"truncated or corrupt {kind} ({size} bytes)"
+    return f"not a readable image (no PNG, JPEG, TIFF or DICOM signature; {size} bytes)"
+
+
 def _loader(path: Path) -> Callable[[], np.ndarray]:
     from spinenet.data.io import read_image
 
-    return lambda: read_image(path)
+    def load() -> np.ndarray:
+        try:
+            return read_image(path)
+        except Exception as e:  # noqa: BLE001 - OpenCV, PIL and pydicom raise many types for a bad file
+            raise DataError(read_failure(path, e)) from e
+
+    return load
+
+
+def _unloadable(study: str, name: str, view: str, status: str, reason: str) -> Item:
+    def load() -> np.ndarray:
+        raise DataError(reason)
+
+    return Item(study, name, view, load, status=status, reason=reason)
 
 
 def _dicom_view(header: Any, default: str) -> str:
@@ -231,29 +345,56 @@ def _dicom_view(header: Any, default: str) -> str:
     return {0: "sagittal", 2: "axial"}.get(axis, default)
 
 
-def dicom_items(folder: Path, view: str, view_given: bool, study: str | None) -> list[Item]:
-    """Slices of every DICOM series under ``folder``; one study per StudyInstanceUID (named study1...)."""
-    from spinenet.data.importers import _find_dicom_series, _sort_dicom
+def dicom_items(
+    folder: Path, view: str, view_given: bool, study: str | None, files: Sequence[Path] | None = None
+) -> list[Item]:
+    """Slices of every DICOM series among ``files`` (default: every file under ``folder``); one study per
+    StudyInstanceUID (named study1...). A file that is not a readable DICOM image is a failed item named
+    ``dicom_file_NNN`` (its place among the DICOM files sorted by path: their paths are never written)."""
+    import pydicom
+
+    from spinenet.data.importers import _DicomFile, _sort_dicom
     from spinenet.utils.privacy import safe_dicom_metadata
 
-    groups, _ = _find_dicom_series(folder)
+    if files is None:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                       and p.name.upper() != "DICOMDIR")
+    groups: dict[str, list[Any]] = {}
+    items: list[Item] = []
+    for k, path in enumerate(files):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:  # noqa: BLE001 - pydicom raises many types for a file that is not DICOM
+            items.append(_unloadable("", f"dicom_file_{k:03d}", view, "failed", read_failure(path, e)))
+            continue
+        if "Rows" not in ds or "Columns" not in ds:  # structured reports, presentation states ...
+            items.append(_unloadable("", f"dicom_file_{k:03d}", view, "skipped",
+                                     "DICOM file without an image (no Rows/Columns: a report or presentation "
+                                     "state?)"))
+            continue
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")) or str(path.parent), []).append(_DicomFile(path, ds))
     studies: dict[str, str] = {}
     series_count: dict[str, int] = {}
-    items = []
-    for uid, files in groups.items():
-        files, _ = _sort_dicom(files, "the input folder")
-        header = files[0].ds
+    for uid, series in groups.items():
+        header = series[0].ds
         key = str(header.get("StudyInstanceUID", "") or uid)
         name = study or studies.setdefault(key, f"study{len(studies) + 1}")
         series_view = view if view_given else _dicom_view(header, view)
         series_no = series_count[name] = series_count.get(name, 0) + 1
+        try:
+            series, _ = _sort_dicom(series, "the input folder")
+        except DataError as e:  # mixed orientations, duplicate positions: the series as a whole is not usable
+            items += [_unloadable(name, f"series{series_no}_slice_{k:03d}", series_view, "failed", str(e))
+                      for k in range(len(series))]
+            continue
         meta = safe_dicom_metadata(header)
-        for k, f in enumerate(files):
+        for k, f in enumerate(series):
             items.append(Item(name, f"series{series_no}_slice_{k:03d}", series_view, _loader(f.path), dicom=meta))
     return items
 
 
 def manifest_items(args: argparse.Namespace) -> list[Item]:
+    """One item per manifest row; a row whose image is missing is a failed item (the others still run)."""
     import pandas as pd
 
     csv = Path(args.manifest)
@@ -266,23 +407,26 @@ def manifest_items(args: argparse.Namespace) -> list[Item]:
         raise DataError(f"{csv}: missing column(s) {absent}; its columns are: {', '.join(df.columns)}")
     items, problems = [], []
     for i, row in enumerate(df.to_dict("records")):
-        path = csv.parent / row[args.image_col]
-        if not path.is_file():
-            problems.append(f"line {i + 2}: image {row[args.image_col]!r} not found under {csv.parent}")
-            continue
         view = row[args.view_col] if args.view_col else args.view
         if view not in VIEWS:
             problems.append(f"line {i + 2}: view {view!r} is not one of {', '.join(VIEWS)}")
             continue
         study = args.study or (row[args.study_col] if args.study_col else Path(row[args.image_col]).stem)
         level = (row[args.level_col] or None) if args.level_col else None
-        items.append(Item(_safe(study), row[args.image_col], view, _loader(path), level=level))
+        path = csv.parent / row[args.image_col]
+        if not path.is_file():
+            items.append(_unloadable(study, row[args.image_col], view, "failed",
+                                     f"manifest line {i + 2}: file not found under {csv.parent}"))
+            continue
+        items.append(Item(study, row[args.image_col], view, _loader(path), level=level))
     if problems:
         raise DataError(f"{csv}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:10]))
     return items
 
 
 def collect_items(args: argparse.Namespace) -> list[Item]:
+    """The inputs of a run: every file of a folder becomes an item (images; DICOM slices grouped into
+    series; other files ``skipped`` with the reason); hidden files and DICOMDIR indexes are ignored."""
     from spinenet.data.io import is_dicom
 
     if args.manifest:
@@ -295,18 +439,29 @@ def collect_items(args: argparse.Namespace) -> list[Item]:
     if src.is_file():
         if is_dicom(src):
             return dicom_items_from_file(src, args)
-        return [Item(_safe(args.study or src.stem), src.name, args.view, _loader(src))]
-    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if any(is_dicom(p) and p.suffix.lower() not in IMAGE_SUFFIXES[:5] for p in files):
-        return dicom_items(src, args.view, args.view_given, args.study)
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        raise DataError(f"{src}: no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM files found")
-    return [
-        Item(_safe(args.study or p.relative_to(src).with_suffix("").as_posix()), p.relative_to(src).as_posix(),
-             args.view, _loader(p))
-        for p in images
-    ]
+        return [Item(args.study or src.stem, src.name, args.view, _loader(src))]
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.name.upper() != "DICOMDIR")
+    raster = {p for p in files if p.suffix.lower() in IMAGE_SUFFIXES[:5] and not is_dicom(p)}
+    dicoms = [p for p in files if p not in raster and is_dicom(p)]
+    items: list[Item] = []
+    if dicoms:
+        items += dicom_items(src, args.view, args.view_given, args.study, dicoms)
+    dicom_set = set(dicoms)
+    for k, p in enumerate(files):
+        rel = p.relative_to(src).as_posix()
+        if p in raster:
+            items.append(Item(args.study or p.relative_to(src).with_suffix("").as_posix(), rel, args.view,
+                              _loader(p)))
+        elif p not in dicom_set:
+            # in a DICOM folder, named by place, not path: DICOM folders may carry the patient's name
+            name = f"other_file_{k:03d}{p.suffix.lower()[:8]}" if dicoms and not raster else rel
+            items.append(_unloadable("", name, args.view, "skipped",
+                                     f"not an image ({p.suffix.lower() or 'no suffix'}; diagnose reads "
+                                     f"{', '.join(IMAGE_SUFFIXES)} and DICOM)"))
+    if not items:
+        raise DataError(f"{src}: no files in it (hidden files and DICOMDIR are ignored)")
+    return items
 
 
 def dicom_items_from_file(path: Path, args: argparse.Namespace) -> list[Item]:
@@ -314,7 +469,10 @@ def dicom_items_from_file(path: Path, args: argparse.Namespace) -> list[Item]:
 
     from spinenet.utils.privacy import safe_dicom_metadata
 
-    header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types
+        return [_unloadable(args.study or "study1", "slice_000", args.view, "failed", read_failure(path, e))]
     view = args.view if args.view_given else _dicom_view(header, args.view)
     return [Item(args.study or "study1", "slice_000", view, _loader(path), dicom=safe_dicom_metadata(header))]
 
@@ -322,36 +480,49 @@ def dicom_items_from_file(path: Path, args: argparse.Namespace) -> list[Item]:
 # ---------------------------------------------------------------------------------------------------------
 # outputs
 # ---------------------------------------------------------------------------------------------------------
-def _overlay(image: np.ndarray, result: dict[str, Any], height: int = 256) -> np.ndarray:
-    from spinenet.utils.overlay import overlay_mask
+MIN_OVERLAY_HEIGHT = 512
+THUMBNAIL_WIDTH = 240  # per image of the overlay, up to 3 images
+STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
+
+
+def _overlay(image: np.ndarray, result: dict[str, Any], min_height: int = MIN_OVERLAY_HEIGHT) -> np.ndarray:
+    """Masks, disc boxes and level labels over the image at its own resolution (small images enlarged to
+    ``min_height`` px tall), the labels sized for that height and never overlapping each other."""
+    from spinenet.utils.overlay import draw_labels, label_style, overlay_mask
 
     h, w = image.shape[:2]
-    s = max(1.0, height / h)  # enlarge small images so the labels stay readable
+    s = max(1.0, min_height / h)
     size = (round(w * s), round(h * s))
-    img = cv2.resize(np.asarray(image, np.float32), size, interpolation=cv2.INTER_LINEAR)
+    img = np.asarray(image, np.float32)
+    if s != 1.0:
+        img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
     mask = cv2.resize(result["mask"].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     rgb = overlay_mask(img, mask)
+    _, thick = label_style(size[1])
+    labels = []
     for d in result["discs"]:
         x0, y0, x1, y1 = (round(v * s) for v in d["crop_box"])
         bad = d.get("herniated", False)
         colour = (255, 60, 60) if bad else (60, 255, 60) if d["classified"] else (160, 160, 160)
-        cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), colour, 1)
+        cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
         text = d["level"] or ""
         if d["classified"]:
-            text = f"{text} {d['class']} {d['probability']:.2f}".strip()
-        cv2.putText(rgb, text, (min(x1 + 2, size[0] - 60), max(10, y0 + 8)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.35, colour, 1, cv2.LINE_AA)
-    if not result["discs"]:
-        cv2.putText(rgb, "no disc found", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+            text = f"{text} {d['class']} p(hern) {d['p_herniation']:.2f}".strip()
+        labels.append(((x0, y0, x1, y1), text, colour))
+    if result["status"] != STATUS_OK:
+        labels.append(((0, 0, 0, 0), result["status"], (255, 255, 0)))
+    draw_labels(rgb, labels)
     return rgb
 
 
-def _montage(tiles: list[np.ndarray], height: int = 256) -> np.ndarray:
-    resized = [cv2.resize(t, (round(t.shape[1] * height / t.shape[0]), height)) for t in tiles]
-    sep = np.full((height, 4, 3), 255, np.uint8)
+def _montage(tiles: list[np.ndarray]) -> np.ndarray:
+    """Tiles side by side at their own resolution, padded at the bottom to the tallest (no resampling)."""
+    height = max(t.shape[0] for t in tiles)
     parts: list[np.ndarray] = []
-    for t in resized:
-        parts += [t, sep]
+    for t in tiles:
+        if t.shape[0] < height:
+            t = np.concatenate([t, np.zeros((height - t.shape[0], t.shape[1], 3), np.uint8)], axis=0)
+        parts += [t, np.full((height, 4, 3), 255, np.uint8)]
     return np.concatenate(parts[:-1], axis=1)
 
 
@@ -372,25 +543,51 @@ def study_findings(images: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _p_herniation_meaning(view: str, probabilities: dict[str, float]) -> str:
+    from spinenet.pipeline.combine import HERNIATION_SIDES, NEGATIVE_LABELS
+
+    if view == "axial":
+        return "p(" + ") + p(".join(HERNIATION_SIDES) + ")"
+    negative = next((n for n in NEGATIVE_LABELS if n in probabilities), NEGATIVE_LABELS[0])
+    return f"1 - p({negative})"
+
+
 def _report(study: str, doc: dict[str, Any]) -> str:
     views = [im["view"] for im in doc["images"]]
     lines = [f"spinenet diagnosis: study {study}",
              f"{len(views)} image(s): " + ", ".join(f"{views.count(v)} {v}" for v in VIEWS if v in views), ""]
     f = doc["findings"]
+    if f:
+        lines += ["p(herniation): the classifier's probability that the disc is herniated, per level.", ""]
     if "combined" in f:
         lines.append("Combined (sagittal + axial), per level:")
         for c in f["combined"]:
             side = f", {c['side']}" if c["side"] and c["side"] != "diffuse" else ""
-            lines.append(f"  {c['level']}: {c['finding']}{side} (p={c['probability']:.2f}; {c['agreement']})")
+            views_p = "; ".join(f"{v} p(herniation) {c[v]['p_herniation']:.2f}" for v in VIEWS
+                                if c.get(v) and "p_herniation" in c[v])
+            lines.append(f"  {c['level']}: {c['finding']}{side} (probability of this finding "
+                         f"{c['probability']:.2f}; {views_p}; {c['agreement']})")
     for view in VIEWS:
         if view in f:
-            lines.append(f"{view.capitalize()}, per level:")
+            probs = f[view][0].get("probabilities") or {}
+            lines.append(f"{view.capitalize()}, per level (p(herniation) = {_p_herniation_meaning(view, probs)}):")
             for d in f[view]:
                 word = "herniation" if d["herniated"] else "no herniation"
-                lines.append(f"  {d['level'] or UNKNOWN_LEVEL}: {d['class']} ({word}; p={d['probability']:.2f})")
+                line = f"  {d['level'] or UNKNOWN_LEVEL}: {word}, p(herniation) {d['p_herniation']:.2f}"
+                if len(d.get("probabilities") or {}) > 2:  # several classes: every class, named
+                    line += (f" (class {d['class']}; class probabilities: "
+                             + ", ".join(f"{k} {v:.2f}" for k, v in d["probabilities"].items()) + ")")
+                lines.append(line)
     if not f:
         lines.append("No disc was classified.")
-    missing = [im["image"] for im in doc["images"] if not im["discs"]]
+    not_ok = [im for im in doc["images"] if im["status"] != STATUS_OK]
+    implausible = [im for im in not_ok if im["status"].startswith("implausible")]
+    for im in implausible:
+        lines.append(f"{im['image']}: {im['status']}, no level named ({im.get('reason')})")
+    failed = [im for im in not_ok if im["status"] in (STATUS_FAILED, STATUS_SKIPPED)]
+    for im in failed:
+        lines.append(f"{im['image']}: {im['status']} ({im.get('reason')})")
+    missing = [im["image"] for im in not_ok if im["status"] == NO_DISC]
     if missing:
         lines.append(f"No disc found in {len(missing)} image(s): " + ", ".join(missing[:20])
                      + (" ..." if len(missing) > 20 else ""))
@@ -400,30 +597,173 @@ def _report(study: str, doc: dict[str, Any]) -> str:
 
 def _prepare_out(out: Path, studies: Iterable[str], overwrite: bool, inputs: Sequence[Any] = ()) -> None:
     # --overwrite clears only what this command writes, and only in a folder that spinenet wrote
-    prepare_output_dir(out, inputs, overwrite, "diagnose", clear=[*studies, "findings.csv", "summary.json"])
+    prepare_output_dir(out, inputs, overwrite, "diagnose", clear=[*studies, "findings.csv", "summary.json", "index.html"])
 
 
-def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dict[str, str]) -> dict[str, Any]:
-    folder = out / study
-    folder.mkdir(parents=True, exist_ok=True)
+def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dict[str, str],
+                folder: str | None = None) -> dict[str, Any]:
+    """``findings.json``, ``overlay.png`` (images that could be read) and ``report.txt`` of one study in
+    ``out/<folder>`` (default: the study id, which must then be a safe folder name)."""
+    target = out / (folder or study)
+    target.mkdir(parents=True, exist_ok=True)
     public = []
     for im in images:
-        entry = {k: im[k] for k in ("image", "view", "status", "size", "level") if im.get(k) is not None}
+        entry = {k: im[k] for k in ("image", "view", "status", "reason", "size", "level") if im.get(k) is not None}
         entry["discs"] = im["discs"]
         if im.get("rejected"):  # segmented components left out as implausible discs (see find_discs)
             entry["rejected_components"] = im["rejected"]
         if im.get("dicom"):
             entry["dicom"] = im["dicom"]
         public.append(entry)
-    doc = {"format": FINDINGS_FORMAT, "version": 1, "study": study, "models": models, "images": public,
-           "findings": study_findings(images), "disclaimer": DISCLAIMER}
-    (folder / "findings.json").write_text(json.dumps(doc, indent=2) + "\n")
-    tiles = [_overlay(im["pixels"], im) for im in images[:8]]
-    from spinenet.utils.overlay import save_png
+    doc = {"format": FINDINGS_FORMAT, "version": 1, "study": study, "folder": folder or study, "models": models,
+           "images": public, "findings": study_findings(images), "disclaimer": DISCLAIMER}
+    tiles = [_overlay(im["pixels"], im) for im in images if im.get("pixels") is not None][:8]
+    doc["overlay"] = "overlay.png" if tiles else None
+    doc["overlay_images"] = len(tiles)
+    (target / "findings.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if tiles:
+        from spinenet.utils.overlay import save_png
 
-    save_png(_montage(tiles), folder / "overlay.png")
-    (folder / "report.txt").write_text(_report(study, doc))
+        save_png(_montage(tiles), target / "overlay.png")
+    (target / "report.txt").write_text(_report(study, doc))
     return doc
+
+
+def _level_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(level, finding, p(herniation), status) per level of a study, for index.html."""
+    f = doc["findings"]
+    rows = []
+    if "combined" in f:
+        for c in f["combined"]:
+            p = [c[v]["p_herniation"] for v in VIEWS if c.get(v) and "p_herniation" in c[v]]
+            side = f", {c['side']}" if c["side"] and c["side"] != "diffuse" else ""
+            rows.append((c["level"], f"{c['finding']}{side} (combined)",
+                         f"{sum(p) / len(p):.2f}" if p else "", c["agreement"]))
+    else:
+        for view in VIEWS:
+            for d in f.get(view, []):
+                word = "herniation" if d["herniated"] else "no herniation"
+                rows.append((d["level"] or UNKNOWN_LEVEL, f"{word} ({view}: {d['class']})",
+                             f"{d['p_herniation']:.2f}", f"ok ({d['image']})"))
+    for im in doc["images"]:
+        if im["status"] != STATUS_OK:
+            rows.append(("-", "-", "-", f"{im['image']}: {im['status']}" + (f" ({im['reason']})" if im.get("reason")
+                                                                               else "")))
+    return rows
+
+
+def write_index(out: Path, summary: dict[str, Any], docs: Sequence[dict[str, Any]]) -> Path:
+    """``index.html`` over every study: a thumbnail linking to its overlay, its per-level table and the inputs
+    that could not be diagnosed. One file, no scripts, no external assets; every name is HTML-escaped."""
+    from html import escape
+    from urllib.parse import quote
+
+    counts = summary["status_counts"]
+    parts = [
+        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8"><title>spinenet diagnosis</title>',
+        "<style>body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
+        "margin:.5em 0}td,th{border:1px solid #bbb;padding:.2em .6em;text-align:left;vertical-align:top}"
+        "th{background:#eee}section{display:flex;align-items:flex-start;gap:1.5em;border-top:1px solid #ccc;padding:1em 0}"
+        ".bad{color:#a00}.warn{color:#a60}</style></head><body>",
+        "<h1>spinenet diagnosis</h1>",
+        f"<p>{summary['studies']} studies, {len(summary['inputs'])} inputs: "
+        + ", ".join(f"{escape(str(v))} {escape(k)}" for k, v in counts.items() if v) + "</p>",
+        f"<p>Segmenter: {escape(summary['models']['segmenter'])}; classifier: "
+        f"{escape(summary['models']['classifier'])}. p(herniation): the classifier's probability that the disc "
+        "is herniated.</p>",
+        f"<p><em>{escape(DISCLAIMER)}</em></p>",
+    ]
+    for doc in docs:
+        href = quote(doc["folder"])
+        parts.append(f"<section><div><h2>{escape(doc['study'])}</h2>")
+        if doc.get("overlay"):
+            width = THUMBNAIL_WIDTH * min(3, max(1, doc.get("overlay_images", 1)))
+            parts.append(f'<a href="{href}/overlay.png"><img src="{href}/overlay.png" width="{width}" '
+                         f'alt="overlay of study {escape(doc["study"])}"></a>')
+        parts.append(f'<p><a href="{href}/report.txt">report.txt</a> &middot; '
+                     f'<a href="{href}/findings.json">findings.json</a></p></div>')
+        parts.append("<table><tr><th>level</th><th>finding</th><th>p(herniation)</th><th>status</th></tr>")
+        for level, finding, p, status in _level_rows(doc):
+            cls = ' class="bad"' if finding.startswith("herniation") else ""
+            st = ' class="warn"' if level == "-" else ""
+            parts.append(f"<tr><td>{escape(level)}</td><td{cls}>{escape(finding)}</td><td>{escape(p)}</td>"
+                         f"<td{st}>{escape(status)}</td></tr>")
+        parts.append("</table></section>")
+    loose = [r for r in summary["inputs"] if not r["study"]]
+    if loose:
+        parts.append("<h2>Inputs in no study</h2><table><tr><th>file</th><th>status</th><th>reason</th></tr>")
+        parts += [f"<tr><td>{escape(r['file'])}</td><td class=\"warn\">{escape(r['status'])}</td>"
+                  f"<td>{escape(r['reason'] or '')}</td></tr>" for r in loose]
+        parts.append("</table>")
+    parts.append("</body></html>")
+    path = out / "index.html"
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def _failed_record(item: Item, status: str, reason: str | None) -> dict[str, Any]:
+    return {"mask": None, "discs": [], "status": status, "reason": reason, "view": item.view, "rejected": []}
+
+
+def diagnose_chunk(
+    items: Sequence[Item],
+    segmenters: dict[str, Predictor],
+    classifiers: dict[str, Predictor],
+    batch_size: int = 8,
+    disc_class: int | None = None,
+    min_area: int = 20,
+) -> list[dict[str, Any]]:
+    """One status record per item, in order: the unit of work of :func:`run` (load, segment, check, classify).
+
+    Faults stay with their input: a file that cannot be read is ``failed`` with the reason; when a batch
+    fails in the models, its images are run one by one so that only the image at fault fails."""
+    records: list[dict[str, Any] | None] = [None] * len(items)
+    loaded: list[tuple[int, np.ndarray]] = []
+    for k, item in enumerate(items):
+        if item.status:
+            records[k] = _failed_record(item, item.status, item.reason)
+            continue
+        try:
+            loaded.append((k, item.load()))
+        except DataError as e:
+            records[k] = _failed_record(item, STATUS_FAILED, str(e))
+    for view in VIEWS:
+        group = [(k, img) for k, img in loaded if items[k].view == view]
+        if not group:
+            continue
+
+        def one_batch(batch: list[tuple[int, np.ndarray]], view: str = view) -> list[dict[str, Any]]:
+            return diagnose_images([img for _, img in batch], view, segmenters[view], classifiers[view],
+                                   batch_size, disc_class, min_area, image_levels=[items[k].level for k, _ in batch])
+
+        try:
+            results = one_batch(group)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - find the image at fault; the others are still diagnosed
+            results = []
+            for pair in group:
+                try:
+                    results += one_batch([pair])
+                except ConfigError:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    log.debug("diagnosis of %s failed", items[pair[0]].name, exc_info=True)
+                    results.append(_failed_record(items[pair[0]], STATUS_FAILED,
+                                                  f"could not be diagnosed: {type(e).__name__}: {e}"))
+        for (k, img), res in zip(group, results, strict=True):
+            res["pixels"], res["size"] = img, list(img.shape[:2])
+            records[k] = res
+    out = []
+    for item, rec in zip(items, records, strict=True):
+        assert rec is not None
+        rec.update(image=item.name, study=item.study, level=item.level, dicom=item.dicom)
+        out.append(rec)
+    return out
+
+
+def _status_key(status: str) -> str:
+    return "implausible" if status.startswith("implausible") else status
 
 
 def run(
@@ -437,43 +777,46 @@ def run(
     disc_class: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Diagnose ``items`` with the per-view models; write every study's outputs; return the summary."""
+    """Diagnose ``items`` with the per-view models; write every study's outputs, ``findings.csv``,
+    ``summary.json`` (every input with its status and reason; study id -> folder) and ``index.html``;
+    return the summary."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    for view in {i.view for i in items}:
+    for view in {i.view for i in items if not i.status}:
         if view not in segmenters or view not in classifiers:
             raise ConfigError(
                 f"{view} images need a {view} segmenter and classifier (--segmenter {view}=CKPT "
                 f"--classifier {view}=CKPT, or plain CKPTs with --view {view})"
             )
-    studies = list(dict.fromkeys(i.study for i in items))
-    _prepare_out(out, studies, overwrite)
+    studies = list(dict.fromkeys(i.study for i in items if i.study))
+    folders = study_folders(studies)
+    _prepare_out(out, folders.values(), overwrite)
     done: dict[str, list[dict[str, Any]]] = {s: [] for s in studies}
+    inputs: list[dict[str, Any]] = []
     bar = tqdm(total=len(items), unit="img", desc="diagnose", disable=None if progress else True)
-    for view in VIEWS:
-        group = [i for i in items if i.view == view]
-        for start in range(0, len(group), batch_size * 4):  # read a few batches at a time: bounded memory
-            chunk = group[start : start + batch_size * 4]
-            pixels = [i.load() for i in chunk]
-            results = diagnose_images(pixels, view, segmenters[view], classifiers[view], batch_size,
-                                      disc_class, min_area, progress=bar.update,
-                                      image_levels=[i.level for i in chunk])
-            for item, img, res in zip(chunk, pixels, results, strict=True):
-                res.update(image=item.name, pixels=img, size=list(img.shape[:2]), level=item.level,
-                           dicom=item.dicom)
-                done[item.study].append(res)
+    step = batch_size * 4  # read a few batches at a time: bounded memory
+    for start in range(0, len(items), step):
+        chunk = items[start : start + step]
+        for rec in diagnose_chunk(chunk, segmenters, classifiers, batch_size, disc_class, min_area):
+            inputs.append({"file": rec["image"], "study": rec["study"] or None,
+                           "folder": folders.get(rec["study"]), "view": rec["view"], "status": rec["status"],
+                           "reason": rec.get("reason")})
+            if rec["study"]:
+                done[rec["study"]].append(rec)
+        bar.update(len(chunk))
     bar.close()
     models = {"segmenter": ", ".join(f"{v}={p.source.name}" for v, p in segmenters.items()),
               "classifier": ", ".join(f"{v}={p.source.name}" for v, p in classifiers.items())}
-    rows = []
+    rows, docs = [], []
     for study in studies:
         images = done[study]
-        write_study(out, study, images, models)
+        docs.append(write_study(out, study, images, models, folders[study]))
         for im in images:
             for d in im["discs"] or [None]:
-                rows.append({"study": study, "image": im["image"], "view": im["view"], "status": im["status"],
+                rows.append({"study": study, "folder": folders[study], "image": im["image"], "view": im["view"],
+                             "status": im["status"], "reason": im.get("reason") or "",
                              **({k: v for k, v in d.items() if k not in ("probabilities",)} if d else {})})
         for im in images:  # pixels and masks stay out of memory once written
             im.pop("pixels", None)
@@ -481,12 +824,22 @@ def run(
     import pandas as pd
 
     neutralise_frame(pd.DataFrame(rows)).to_csv(out / "findings.csv", index=False)
-    summary = {"studies": len(studies), "images": len(items),
-               "images_without_disc": sum(1 for s in done.values() for im in s if not im["discs"]),
+    counts = {k: 0 for k in (STATUS_OK, NO_DISC, "implausible", STATUS_FAILED, STATUS_SKIPPED)}
+    for r in inputs:
+        counts[_status_key(r["status"])] += 1
+    summary = {"studies": len(studies), "images": len(inputs) - counts[STATUS_SKIPPED],
+               "status_counts": counts, "images_without_disc": counts[NO_DISC],
                "discs": sum(len(im["discs"]) for s in done.values() for im in s), "models": models,
-               "batch_size": batch_size}
+               "batch_size": batch_size, "study_folders": folders, "inputs": inputs}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_index(out, summary, docs)
     return summary
+
+
+def summary_line(summary: dict[str, Any], out: Path) -> str:
+    """``diagnose: 12 inputs, 10 ok, 2 failed (see out/summary.json)``: the counts that are not zero."""
+    counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items() if v)
+    return f"diagnose: {len(summary['inputs'])} inputs, {counts or 'none'} (see {out / 'summary.json'})"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -573,7 +926,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run(items, segmenters, classifiers, out, args.batch_size, args.overwrite, args.min_area,
                   args.disc_class, progress=not args.no_progress)
     print(f"diagnosis written: {out} ({summary['studies']} studies, {summary['images']} images, "
-          f"{summary['discs']} discs, {summary['images_without_disc']} image(s) without a disc)")
-    for study in list(dict.fromkeys(i.study for i in items))[:5]:
-        print(f"--- {study}\n" + (out / study / "report.txt").read_text().strip())
-    return 0
+          f"{summary['discs']} discs, {summary['images_without_disc']} image(s) without a disc; "
+          f"{out / 'index.html'})")
+    for study, folder in list(summary["study_folders"].items())[:5]:
+        print(f"--- {study}\n" + (out / folder / "report.txt").read_text().strip())
+    problems = [r for r in summary["inputs"] if r["status"] in (STATUS_FAILED, STATUS_SKIPPED)]
+    for r in problems[:10]:
+        print(f"{r['status']}: {r['file']}: {r['reason']}")
+    if len(problems) > 10:
+        print(f"... and {len(problems) - 10} more")
+    print(summary_line(summary, out))
+    return EXIT_PARTIAL if problems else EXIT_OK

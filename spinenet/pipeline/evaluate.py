@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from spinenet.errors import ConfigError, DataError
+from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, DataError
 from spinenet.metrics.classification import bootstrap_ci, macro_auroc
 from spinenet.pipeline.combine import best_per_level, herniation_probability, is_herniated
 
@@ -210,26 +210,42 @@ def load_exclusions(files: Sequence[str | Path]) -> tuple[dict[str, list[str]], 
     return where, read
 
 
-def load_findings(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """Every ``<study>/findings.json`` under a ``spinenet diagnose`` output folder, by study name."""
+def load_findings(folder: str | Path, problems: list[dict[str, str]] | None = None) -> dict[str, dict[str, Any]]:
+    """Every ``<study>/findings.json`` under a ``spinenet diagnose`` output folder, by study id.
+
+    A file that cannot be read or is not a findings file raises ``DataError``, or, with a ``problems`` list,
+    is appended to it as ``{"file", "reason"}`` and the other files are still read."""
     from spinenet.pipeline.diagnose import FINDINGS_FORMAT
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"--findings {folder}: not a folder (give the --out folder of spinenet diagnose)")
     docs: dict[str, dict[str, Any]] = {}
-    for f in sorted(folder.glob("*/findings.json")):
+    files = sorted(folder.glob("*/findings.json"))
+    for f in files:
         try:
+            if f.stat().st_size == 0:
+                raise DataError("empty file (0 bytes)")
             doc = json.loads(f.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"cannot read {f}: {e}") from e
-        if not isinstance(doc, dict) or doc.get("format") != FINDINGS_FORMAT:
-            raise DataError(f'{f} is not a spinenet diagnose findings file (no "format": "{FINDINGS_FORMAT}")')
+            if not isinstance(doc, dict) or doc.get("format") != FINDINGS_FORMAT:
+                raise DataError(f'not a spinenet diagnose findings file (no "format": "{FINDINGS_FORMAT}")')
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, DataError) as e:
+            reason = str(e) if isinstance(e, DataError) else f"cannot read it: {e}"
+            if problems is None:
+                raise DataError(f"{f}: {reason}") from e
+            problems.append({"file": str(f), "reason": reason})
+            continue
         docs[str(doc.get("study") or f.parent.name)] = doc
     if not docs:
-        raise DataError(f"--findings {folder}: no <study>/findings.json in it; run spinenet diagnose --out "
-                        f"{folder} first")
+        raise DataError(f"--findings {folder}: no readable <study>/findings.json in it ({len(files)} found); run "
+                        f"spinenet diagnose --out {folder} first")
     return docs
+
+
+def unassessed_images(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The images of a study that gave no finding, with why (failed, implausible, no disc found)."""
+    return [{"image": im.get("image"), "status": im.get("status"), "reason": im.get("reason")}
+            for im in doc.get("images") or [] if im.get("status") not in (None, "ok")]
 
 
 def level_calls(doc: Mapping[str, Any], view: str, levels: Sequence[str]) -> dict[str, dict[str, Any] | None]:
@@ -309,7 +325,8 @@ def evaluate_findings(
     findings, truth = Path(findings), Path(truth)
     gradings = load_truth(truth, patient_col, levels, class_col or DEFAULT_CLASS_COL,
                           class_col_required=class_col is not None)
-    docs = load_findings(findings)
+    unreadable: list[dict[str, str]] = []
+    docs = load_findings(findings, unreadable)
     study_of = {pid: s for s, pid in match_studies(list(docs), list(gradings), findings, truth,
                                                    patient_col).items()}
     excluded_where, split_files = load_exclusions(exclude_splits)
@@ -362,6 +379,13 @@ def evaluate_findings(
             "call": {lv: (None if c[lv] is None else int(c[lv]["herniated"])) for lv in names},
             "p_herniation": {lv: (None if c[lv] is None else c[lv]["p_herniation"]) for lv in names},
         })
+    # studies none of whose images gave a finding: their levels count as not found (see NOT_FOUND_POLICY)
+    unassessed = []
+    for p in evaluated:
+        doc = docs[study_of[p]]
+        not_ok = unassessed_images(doc)
+        if not_ok and len(not_ok) == len(doc.get("images") or []):
+            unassessed.append({"patient": p, "study": study_of[p], "images": not_ok})
     models = next((d.get("models") for d in docs.values() if d.get("models")), None)
     not_diagnosed = sorted(p for p in gradings if p not in study_of and p not in excluded_where)
     return {
@@ -377,6 +401,7 @@ def evaluate_findings(
         "exclusion": "patients in the train or val split of any --exclude-splits file are not evaluated",
         "not_found_policy": NOT_FOUND_POLICY, "ci_method": CI_METHOD,
         "per_level": per_level, "pooled": pooled, "four_way": four_way, "per_patient": per_patient,
+        "unreadable_findings": unreadable, "unassessed_studies": unassessed,
     }
 
 
@@ -464,4 +489,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(result, out)
     print(format_table(result))
     print(f"\nevaluation written: {out}")
-    return 0
+    for u in result["unassessed_studies"][:10]:
+        print(f"no finding for study {u['study']}: "
+              + "; ".join(f"{im['image']}: {im['status']}" for im in u["images"][:3]))
+    for bad in result["unreadable_findings"][:10]:
+        print(f"unreadable: {bad['file']}: {bad['reason']}")
+    bad = len(result["unreadable_findings"])
+    read = result["patients"]["diagnosed"]
+    print(f"findings-eval: {read + bad} findings files, {read} read" + (f", {bad} unreadable" if bad else "")
+          + f", {len(result['unassessed_studies'])} evaluated studies without any finding (see {out})")
+    return EXIT_PARTIAL if bad else EXIT_OK

@@ -49,5 +49,46 @@ def comparison_grid(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], 
     return np.concatenate(rows, axis=0)
 
 
+def label_style(height: int) -> tuple[float, int]:
+    """OpenCV font scale and stroke thickness that read well on an image ``height`` px tall (0.5 and 1 at
+    512 px, growing with the image so that labels keep their share of it)."""
+    return max(0.5, height / 1024), max(1, round(height / 512))
+
+
+def draw_labels(
+    rgb: np.ndarray, labels: Sequence[tuple[Sequence[int], str, tuple[int, int, int]]], gap: int = 2
+) -> list[tuple[int, int, int, int]]:
+    """Draw each ``(anchor box (x0, y0, x1, y1), text, RGB colour)`` as text on a dark box beside its anchor
+    (right of it, left when there is no room), moved down where needed so that no two label boxes overlap;
+    a moved label gets a line to its anchor. Returns the label boxes drawn (x0, y0, x1, y1)."""
+    h, w = rgb.shape[:2]
+    scale, thick = label_style(h)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    pad = 2 * thick
+    placed: list[tuple[int, int, int, int]] = []
+    for (ax0, ay0, ax1, ay1), text, colour in sorted(labels, key=lambda lb: (lb[0][1] + lb[0][3]) / 2):
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        bw, bh = tw + 2 * pad, th + base + 2 * pad
+        x0 = ax1 + 4 if ax1 + 4 + bw <= w else max(0, ax0 - 4 - bw)
+        x0 = min(x0, max(0, w - bw))
+        want = int(round((ay0 + ay1) / 2 - bh / 2))
+        y0 = min(max(0, want), max(0, h - bh))
+        moved = True
+        while moved:  # push below every label box it would overlap (labels come top to bottom)
+            moved = False
+            for px0, py0, px1, py1 in placed:
+                if x0 < px1 and px0 < x0 + bw and y0 < py1 + gap and py0 < y0 + bh + gap:
+                    y0, moved = py1 + gap, True
+        box = (x0, y0, x0 + bw, y0 + bh)
+        cv2.rectangle(rgb, box[:2], (box[2] - 1, box[3] - 1), (0, 0, 0), cv2.FILLED)
+        if abs(y0 - want) > bh // 2:  # moved away from its disc: a line says which disc it names
+            anchor_x = ax1 if x0 >= ax1 else ax0
+            cv2.line(rgb, (x0 if x0 >= ax1 else x0 + bw, y0 + bh // 2), (anchor_x, (ay0 + ay1) // 2), colour,
+                     thick, cv2.LINE_AA)
+        cv2.putText(rgb, text, (x0 + pad, y0 + pad + th), font, scale, colour, thick, cv2.LINE_AA)
+        placed.append(box)
+    return placed
+
+
 def save_png(rgb: np.ndarray, path) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
