@@ -158,7 +158,8 @@ def _mismatch(report: DataReport, checkpoint: str) -> str:
         first = next(p for p in report.problems if p.kind == kind)
         where = f"line {first.row}: " if first.row is not None else ""
         column = f" in column {first.column!r}" if first.column else ""
-        rows = f" ({count} rows, e.g. {where}{first.message})" if first.row is not None else f": {first.message}"
+        plural = "row" if count == 1 else "rows"
+        rows = f" ({count} {plural}, e.g. {where}{first.message})" if first.row is not None else f": {first.message}"
         parts.append(f"{KINDS.get(kind, kind)}{column}{rows}")
     return (f"{report.manifest} does not fit the checkpoint {checkpoint}: " + "; ".join(parts)
             + " (its columns, labels and mask values come from the checkpoint; name others with "
