@@ -163,6 +163,8 @@ def test_eval_a_segmenter_by_path(tiny_phantom, compose_cfg, tmp_path):
                            output_dir=tmp_path / name)
         return evaluate(ecfg)
 
+    with pytest.raises(DataError, match=r"data set not found: .*nowhere.*data.dataset.root from the command line"):
+        run_eval(f"data.dataset.root={tmp_path / 'nowhere'}", name="nowhere")
     with pytest.raises(DataError, match=r"no column 'mask' \(dataset.mask_col"):
         run_eval(f"data.dataset.root={renamed}", name="renamed")
     result = run_eval(f"data.dataset.root={renamed}", "data.dataset.mask_col=seg", name="renamed_named")

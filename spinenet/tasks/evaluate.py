@@ -11,7 +11,8 @@ Which data settings are used (``eval_data_config``), highest first:
 3. eval.yaml's defaults: only the loader settings (batch size, workers).
 
 Label and class names must equal the checkpoint's (they are the model's outputs), and ``data.in_channels``
-its input channels. Training-only settings (augmentation, ``extra_train``, ``flip_swap``) are dropped, and no
+its input channels; an image size, resize mode or CLAHE named on the command line is used with a warning (the
+model then sees images prepared otherwise than in its training). Training-only settings (augmentation, ``extra_train``, ``flip_swap``) are dropped, and no
 phantom is generated unless ``data.synthesize`` is named on the command line.
 """
 
@@ -180,9 +181,16 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     if given and given != trained_classes:
         names = "class_names" if task == "segmentation" else "label_names"
         raise ConfigError(f"data.dataset.{names} {given} differ from the checkpoint's {trained_classes}")
+    spec = DatasetSpec.from_config(dataset)
+    if not spec.manifest_path.is_file():
+        named, group = _named_data(overrides)
+        source = ("command line" if {"dataset", "dataset.root"} & set(named) else
+                  "data group or experiment named" if group else "checkpoint")
+        raise DataError(f"data set not found: no {spec.manifest_path} (data.dataset.root from the {source}); "
+                        "name the folder with data.dataset.root=...")
     check = cfg.get("extras", {}).get("data_check", "deep")
     if check != "off":
-        report = check_dataset(DatasetSpec.from_config(dataset), deep=check == "deep")
+        report = check_dataset(spec, deep=check == "deep")
         if not report.ok:
             raise DataError(_mismatch(report, str(cfg.ckpt_path)))
     # checked above: the datamodule does not check again
