@@ -180,6 +180,9 @@ def test_eval_a_segmenter_by_path(tiny_phantom, compose_cfg, tmp_path):
     with pytest.raises(DataError, match=r"mask values outside dataset.mask_values in column 'mask' \(1 row, e.g. "
                                         r"line 2: .*100"):
         run_eval(f"data.dataset.root={_copy_manifest(root, tmp_path / 'bad_mask', bad_mask)}", name="bad_mask")
+    # an image size named on the command line is used if the net takes it
+    with pytest.raises(ConfigError, match=r"data.image_size=\[40, 40\]: the checkpoint's model does not take it"):
+        run_eval(f"data.dataset.root={root}", "data.image_size=[40,40]", name="size")
     # the model's classes are not for the command line to change
     with pytest.raises(ConfigError, match="differ from the checkpoint's"):
         run_eval(f"data.dataset.root={root}", "data.dataset.class_names=[bg,a,b,c]", name="classes")

@@ -152,6 +152,16 @@ def eval_data_config(current: DictConfig, saved: DictConfig, overrides: Sequence
     return data
 
 
+def _check_input_size(net: torch.nn.Module, size: Sequence[int], in_channels: int, trained: Sequence[int]) -> None:
+    """An image size named on the command line: one forward pass shows whether the net takes it."""
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, int(in_channels), *(int(v) for v in size)))
+    except Exception as exc:
+        raise ConfigError(f"data.image_size={list(size)}: the checkpoint's model does not take it ({exc}); it was "
+                          f"trained at {list(trained)}") from None
+
+
 def _mismatch(report: DataReport, checkpoint: str) -> str:
     """A data check's problems in one line: each kind with its column, row count and first example."""
     parts = []
@@ -175,6 +185,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     task = saved.get("task", "segmentation")
     overrides = command_line_overrides() if overrides is None else list(overrides)
     data = eval_data_config(cfg.data, saved.data, overrides)
+    if list(data["image_size"]) != list(saved.data.image_size):
+        _check_input_size(module.net, data["image_size"], data["in_channels"], saved.data.image_size)
     trained_classes = list(saved.data.dataset.get("class_names") or saved.data.dataset.get("label_names") or [])
     dataset = data["dataset"]
     given = list(dataset.get("class_names") or []) if task == "segmentation" else list(dataset.get("label_names") or [])
