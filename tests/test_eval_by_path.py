@@ -220,3 +220,12 @@ def test_eval_a_classifier_by_path(compose_cfg, tmp_path):
     assert "Traceback" not in printed
     error = [s for s in printed.splitlines() if "L3-L4" in s]
     assert len(error) == 1 and "column 'label' (1 row, e.g. line 3: unknown label 'L3-L4'" in error[0], printed[-3000:]
+
+
+@pytest.mark.parametrize("experiment", sorted(str(p.relative_to(REPO / "conf" / "experiment").with_suffix(""))
+                                              for p in (REPO / "conf" / "experiment").rglob("*.yaml")))
+def test_every_experiment_composes_for_eval(experiment, tmp_path):
+    from spinenet.config import compose
+
+    cfg = compose("eval", ["ckpt_path=/nowhere.ckpt", f"experiment={experiment}"], output_dir=tmp_path)
+    assert cfg.data.dataset.root and cfg.task_name != "eval"
