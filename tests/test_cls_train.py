@@ -352,7 +352,7 @@ def test_eval_enhances_crops_as_the_checkpoint_was_trained(cls_data_dir, compose
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
     ecfg = compose_cfg([f"ckpt_path={metrics['best_checkpoint']}", "data=phantom_sagittal_crops",
-                        f"data.dataset.root={cfg.data.dataset.root}", "data.synthesize=null", "data.clahe=null",
+                        f"data.dataset.root={cfg.data.dataset.root}", "data.synthesize=null",
                         f"data.split.file={run / 'splits.json'}", "split=test", "trainer.accelerator=cpu"],
                        config_name="eval", output_dir=tmp_path / "eval")
     saved = json.loads(Path(evaluate(ecfg)["metrics_file"]).read_text())

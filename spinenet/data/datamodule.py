@@ -16,12 +16,12 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, check_dataset, load_manifest, raise_if_bad
 from spinenet.data.splits import check_splits, load_splits, patient_labels, save_splits, split_patients
-from spinenet.data.transforms import apply_clahe, build_transforms
+from spinenet.data.transforms import apply_clahe, build_transforms, content_box
 from spinenet.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ LEVELS_NEEDED = (
 )
 
 SPLITS = ("train", "val", "test")
+# per-sample entries of different sizes: collated into lists, not stacked
+LIST_KEYS = ("native_mask",)
 CHECK_LEVELS = ("deep", "fast", "off")
 
 
@@ -60,12 +62,16 @@ class _ImageSet(Dataset):
         clahe: Mapping | None,
         with_mask: bool,
         label_swap_on_flip: Mapping[int, int] | None = None,
+        native: tuple[Sequence[int], str] | None = None,
     ):
         self.rows = rows.reset_index(drop=True)
         self.spec, self.transform, self.in_channels = spec, transform, in_channels
         self.seed, self.epoch = 0, 0  # set by the DataModule / EpochShuffleSampler
         self.clahe, self.with_mask = clahe, with_mask
         self.label_swap_on_flip = label_swap_on_flip
+        # (image_size, resize_mode) of the evaluation transforms: each sample then also carries its mask at
+        # the image's own size and where the image lies in the model-size array, for native-resolution metrics
+        self.native = native
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -83,6 +89,10 @@ class _ImageSet(Dataset):
             mask = read_mask(row["mask_path"], self.spec.mask_values)
             out = self.transform(image=image, mask=mask)
             sample["mask"] = torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long)
+            if self.native is not None:
+                small = np.uint8 if len(self.spec.mask_values) <= 256 else np.int64
+                sample["native_mask"] = torch.from_numpy(mask.astype(small))
+                sample["native_box"] = torch.tensor(content_box(mask.shape, *self.native), dtype=torch.long)
         else:
             out = self.transform(image=image)
         img = np.asarray(out["image"], dtype=np.float32)
@@ -97,6 +107,16 @@ class _ImageSet(Dataset):
             level = row[self.spec.level_col]
             sample["level"] = "" if pd.isna(level) else str(level)
         return sample
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate``, except that :data:`LIST_KEYS` (one size per image) stay lists of tensors."""
+    lists = [k for k in LIST_KEYS if k in samples[0]]
+    if not lists:
+        return default_collate(samples)
+    batch = default_collate([{k: v for k, v in s.items() if k not in lists} for s in samples])
+    batch.update({k: [s[k] for s in samples] for k in lists})
+    return batch
 
 
 def _was_flipped(out: Mapping) -> bool:
@@ -268,8 +288,10 @@ class SpineDataModule(L.LightningDataModule):
             rows = frame[frame[self.spec.patient_col].isin(set(self.splits[name]))]
             if name == "train" and extra is not None:
                 rows = pd.concat([rows, extra], ignore_index=True)
-            self.datasets[name] = self.make_dataset(rows, train=name == "train")
-        self.datasets["all"] = self.make_dataset(frame, train=False)  # data.dataset only, as split
+            # validation (each epoch) stays at model resolution; the test split is also scored at each
+            # image's own size
+            self.datasets[name] = self.make_dataset(rows, train=name == "train", native=name == "test")
+        self.datasets["all"] = self.make_dataset(frame, train=False, native=True)  # data.dataset only, as split
         log.info(
             "split by patient: %s",
             {k: f"{len(v)} patients / {len(self.datasets[k])} images" for k, v in self.splits.items()},
@@ -306,11 +328,13 @@ class SpineDataModule(L.LightningDataModule):
             parts.append(rows)
         return pd.concat(parts, ignore_index=True)
 
-    def make_dataset(self, rows: pd.DataFrame, train: bool) -> Dataset:
+    def make_dataset(self, rows: pd.DataFrame, train: bool, native: bool = False) -> Dataset:
+        """``native``: samples also carry what native-resolution metrics need (masks only, never training)."""
         transform = build_transforms(
             self.image_size, train, self.augment if train else None, self.resize_mode
         )
-        return _ImageSet(rows, self.spec, transform, self.in_channels, self.clahe, self.with_mask)
+        geometry = (self.image_size, self.resize_mode) if native and not train and self.with_mask else None
+        return _ImageSet(rows, self.spec, transform, self.in_channels, self.clahe, self.with_mask, native=geometry)
 
     # -- loaders --------------------------------------------------------------------------------------
     def per_device_batch_size(self) -> int:
@@ -327,7 +351,7 @@ class SpineDataModule(L.LightningDataModule):
             self.setup()
         dataset = self.datasets[name]
         if len(dataset) == 0:
-            raise DataError(f"the {name} split of {self.spec.root} is empty")
+            raise DataError(f"the {name.removesuffix('_eval')} split of {self.spec.root} is empty")
         dataset.seed = self.seed
         # Every iterator draws its workers' base seed when it is created: from this generator, never from the
         # global torch RNG. Lightning creates the training iterator after EpochSeed's reseed in a straight run
@@ -348,6 +372,7 @@ class SpineDataModule(L.LightningDataModule):
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            collate_fn=collate,
             # workers must be re-created each epoch to see the dataset's new epoch (augmentation seeds)
             persistent_workers=False,
             # a last training batch of one image breaks batch norm ("Expected more than 1 value per channel"),
@@ -377,9 +402,9 @@ class SpineDataModule(L.LightningDataModule):
         if name not in (*SPLITS, "all"):
             raise ConfigError(f"split must be one of {[*SPLITS, 'all']}, got {name!r}")
         self.setup()
-        if name == "train":
-            self.datasets["train_eval"] = self.make_dataset(self.datasets["train"].rows, train=False)
-            name = "train_eval"
+        if name in ("train", "val"):  # without augmentation, and scored at native resolution as the test split
+            self.datasets[f"{name}_eval"] = self.make_dataset(self.datasets[name].rows, train=False, native=True)
+            name = f"{name}_eval"
         return self._loader(name, shuffle=False)
 
     @property
@@ -427,7 +452,7 @@ class ClassificationDataModule(SpineDataModule):
             raise ConfigError(f"data.flip_swap names unknown labels {bad}; labels are {names}")
         self.label_swap = {names.index(a): names.index(b) for a, b in flip_swap.items()}
 
-    def make_dataset(self, rows: pd.DataFrame, train: bool) -> Dataset:
+    def make_dataset(self, rows: pd.DataFrame, train: bool, native: bool = False) -> Dataset:
         transform = build_transforms(
             self.image_size, train, self.augment if train else None, self.resize_mode
         )

@@ -8,6 +8,7 @@ CLAHE (Šušteršič 2022: clip 2.0, tiles 4x4) is an enhancement, applied to ev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import albumentations as A
 import cv2
@@ -48,6 +49,25 @@ def _geometry(image_size: Sequence[int], resize_mode: str) -> list[A.BasicTransf
             A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
         ]
     raise ConfigError(f"data.resize_mode must be one of {list(RESIZE_MODES)}, got {resize_mode!r}")
+
+
+@lru_cache(maxsize=256)
+def _content_box(size_hw: tuple[int, int], image_size: tuple[int, int], resize_mode: str) -> tuple[int, ...]:
+    ones = np.ones(size_hw, dtype=np.uint8)
+    placed = A.Compose(_geometry(image_size, resize_mode))(image=ones, mask=ones)["mask"]
+    rows, cols = np.flatnonzero(placed.any(1)), np.flatnonzero(placed.any(0))
+    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def content_box(size_hw: Sequence[int], image_size: Sequence[int], resize_mode: str = "resize") -> tuple[int, ...]:
+    """``(top, left, height, width)``: where an image of ``size_hw`` lies in the model-size array that the
+    evaluation transforms make of it (``resize``: all of it; ``pad``: the part that is not padding).
+
+    Found by passing an all-ones mask of that size through the same transforms, so it is exact whatever
+    rounding albumentations does.
+    """
+    h, w = _size(image_size)
+    return _content_box((int(size_hw[0]), int(size_hw[1])), (h, w), resize_mode)
 
 
 def build_transforms(

@@ -12,7 +12,14 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from spinenet.metrics.segmentation import EMPTY_CLASS_POLICY, SegmentationMetrics, flatten_metrics
+from spinenet.metrics.segmentation import (
+    EMPTY_CLASS_POLICY,
+    MODEL_RES_SUFFIX,
+    RESOLUTION_NOTE,
+    SegmentationMetrics,
+    flatten_metrics,
+    to_native_resolution,
+)
 from spinenet.utils.overlay import comparison_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -36,9 +43,11 @@ class SegmentationModule(L.LightningModule):
         self.monitor, self.num_overlays = monitor, int(num_overlays)
         self.run_config = run_config or {}
         n = len(self.class_names)
-        # keys get a suffix: "train" would clash with nn.Module.train
+        # keys get a suffix: "train" would clash with nn.Module.train. test_native: the test split at each
+        # image's own size, when its batches carry the masks as stored (SpineDataModule's test loaders do)
         self.metrics = nn.ModuleDict(
-            {f"{s}_metrics": SegmentationMetrics(n, self.class_names) for s in ("train", "val", "test")}
+            {f"{s}_metrics": SegmentationMetrics(n, self.class_names)
+             for s in ("train", "val", "test", "test_native")}
         )
         # epoch losses as metrics too: they sync across DDP processes in our own hooks, at the same point on
         # every rank (a sync_dist log would sync inside rank 0's progress bar only, and deadlock)
@@ -74,30 +83,46 @@ class SegmentationModule(L.LightningModule):
                                    "pred": logits[:k].max(1).indices.cpu()}
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        logits = self._step(batch, "test")
+        if "native_mask" in batch:
+            for i, target in enumerate(batch["native_mask"]):
+                native = to_native_resolution(logits[i], batch["native_box"][i], target.shape[-2:])
+                self.metrics["test_native_metrics"].update(native[None].detach(), target[None])
 
-    def _log_metrics(self, stage: str) -> dict[str, Any]:
-        result = self.metrics[f"{stage}_metrics"].compute()
-        flat = flatten_metrics(result, prefix=stage)
-        flat[f"{stage}/loss"] = float(self.losses[f"{stage}_loss"].compute())
-        self.losses[f"{stage}_loss"].reset()
+    def _log_metrics(self, stage: str, metrics: str | None = None, suffix: str = "") -> dict[str, Any]:
+        """Compute, log and reset ``metrics`` (default: the stage's) as ``{stage}/{name}{suffix}``."""
+        metric = self.metrics[metrics or f"{stage}_metrics"]
+        result = metric.compute()
+        flat = {f"{k}{suffix}": v for k, v in flatten_metrics(result, prefix=stage).items()}
         self.log_dict(flat, prog_bar=False, sync_dist=False)  # already synced by the metric's state reduction
-        if f"{stage}/dice_mean_fg" in flat:
+        if not suffix and f"{stage}/dice_mean_fg" in flat:
             self.log(f"{stage}/dice", flat[f"{stage}/dice_mean_fg"], prog_bar=True)
-        self.metrics[f"{stage}_metrics"].reset()
+        metric.reset()
         return result
+
+    def _log_loss(self, stage: str) -> None:
+        self.log(f"{stage}/loss", float(self.losses[f"{stage}_loss"].compute()), prog_bar=False, sync_dist=False)
+        self.losses[f"{stage}_loss"].reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
+        self._log_loss("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self._log_loss("val")
         if self._overlay_batch is not None and not self.trainer.sanity_checking:
             self._save_overlays()
         self._overlay_batch = None
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._log_metrics("test")
+        self._log_loss("test")
+        if not self.metrics["test_native_metrics"].update_called:  # batches without the stored masks
+            self.test_results = {**self._log_metrics("test"), "resolution": "model input size (data.image_size)"}
+            return
+        model_res = self._log_metrics("test", suffix=MODEL_RES_SUFFIX)
+        self.test_results = {**self._log_metrics("test", "test_native_metrics"), "resolution": RESOLUTION_NOTE,
+                             "model_res": model_res}
 
     def _save_overlays(self) -> None:
         """Validation images with ground truth and prediction, as PNG in the run folder and in W&B."""

@@ -17,6 +17,12 @@ Empty classes (:data:`EMPTY_CLASS_POLICY`, also returned by ``compute()`` so it 
 - per image: a class absent from both the image's target and its prediction is skipped for that image
   (it neither counts as 1 nor as 0); a class predicted in an image whose target lacks it, or missed,
   counts with Dice 0. A class skipped in every image is NaN.
+
+Resolution (:data:`RESOLUTION_NOTE`): the test split (and ``spinenet eval``) is scored at each image's own
+size, as nnU-Net reports: the logits are cropped to the image (padding of ``resize_mode: pad`` removed),
+resampled bilinearly to the image's size (:func:`to_native_resolution`), and compared with the mask read
+from its file. The same figures at the model's resolution keep their names with :data:`MODEL_RES_SUFFIX`.
+Validation is scored at the model's resolution only (cheaper; it picks the epoch).
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric
 
 from spinenet.errors import ConfigError
 
-__all__ = ["EMPTY_CLASS_POLICY", "SegmentationMetrics", "flatten_metrics", "scores_from_confusion"]
+__all__ = ["EMPTY_CLASS_POLICY", "MODEL_RES_SUFFIX", "RESOLUTION_NOTE", "SegmentationMetrics", "flatten_metrics",
+           "scores_from_confusion", "to_native_resolution"]
 
 EMPTY_CLASS_POLICY = (
     "data-set scores (dice, iou, precision, recall, miou, dice_mean_fg, accuracy) come from one "
@@ -40,6 +48,14 @@ EMPTY_CLASS_POLICY = (
     "class left is 1.0. "
     "Per-image Dice (dice_per_image, dice_mean_fg_per_image): an image where a class is absent from both "
     "target and prediction is skipped for that class; predicted-but-absent or missed classes count as 0."
+)
+
+MODEL_RES_SUFFIX = "_model_res"
+RESOLUTION_NOTE = (
+    "test metrics are computed at each image's own size: logits cropped to the image (padding removed), "
+    "resampled bilinearly to its size, argmax, against the mask file as stored; keys ending in "
+    f"'{MODEL_RES_SUFFIX}' are the same metrics at the model's input size (data.image_size). Validation "
+    "metrics are at the model's input size."
 )
 
 # keys of compute() that are per class (lists) and scalar means, in the order they are logged
@@ -159,6 +175,22 @@ class SegmentationMetrics(Metric):
             empty_class_policy=EMPTY_CLASS_POLICY,
         )
         return out
+
+
+def to_native_resolution(logits: torch.Tensor, box: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """One image's logits ``(C, h, w)`` at the model's size back at the image's own ``size`` ``(H, W)``.
+
+    ``box`` is ``(top, left, height, width)`` of the image inside the model-size array (see
+    :func:`spinenet.data.transforms.content_box`): what lies outside it is padding and is cut away first;
+    the rest is resampled bilinearly (half-pixel centres, as OpenCV resized the image). Logits, not the
+    argmax, are resampled, so class borders fall between pixels where the scores cross.
+    """
+    top, left, height, width = (int(v) for v in box)
+    crop = logits[:, top:top + height, left:left + width]
+    out_size = (int(size[0]), int(size[1]))
+    if tuple(crop.shape[-2:]) == out_size:
+        return crop
+    return F.interpolate(crop[None].float(), size=out_size, mode="bilinear", align_corners=False)[0]
 
 
 def _slug(name: str) -> str:
