@@ -67,7 +67,7 @@ def test_dockerignore_lists_and_keeps_out_data_results_environments_checkpoints_
                  ".git/HEAD", "spinenet/__pycache__/cli.cpython-311.pyc", ".pytest_cache/v/cache/nodeids"):
         assert _ignored(path, patterns), f"{path} would be sent to the Docker build"
     # what the build needs stays in the context
-    for path in ("pyproject.toml", "README.md", "spinenet/cli.py", "conf/train.yaml", "experiments/demo.yaml",
+    for path in ("pyproject.toml", "README.md", "spinenet/cli/__init__.py", "conf/train.yaml", "experiments/demo.yaml",
                  "spinenet/data/io.py", "conf/data/phantom_sagittal.yaml"):
         assert (ROOT / path).exists(), path
         assert not _ignored(path, patterns), f".dockerignore drops {path}, which the image needs"

@@ -125,12 +125,15 @@ def _cli_metrics(proc: subprocess.CompletedProcess) -> dict:
 
 
 def _copy_manifest(src: Path, dst: Path, edit) -> Path:
-    """A data set in ``dst`` whose manifest is ``src``'s with absolute paths, changed by ``edit(frame)``."""
+    """A data set in ``dst``: ``src``'s files (linked: paths stay inside the root) and manifest, changed by
+    ``edit(frame)``."""
     frame = pd.read_csv(src / "manifest.csv", dtype=str)
-    for col in ("image", "mask"):
-        if col in frame:
-            frame[col] = [str(src / p) for p in frame[col]]
     dst.mkdir(parents=True)
+    for col in ("image", "mask"):
+        for rel in frame[col] if col in frame else ():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            if not (dst / rel).exists():
+                os.link(src / rel, dst / rel)
     edit(frame, dst)
     frame.to_csv(dst / "manifest.csv", index=False)
     return dst

@@ -62,8 +62,19 @@ def export_dir(tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime")
     root = tmp_path_factory.mktemp("trust")
     ckpt = make_checkpoint(root / "seg.ckpt", SEG_OVERRIDES)
-    assert cli_main(["export", str(ckpt), "--out", str(root / "export")]) == 0
+    assert cli_main(["export", str(ckpt), "--out", str(root / "export"), "--format", "onnx", "torchscript"]) == 0
     return root / "export"
+
+
+def _scans(tmp_path: Path) -> Path:
+    """A folder with one slice to diagnose (beside, not around, the --out folder)."""
+    import cv2
+    import numpy as np
+
+    scans = tmp_path / "scans"
+    scans.mkdir(exist_ok=True)
+    cv2.imwrite(str(scans / "s.png"), np.full((64, 64), 80, np.uint8))
+    return scans
 
 
 def _copy(export_dir: Path, tmp_path: Path) -> Path:
@@ -81,7 +92,7 @@ def test_torchscript_is_refused_without_the_flag_and_nothing_in_it_runs(export_d
     side["sha256"]["segmenter.pt"] = file_sha256(hostile)
     (folder / "segmenter.json").write_text(json.dumps(side))
     capfd.readouterr()
-    rc = cli_main(["diagnose", str(tmp_path), "--segmenter", str(hostile), "--classifier", str(hostile),
+    rc = cli_main(["diagnose", str(_scans(tmp_path)), "--segmenter", str(hostile), "--classifier", str(hostile),
                    "--out", str(tmp_path / "out"), "--no-progress"])
     out, err = capfd.readouterr()
     assert rc == 2
@@ -122,7 +133,7 @@ def test_a_modified_exported_file_is_refused(export_dir, tmp_path, capfd, name):
     assert str(err.value) == (f"model file {folder / name} does not match the SHA-256 in its sidecar "
                               f"{folder / 'segmenter.json'} (modified or replaced)")
     # through the CLI: one line, exit 2
-    rc = cli_main(["diagnose", str(tmp_path), "--segmenter", str(folder / name), "--classifier",
+    rc = cli_main(["diagnose", str(_scans(tmp_path)), "--segmenter", str(folder / name), "--classifier",
                    str(folder / name), "--out", str(tmp_path / "out"), "--allow-torchscript", "--no-progress"])
     err_lines = [x for x in capfd.readouterr().err.splitlines() if "error:" in x]
     assert rc == 2 and len(err_lines) == 1 and "does not match the SHA-256" in err_lines[0]

@@ -4,4 +4,5 @@ import sys
 
 from spinenet.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing it (as the dependency test does) runs nothing
+    sys.exit(main())
