@@ -28,6 +28,7 @@ from spinenet.errors import ConfigError, DataError
 from spinenet.tasks.evaluate import evaluate, model_from_checkpoint
 from spinenet.utils.safe_io import load_tensors
 from tests.conftest import REPO, tiny_train_overrides
+from tests.wandb_offline import offline_runs
 
 
 # --------------------------------------------------------------------------------------------- fast checks
@@ -185,7 +186,12 @@ def test_ensemble_cli_report_cache_and_artifact(tiny_sweep, tmp_path, monkeypatc
 
     monkeypatch.setattr(members_mod, "_run_inference", no_inference)
     out2 = tmp_path / "e2"
-    assert main([str(tiny_sweep), "--method", "greedy", "--objective", "miou", "--out", str(out2)]) == 0
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main([str(tiny_sweep), "--method", "greedy", "--objective", "miou", "--out", str(out2),
+                 "--wandb-project", "ens-test"]) == 0
+    (run,) = offline_runs(out2)  # --wandb-project: the weights table and the scores in one W&B run
+    assert run["job_type"] == "ensemble" and run["exit_code"] == 0 and run["config"]["objective"] == "miou"
+    assert "weights" in json.dumps(run["summary"]) and any(k.endswith("/test/miou") for k in run["summary"])
     report2 = json.loads((out2 / "report.json").read_text())
     assert all(all(m["cached"].values()) for m in report2["members"])
     assert [e["kind"] for e in report2["entries"]] == ["member", "member", "aem", "waem"]

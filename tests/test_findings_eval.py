@@ -146,6 +146,21 @@ def test_cli_writes_json_and_prints_table(hand_built, tmp_path, capsys):
     assert "Levels not found count as negative" in printed
 
 
+def test_cli_logs_to_wandb_when_a_project_is_given(hand_built, monkeypatch):
+    from tests.wandb_offline import offline_runs
+
+    findings, truth, seg, cls = hand_built
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rc = cli_main(["findings-eval", "--findings", str(findings), "--truth", str(truth), "--bootstrap", "0",
+                   "--wandb-project", "eval-test", "--out", str(findings / "eval_wandb.json")])
+    assert rc == 0
+    (run,) = [r for r in offline_runs(findings) if r["job_type"] == "findings-eval"]
+    doc = json.loads((findings / "eval_wandb.json").read_text())
+    assert run["summary"]["pooled/sensitivity"] == doc["pooled"]["sensitivity"]
+    assert "levels" in json.dumps(run["summary"]) and run["exit_code"] == 0
+    assert not any("excluded_patients" in k or "per_patient" in k for k in run["summary"]), "no patient ids"
+
+
 def test_exclusion_by_splits(hand_built, tmp_path):
     findings, truth, seg, cls = hand_built
     assert evaluate_findings(findings, truth, bootstrap=0)["patients"]["evaluated"] == 11  # nothing excluded

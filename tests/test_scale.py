@@ -25,8 +25,9 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM
 
 
 def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spinenet.cli", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    """Through the installed console script, as users start it (Lightning's DDP re-runs that command line)."""
+    return subprocess.run([str(Path(sys.executable).parent / "spinenet"), *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 def _sweep(args: list[str], root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "spinenet.cli", "train", "-m", *args, f"paths.root_dir={root}"],
+    # the installed command, from the sweep's own folder, with no paths.root_dir: as users type it
+    return subprocess.run([str(Path(sys.executable).parent / "spinenet"), "train", "-m", *args],
                           cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -36,6 +36,8 @@ def main(argv: Sequence[str]) -> int:
     check.add_argument("--labels", default=None, help="comma-separated allowed labels")
     check.add_argument("--mask-values", default=None, help="comma-separated gray values of classes 0..n-1")
     check.add_argument("--fast", action="store_true", help="skip decoding images (existence and sizes only)")
+    check.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                       help="no progress bar (one is shown on a terminal)")
 
     sub.add_parser("import", help="DICOM series or NIfTI/MHA volume -> slices in the project layout",
                    add_help=False)
@@ -90,7 +92,7 @@ def _data_check(args: argparse.Namespace) -> int:
     if args.mask_values:
         fields["mask_values"] = [int(v) for v in args.mask_values.split(",")]
     spec = DatasetSpec.from_config(fields)
-    report = check_dataset(spec, deep=not args.fast)
+    report = check_dataset(spec, deep=not args.fast, progress=args.progress)
     print(report.format())
     return 0 if report.ok else 1
 

@@ -49,6 +49,7 @@ from spinenet.ensemble.search import (
 )
 from spinenet.errors import ConfigError
 from spinenet.utils.markdown import md_code, md_text
+from spinenet.utils.wandb_results import log_results
 
 log = logging.getLogger("spinenet")
 
@@ -551,7 +552,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     report = run_ensemble(args)
     _print_summary(report)
+    log_ensemble_to_wandb(report, args.wandb_project, args.wandb_group)
     return 0
+
+
+def log_ensemble_to_wandb(report: dict[str, Any], project: str | None, group: str | None = None) -> str | None:
+    """The weights table (one row per member, one column per method) and each entry's val/test scores."""
+    methods = [e for e in report["entries"] if e["kind"] != "member"]
+    columns = ["member", "architecture", *(e["name"] for e in methods)]
+    rows = [[m["name"], m.get("architecture"), *(e["weights"][i] for e in methods)]
+            for i, m in enumerate(report["members"])]
+    scores = [[e["name"], e["kind"], e["val"].get(report["objective"]), e["test"].get(report["objective"])]
+              for e in report["entries"]]
+    metrics = {e["name"]: {"val": e["val"], "test": e["test"]} for e in report["entries"]}
+    config = {"objective": report["objective"], "task": report["task"], "chosen": report["chosen"],
+              "members": [{"name": m["name"], "checkpoint": Path(m["checkpoint"]).name, "sha256": m.get("sha256")}
+                          for m in report["members"]], "splits": report["splits"]}
+    return log_results(project, "ensemble", Path(report["out"]).name, report["out"], config, metrics,
+                       {"weights": (columns, rows),
+                        "scores": (["model", "kind", f"val/{report['objective']}", f"test/{report['objective']}"],
+                                   scores)}, group=group)
 
 
 __all__ = ["main", "render_markdown", "run_ensemble"]

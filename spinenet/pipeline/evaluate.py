@@ -38,6 +38,7 @@ import numpy as np
 from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, DataError
 from spinenet.metrics.classification import bootstrap_ci, macro_auroc
 from spinenet.pipeline.combine import best_per_level, herniation_probability, is_herniated
+from spinenet.utils.wandb_results import add_wandb_arguments, log_results
 
 FORMAT = "spinenet-findings-eval"
 VERSION = 1
@@ -469,9 +470,25 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(healthy / LEVEL / both; default {DEFAULT_CLASS_COL} when present)")
     p.add_argument("--view", choices=EVAL_VIEWS, default="sagittal",
                    help="which findings to score (default sagittal)")
+    add_wandb_arguments(p)
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the AUROC interval "
                    "(0: none)")
     return p
+
+
+def log_findings_eval_to_wandb(result: dict[str, Any], out: Path, project: str | None,
+                               group: str | None = None) -> str | None:
+    """Per level (and pooled): counts, sensitivity, specificity and AUROC as a table; every number in the summary."""
+    keys = ("tp", "fn", "tn", "fp", "sensitivity", "specificity", "auroc")
+    scored = {**(result.get("per_level") or {}), "pooled": result.get("pooled") or {}}
+    rows = [[level, *(scores.get(k) for k in keys)] for level, scores in scored.items()]
+    metrics = {"per_level": result.get("per_level"), "pooled": result.get("pooled"),
+               "four_way": {"agreement": (result.get("four_way") or {}).get("agreement")},
+               "patients": {k: v for k, v in result["patients"].items() if isinstance(v, int)}}
+    config = {"view": result.get("view"), "levels": result.get("levels"), "models": result.get("models"),
+              "not_found_policy": result.get("not_found_policy")}
+    return log_results(project, "findings-eval", f"{out.parent.name}/{out.stem}", out.parent, config, metrics,
+                       {"levels": (["level", *keys], rows)}, group=group)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               + "; ".join(f"{im['image']}: {im['status']}" for im in u["images"][:3]))
     for bad in result["unreadable_findings"][:10]:
         print(f"unreadable: {bad['file']}: {bad['reason']}")
+    log_findings_eval_to_wandb(result, out, args.wandb_project, args.wandb_group)
     bad = len(result["unreadable_findings"])
     read = result["patients"]["diagnosed"]
     print(f"findings-eval: {read + bad} findings files, {read} read" + (f", {bad} unreadable" if bad else "")
