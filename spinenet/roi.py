@@ -729,6 +729,25 @@ def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mappin
     return crop_dataset(spec, out, view=view, mask_source="gt", overwrite=True, **crops)
 
 
+def phantom_crops_on_first_use(root: Path, synth: Mapping, crops: Mapping, manifest: str = "manifest.csv") -> Path:
+    """:func:`phantom_crops` into ``root`` on first use, like :func:`spinenet.data.phantom.generate_on_first_use`
+    (temporary sibling, rename, lock); return ``root``."""
+    from spinenet.utils.outdir import build_atomically
+
+    root = Path(root)
+    crops = dict(crops)
+    # the source phantom is named after the final folder, not after the temporary one
+    crops["source"] = str(crops.get("source") or root.with_name(root.name + "_source"))
+    log.info("generating phantom disc crops in %s", root)
+    return build_atomically(
+        root,
+        lambda tmp: phantom_crops(tmp, dict(synth), crops),
+        lambda path: (path / manifest).is_file(),
+        _OUTPUTS,
+        "phantom disc crops",
+    )
+
+
 def segmenter_mask_source(checkpoint: str | Path, device: str = "cpu") -> tuple[MaskSource, list[str]]:
     """A ``mask_source`` for :func:`crop_dataset` that predicts masks with a trained segmenter.
 
@@ -991,6 +1010,7 @@ __all__ = [
     "level_names",
     "main",
     "phantom_crops",
+    "phantom_crops_on_first_use",
     "segmenter_mask_source",
     "square_box",
 ]

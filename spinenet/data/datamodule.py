@@ -234,9 +234,14 @@ class SpineDataModule(L.LightningDataModule):
             raise DataError(f"data set not found: {root / self.spec.manifest} (data.dataset.root={root})")
         synth = dict(self.synthesize)
         crops = synth.pop("crops", None)
-        from spinenet.data.phantom import generate_on_first_use
+        if crops is None:
+            from spinenet.data.phantom import generate_on_first_use
 
-        generate_on_first_use(root, synth, crops, self.spec.manifest)
+            generate_on_first_use(root, synth, self.spec.manifest)
+        else:  # a classification set: the phantom's discs, cropped with its masks
+            from spinenet.roi import phantom_crops_on_first_use
+
+            phantom_crops_on_first_use(root, synth, crops, self.spec.manifest)
 
     # -- setup: manifest, checks, split ---------------------------------------------------------------
     def load_frame(self) -> pd.DataFrame:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from spinenet.checkpoints import is_ensemble_artifact, load_run_checkpoint, load_run_model
 from spinenet.errors import ConfigError, DataError
 
 log = logging.getLogger("spinenet")
@@ -116,12 +116,6 @@ def _digest(obj: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------- resolving
-def is_ensemble_file(path: Path) -> bool:
-    from spinenet.ensemble.artifact import is_ensemble_artifact
-
-    return is_ensemble_artifact(path)
-
-
 def member_from_checkpoint(
     path: str | Path,
     name: str | None = None,
@@ -129,10 +123,8 @@ def member_from_checkpoint(
     source: str = "checkpoint",
     rank_score: float | None = None,
 ) -> Member:
-    from spinenet.tasks.evaluate import load_run_checkpoint
-
     path = Path(path).expanduser().resolve()
-    if is_ensemble_file(path):
+    if is_ensemble_artifact(path):
         raise ConfigError(
             f"{path} is an ensemble artifact; name its members instead (ensembles of ensembles "
             "are not supported)"
@@ -610,11 +602,9 @@ def collect_predictions(
             targets = tensors["targets"].long()
         todo = [i for i, p in enumerate(probs) if p is None]
         if todo:
-            from spinenet.tasks.evaluate import model_from_checkpoint
-
             for i in todo:
-                if i not in modules:
-                    modules[i] = model_from_checkpoint(members[i].checkpoint)[0].to(device).eval()
+                if i not in modules:  # members are run checkpoints (never ensemble files: refused when named)
+                    modules[i] = load_run_model(members[i].checkpoint)[0].to(device).eval()
             say(
                 f"predicting the {split} split ({len(images)} images) with {len(todo)} member(s): "
                 + ", ".join(members[i].name for i in todo)
@@ -705,6 +695,3 @@ def class_counts(pred: SplitPredictions, n_classes: int, task: str) -> list[int]
         return [int((y == c).flatten(1).any(1).sum()) for c in range(n_classes)]
     return [int((y == c).sum()) for c in range(n_classes)]
 
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
