@@ -7,6 +7,7 @@ repeated exactly. Subclasses only say what one sample is.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from spinenet.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 # model.level_prior (and an ensemble of members with one) without levels in the data
-LEVELS_NEEDED = (
+MISSING_LEVELS_MESSAGE = (
     "model.level_prior needs each sample's disc level: set data.dataset.level_col to the manifest column "
     "that names it"
 )
@@ -36,6 +37,9 @@ SPLITS = ("train", "val", "test")
 # per-sample entries of different sizes: collated into lists, not stacked
 LIST_KEYS = ("native_mask",)
 CHECK_LEVELS = ("deep", "fast", "off")
+# data settings in the run config that other code reads, not the data module: crop_recipe (how spinenet diagnose
+# crops for a classifier trained on these crops), flip_swap (classification only; spinenet eval nulls it for all)
+READ_ELSEWHERE = ("crop_recipe", "flip_swap")
 
 
 def _to_dict(obj: Any) -> Any:
@@ -182,9 +186,10 @@ class SpineDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         extra_train: Sequence[Mapping] | None = None,
-        **_ignored: Any,
+        **read_elsewhere: Any,
     ):
         super().__init__()
+        self._refuse_unknown_settings(read_elsewhere)
         self.spec = DatasetSpec.from_config(_to_dict(dataset))
         self.extra_specs = self._extra_specs(_to_dict(dataset), _to_dict(extra_train))
         self.image_size = tuple(int(s) for s in _to_dict(image_size))
@@ -207,6 +212,16 @@ class SpineDataModule(L.LightningDataModule):
         self.frame: pd.DataFrame | None = None
         self.splits: dict[str, list[str]] | None = None
         self.datasets: dict[str, Dataset] = {}
+
+    def _refuse_unknown_settings(self, settings: Mapping[str, Any]) -> None:
+        """A misspelt ``data.<key>`` (Hydra passes every key of the data config here) is an error naming it."""
+        unknown = sorted(set(settings) - set(READ_ELSEWHERE))
+        if unknown:
+            valid = {name for cls in type(self).__mro__ if "__init__" in vars(cls)
+                     for name, p in inspect.signature(cls.__init__).parameters.items()
+                     if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+            raise ConfigError(f"data: unknown setting(s) {', '.join(unknown)} for {type(self).__name__}; valid: "
+                              f"{', '.join(sorted(valid | set(READ_ELSEWHERE)))}")
 
     @staticmethod
     def _extra_specs(dataset: Mapping, extra: Sequence[Mapping] | None) -> list[DatasetSpec]:
@@ -484,5 +499,5 @@ class ClassificationDataModule(SpineDataModule):
         """The training split's disc levels (data.dataset.level_col; "" where unknown), in train_labels order."""
         self.setup()
         if not self.spec.level_col:
-            raise ConfigError(LEVELS_NEEDED)
+            raise ConfigError(MISSING_LEVELS_MESSAGE)
         return ["" if pd.isna(v) else str(v) for v in self.datasets["train"].rows[self.spec.level_col]]
