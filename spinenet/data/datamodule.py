@@ -21,9 +21,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, check_dataset, load_manifest, raise_if_bad
+from spinenet.data.phantom import generate_on_first_use
 from spinenet.data.splits import check_splits, load_splits, patient_labels, save_splits, split_patients
 from spinenet.data.transforms import apply_clahe, build_transforms, content_box
 from spinenet.errors import ConfigError, DataError
+from spinenet.roi import phantom_crops_on_first_use
+from spinenet.utils.callbacks import seed_everything_for_epoch
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +148,6 @@ class EpochShuffleSampler(Sampler[int]):
         self.dataset, self.seed, self.epoch, self.generator = dataset, int(seed), 0, generator
 
     def set_epoch(self, epoch: int) -> None:
-        from spinenet.utils.callbacks import seed_everything_for_epoch
-
         self.epoch = self.dataset.epoch = int(epoch)
         seed_everything_for_epoch(self.seed, epoch)
         if self.generator is not None:
@@ -250,12 +251,8 @@ class SpineDataModule(L.LightningDataModule):
         synth = dict(self.synthesize)
         crops = synth.pop("crops", None)
         if crops is None:
-            from spinenet.data.phantom import generate_on_first_use
-
             generate_on_first_use(root, synth, self.spec.manifest)
         else:  # a classification set: the phantom's discs, cropped with its masks
-            from spinenet.roi import phantom_crops_on_first_use
-
             phantom_crops_on_first_use(root, synth, crops, self.spec.manifest)
 
     # -- setup: manifest, checks, split ---------------------------------------------------------------

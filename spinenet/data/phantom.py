@@ -39,6 +39,7 @@ import numpy as np
 
 from spinenet.errors import ConfigError, DataError
 from spinenet.utils.outdir import build_atomically, prepare_output_dir
+from spinenet.utils.overlay import PALETTE, overlay_mask
 
 SAGITTAL_CLASSES = ("background", "disc", "vertebra", "canal")
 AXIAL_CLASSES = ("background", "disc", "canal", "posterior")
@@ -1190,9 +1191,7 @@ def render_preview(
     Saved as a paletted PNG (``gray_levels`` grays plus the class colours) so documentation pictures stay
     small; ``tile`` resizes every slice to tile x tile pixels.
     """
-    from PIL import Image
-
-    from spinenet.utils.overlay import PALETTE, overlay_mask
+    from PIL import Image  # lazy: only documentation previews need it
 
     manifest_path = Path(manifest_path)
     root = manifest_path.parent

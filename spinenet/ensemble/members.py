@@ -25,6 +25,7 @@ files' sizes and modification times) and the split. A new search over the same m
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -33,11 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 from spinenet.checkpoints import is_ensemble_artifact, load_run_checkpoint, load_run_model
 from spinenet.errors import ConfigError, DataError
+from spinenet.sweeps import collect_trials
+from spinenet.utils.safe_io import load_tensors, save_tensors
 
 log = logging.getLogger("spinenet")
 
@@ -225,8 +230,6 @@ def _overrides(run_dir: Path) -> list[str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    from omegaconf import OmegaConf
-
     return [str(o) for o in OmegaConf.load(path)]
 
 
@@ -246,8 +249,6 @@ def _monitor_mode(run_dir: Path) -> tuple[str | None, str]:
         monitor = json.loads(metrics_file.read_text()).get("monitor")
     cfg_file = run_dir / ".hydra" / "config.yaml"
     if cfg_file.is_file():
-        from omegaconf import OmegaConf
-
         cfg = OmegaConf.load(cfg_file)
         monitor = monitor or cfg.get("monitor")
         mode = str(cfg.get("monitor_mode", "max"))
@@ -260,8 +261,6 @@ def rank_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, str | None, str]:
     Ranked by ``best_score`` (the monitor at the checkpoint that will be used) where recorded, else by the
     monitor's column; ``monitor_mode`` (max/min) from the trials' config.
     """
-    from spinenet.sweeps import collect_trials
-
     sweep_dir = Path(sweep_dir)
     table = collect_trials(sweep_dir)
     if table.empty:
@@ -433,11 +432,6 @@ def build_datamodule(
     num_workers: int | None = None,
 ):
     """The first member's data module with the ensemble's split, no augmentation, nothing written."""
-    import copy
-
-    import hydra
-    from omegaconf import OmegaConf
-
     data = copy.deepcopy(config["data"])
     data.setdefault("split", {})
     data["split"] = {**(data["split"] or {}), "file": str(split_file)}
@@ -562,8 +556,6 @@ def collect_predictions(
 
     Returns ``({split: SplitPredictions}, datamodule)``.
     """
-    from spinenet.utils.safe_io import load_tensors, save_tensors
-
     say = progress or log.info
     signature = check_compatible(members)
     seg = signature["task"] == "segmentation"
