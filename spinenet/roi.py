@@ -37,7 +37,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from spinenet.data.io import image_size, read_image, read_mask
+from spinenet.data.manifest import DatasetSpec, load_manifest, not_utf8_message
+from spinenet.data.phantom import MASK_GRAY_STEP, PHANTOM_OUTPUTS, classes_for, generate_phantom
 from spinenet.errors import ConfigError, DataError
+from spinenet.utils.outdir import build_atomically, prepare_output_dir
+from spinenet.utils.progress import progress as with_progress
+from spinenet.utils.safe_csv import neutralise_frame
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +271,6 @@ def assign_levels(boxes: Sequence[Box], upper: str = "thoracic") -> list[str]:
 # writing data sets
 # ---------------------------------------------------------------------------------------------------------
 def _prepare_out_dir(out_dir: str | Path, overwrite: bool, inputs: Sequence[Any] = ()) -> Path:
-    from spinenet.utils.outdir import prepare_output_dir
-
     # --overwrite replaces only what this module writes, never the user's other files
     out = prepare_output_dir(out_dir, inputs, overwrite, command="roi", clear=_OUTPUTS)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -307,8 +311,6 @@ class _Writer:
         head = ["patient_id", "image", "source_image", "level", "disc_index", "x0", "y0", "x1", "y1", "area"]
         df = pd.DataFrame(self.rows)
         cols = [c for c in head if c in df.columns] + [c for c in df.columns if c not in head]
-        from spinenet.utils.safe_csv import neutralise_frame
-
         table = df[cols] if len(df) else pd.DataFrame(columns=head)
         neutralise_frame(table).to_csv(self.out / "manifest.csv", index=False)
         missing = pd.DataFrame(self.missing, columns=["patient_id", "source_image", "reason"])
@@ -331,8 +333,6 @@ class _Writer:
 
 
 def _spec(spec: Any) -> Any:
-    from spinenet.data.manifest import DatasetSpec
-
     return spec if isinstance(spec, DatasetSpec) else DatasetSpec.from_config(spec)
 
 
@@ -388,10 +388,6 @@ def crop_dataset(
     (``patient_id, source_image, reason``) for images without a disc; ``summary.json``. ``progress``: a bar
     over the images (``None``: on a terminal only; ``False``: never).
     """
-    from spinenet.data.io import read_image, read_mask
-    from spinenet.data.manifest import load_manifest
-    from spinenet.utils.progress import progress as with_progress
-
     if view not in VIEWS:
         raise ConfigError(f"roi.view: choose one of {', '.join(VIEWS)}, got {view!r}")
     spec = _spec(spec)
@@ -533,16 +529,12 @@ def crops_from_box_csv(
     image give several crops, ``images/<image_id>_<k>.png``. ``margin`` defaults to 0 (Al-Ajaj cropped the
     box as annotated). ``patient_col``: the patient id column (default: ``image_id``).
     """
-    from spinenet.data.io import image_size, read_image
-
     csv_path, root = Path(csv_path), Path(image_root)
     if not csv_path.is_file():
         raise DataError(f"box CSV not found: {csv_path}")
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
     except UnicodeDecodeError:
-        from spinenet.data.manifest import not_utf8_message
-
         raise DataError(not_utf8_message(csv_path)) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise DataError(f"cannot read {csv_path} as CSV: {e}") from e
@@ -678,10 +670,6 @@ def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mappin
     square, min_area, upper_levels) and ``source``, the phantom's folder (default ``<out_dir>_source``): it is
     generated there unless it exists, so a segmentation experiment's phantom is reused. Returns ``out_dir``.
     """
-    from spinenet.data.manifest import DatasetSpec
-    from spinenet.data.phantom import MASK_GRAY_STEP, PHANTOM_OUTPUTS, classes_for, generate_phantom
-    from spinenet.utils.outdir import build_atomically
-
     crops = dict(crops or {})
     phantom = {k: v for k, v in phantom.items() if k != "tag"}  # tag only names the folders
     unknown = sorted(set(crops) - set(PHANTOM_CROP_OPTIONS))
@@ -729,6 +717,23 @@ def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mappin
     return crop_dataset(spec, out, view=view, mask_source="gt", overwrite=True, **crops)
 
 
+def phantom_crops_on_first_use(root: Path, synth: Mapping, crops: Mapping, manifest: str = "manifest.csv") -> Path:
+    """:func:`phantom_crops` into ``root`` on first use, like :func:`spinenet.data.phantom.generate_on_first_use`
+    (temporary sibling, rename, lock); return ``root``."""
+    root = Path(root)
+    crops = dict(crops)
+    # the source phantom is named after the final folder, not after the temporary one
+    crops["source"] = str(crops.get("source") or root.with_name(root.name + "_source"))
+    log.info("generating phantom disc crops in %s", root)
+    return build_atomically(
+        root,
+        lambda tmp: phantom_crops(tmp, dict(synth), crops),
+        lambda path: (path / manifest).is_file(),
+        _OUTPUTS,
+        "phantom disc crops",
+    )
+
+
 def segmenter_mask_source(checkpoint: str | Path, device: str = "cpu") -> tuple[MaskSource, list[str]]:
     """A ``mask_source`` for :func:`crop_dataset` that predicts masks with a trained segmenter.
 
@@ -736,11 +741,11 @@ def segmenter_mask_source(checkpoint: str | Path, device: str = "cpu") -> tuple[
     logits are mapped back onto the source image (undoing the padding of ``resize_mode=pad``) and upsampled
     bilinearly before the arg-max. Returns the source and the segmenter's class names.
     """
-    import torch
+    import torch  # lazy: start-up (spinenet roi without --segmenter needs no torch)
     import torch.nn.functional as F
 
-    from spinenet.data.transforms import apply_clahe, build_transforms
-    from spinenet.tasks.evaluate import model_from_checkpoint
+    from spinenet.data.transforms import apply_clahe, build_transforms  # lazy: start-up (albumentations)
+    from spinenet.tasks.evaluate import model_from_checkpoint  # lazy: start-up (lightning, hydra)
 
     module, saved = model_from_checkpoint(checkpoint)
     if saved.get("task", "segmentation") != "segmentation":
@@ -991,6 +996,7 @@ __all__ = [
     "level_names",
     "main",
     "phantom_crops",
+    "phantom_crops_on_first_use",
     "segmenter_mask_source",
     "square_box",
 ]

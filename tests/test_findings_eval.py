@@ -20,7 +20,7 @@ from spinenet.cli import main as cli_main
 from spinenet.data.splits import save_splits
 from spinenet.errors import DataError
 from spinenet.pipeline.combine import herniation_probability, is_herniated
-from spinenet.pipeline.evaluate import auroc, evaluate_findings, wilson
+from spinenet.pipeline.findings_eval import auroc, evaluate_findings, wilson
 
 LEVELS = ("L4-L5", "L5-S1")
 HEADER = "patient_id,image,herniation_L5S1,herniation_L4L5,sagittal_class\n"
@@ -293,7 +293,7 @@ def test_unreadable_findings_are_listed_and_the_rest_scored(hand_built, tmp_path
     doc["images"] = [{"image": "8_t2.png", "status": "implausible for sagittal", "reason": "12 disc regions"}]
     (findings / "8" / "findings.json").write_text(json.dumps(doc))
     with pytest.raises(DataError, match="broken"):
-        from spinenet.pipeline.evaluate import load_findings
+        from spinenet.pipeline.findings_eval import load_findings
 
         load_findings(findings)
     rc = cli_main(["findings-eval", "--findings", str(findings), "--truth", str(truth), "--bootstrap", "0",

@@ -206,7 +206,7 @@ def test_a_killed_generation_is_generated_again(tmp_path, caplog):
     stale = tmp_path / f".phantom.partial-{os.getpid() + 1}"  # a killed run's temporary folder
     (stale / "images").mkdir(parents=True)
     with caplog.at_level(logging.WARNING):
-        generate_on_first_use(root, SYNTH, None)
+        generate_on_first_use(root, SYNTH)
     assert "incomplete" in caplog.text and "interrupted" in caplog.text
     assert len(pd.read_csv(root / "manifest.csv")) == 2 and (root / MARKER).is_file()
     assert read_image(root / "images" / "P0001_sagittal_s0.png").shape == (64, 64)
@@ -216,12 +216,12 @@ def test_a_killed_generation_is_generated_again(tmp_path, caplog):
     (mine / "images").mkdir(parents=True)
     (mine / "thesis.docx").write_text("keep")
     with pytest.raises(DataError, match="thesis.docx"):
-        generate_on_first_use(mine, SYNTH, None)
+        generate_on_first_use(mine, SYNTH)
     assert (mine / "thesis.docx").read_text() == "keep"
 
 
 def _generate(root: str) -> None:
-    generate_on_first_use(Path(root), SYNTH, None)
+    generate_on_first_use(Path(root), SYNTH)
 
 
 def test_concurrent_first_runs_make_one_identical_dataset(tmp_path):

@@ -16,12 +16,12 @@ from typing import List  # noqa: UP035 (TorchScript reads the annotations)
 import pytest
 import torch
 
+from spinenet.checkpoints import load_run_checkpoint
 from spinenet.cli import main as cli_main
 from spinenet.ensemble.artifact import load_ensemble, save_artifact
 from spinenet.ensemble.members import _run_checkpoint, resolve_members
 from spinenet.errors import ConfigError, DataError
 from spinenet.pipeline.models import load_predictor
-from spinenet.tasks.evaluate import load_run_checkpoint
 from spinenet.tasks.train import train
 from spinenet.utils.safe_io import file_sha256
 from tests.conftest import tiny_train_overrides

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from spinenet.errors import ConfigError
+from spinenet.models import list_models
 from spinenet.models.classification import Classifier, build_classifier
-from spinenet.models.registry import CLASSIFIERS, SEGMENTERS, Registry, list_models
+from spinenet.models.registry import CLASSIFIERS, SEGMENTERS, Registry
 from spinenet.models.segmentation import build_segmenter, required_multiple, valid_combinations
 from spinenet.tasks.train import train
 from tests.conftest import tiny_train_overrides

@@ -7,6 +7,7 @@ repeated exactly. Subclasses only say what one sample is.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,14 +21,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, check_dataset, load_manifest, raise_if_bad
+from spinenet.data.phantom import generate_on_first_use
 from spinenet.data.splits import check_splits, load_splits, patient_labels, save_splits, split_patients
 from spinenet.data.transforms import apply_clahe, build_transforms, content_box
 from spinenet.errors import ConfigError, DataError
+from spinenet.roi import phantom_crops_on_first_use
+from spinenet.utils.callbacks import seed_everything_for_epoch
 
 log = logging.getLogger(__name__)
 
 # model.level_prior (and an ensemble of members with one) without levels in the data
-LEVELS_NEEDED = (
+MISSING_LEVELS_MESSAGE = (
     "model.level_prior needs each sample's disc level: set data.dataset.level_col to the manifest column "
     "that names it"
 )
@@ -36,6 +40,9 @@ SPLITS = ("train", "val", "test")
 # per-sample entries of different sizes: collated into lists, not stacked
 LIST_KEYS = ("native_mask",)
 CHECK_LEVELS = ("deep", "fast", "off")
+# data settings in the run config that other code reads, not the data module: crop_recipe (how spinenet diagnose
+# crops for a classifier trained on these crops), flip_swap (classification only; spinenet eval nulls it for all)
+READ_ELSEWHERE = ("crop_recipe", "flip_swap")
 
 
 def _to_dict(obj: Any) -> Any:
@@ -141,8 +148,6 @@ class EpochShuffleSampler(Sampler[int]):
         self.dataset, self.seed, self.epoch, self.generator = dataset, int(seed), 0, generator
 
     def set_epoch(self, epoch: int) -> None:
-        from spinenet.utils.callbacks import seed_everything_for_epoch
-
         self.epoch = self.dataset.epoch = int(epoch)
         seed_everything_for_epoch(self.seed, epoch)
         if self.generator is not None:
@@ -182,9 +187,10 @@ class SpineDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         extra_train: Sequence[Mapping] | None = None,
-        **_ignored: Any,
+        **read_elsewhere: Any,
     ):
         super().__init__()
+        self._refuse_unknown_settings(read_elsewhere)
         self.spec = DatasetSpec.from_config(_to_dict(dataset))
         self.extra_specs = self._extra_specs(_to_dict(dataset), _to_dict(extra_train))
         self.image_size = tuple(int(s) for s in _to_dict(image_size))
@@ -207,6 +213,16 @@ class SpineDataModule(L.LightningDataModule):
         self.frame: pd.DataFrame | None = None
         self.splits: dict[str, list[str]] | None = None
         self.datasets: dict[str, Dataset] = {}
+
+    def _refuse_unknown_settings(self, settings: Mapping[str, Any]) -> None:
+        """A misspelt ``data.<key>`` (Hydra passes every key of the data config here) is an error naming it."""
+        unknown = sorted(set(settings) - set(READ_ELSEWHERE))
+        if unknown:
+            valid = {name for cls in type(self).__mro__ if "__init__" in vars(cls)
+                     for name, p in inspect.signature(cls.__init__).parameters.items()
+                     if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+            raise ConfigError(f"data: unknown setting(s) {', '.join(unknown)} for {type(self).__name__}; valid: "
+                              f"{', '.join(sorted(valid | set(READ_ELSEWHERE)))}")
 
     @staticmethod
     def _extra_specs(dataset: Mapping, extra: Sequence[Mapping] | None) -> list[DatasetSpec]:
@@ -234,9 +250,10 @@ class SpineDataModule(L.LightningDataModule):
             raise DataError(f"data set not found: {root / self.spec.manifest} (data.dataset.root={root})")
         synth = dict(self.synthesize)
         crops = synth.pop("crops", None)
-        from spinenet.data.phantom import generate_on_first_use
-
-        generate_on_first_use(root, synth, crops, self.spec.manifest)
+        if crops is None:
+            generate_on_first_use(root, synth, self.spec.manifest)
+        else:  # a classification set: the phantom's discs, cropped with its masks
+            phantom_crops_on_first_use(root, synth, crops, self.spec.manifest)
 
     # -- setup: manifest, checks, split ---------------------------------------------------------------
     def load_frame(self) -> pd.DataFrame:
@@ -479,5 +496,5 @@ class ClassificationDataModule(SpineDataModule):
         """The training split's disc levels (data.dataset.level_col; "" where unknown), in train_labels order."""
         self.setup()
         if not self.spec.level_col:
-            raise ConfigError(LEVELS_NEEDED)
+            raise ConfigError(MISSING_LEVELS_MESSAGE)
         return ["" if pd.isna(v) else str(v) for v in self.datasets["train"].rows[self.spec.level_col]]

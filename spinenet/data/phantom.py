@@ -38,7 +38,8 @@ import cv2
 import numpy as np
 
 from spinenet.errors import ConfigError, DataError
-from spinenet.utils.outdir import prepare_output_dir
+from spinenet.utils.outdir import build_atomically, prepare_output_dir
+from spinenet.utils.overlay import PALETTE, overlay_mask
 
 SAGITTAL_CLASSES = ("background", "disc", "vertebra", "canal")
 AXIAL_CLASSES = ("background", "disc", "canal", "posterior")
@@ -1165,34 +1166,20 @@ def generate_phantom(
     return manifest
 
 
-def generate_on_first_use(root: Path, synth: Mapping, crops: Mapping | None, manifest: str = "manifest.csv") -> Path:
-    """Generate the phantom (or, with ``crops``, its disc crops) in ``root`` on first use; return ``root``.
+def generate_on_first_use(root: Path, synth: Mapping, manifest: str = "manifest.csv") -> Path:
+    """Generate the phantom in ``root`` on first use; return ``root``.
 
     Written into a temporary sibling and renamed into place under a lock (``build_atomically``): a killed run
     leaves no half-written ``root``, a partial one left by older versions is regenerated, and runs started
-    together wait for one generation.
+    together wait for one generation. Its disc crops: :func:`spinenet.roi.phantom_crops_on_first_use`.
     """
-    from spinenet.utils.outdir import build_atomically
-
-    root = Path(root)
-    synth = dict(synth)
-
-    def complete(path: Path) -> bool:
-        return (path / manifest).is_file()
-
-    if crops is not None:  # a classification set: the phantom's discs, cropped with its masks
-        from spinenet.roi import _OUTPUTS, phantom_crops
-
-        crops = dict(crops)
-        # the source phantom is named after the final folder, not after the temporary one
-        crops["source"] = str(crops.get("source") or root.with_name(root.name + "_source"))
-        log.info("generating phantom disc crops in %s", root)
-        return build_atomically(
-            root, lambda tmp: phantom_crops(tmp, synth, crops), complete, _OUTPUTS, "phantom disc crops"
-        )
     log.info("generating the synthetic phantom in %s", root)
     return build_atomically(
-        root, lambda tmp: generate_phantom(tmp, **synth), complete, PHANTOM_OUTPUTS, "synthetic phantom"
+        Path(root),
+        lambda tmp: generate_phantom(tmp, **dict(synth)),
+        lambda path: (path / manifest).is_file(),
+        PHANTOM_OUTPUTS,
+        "synthetic phantom",
     )
 
 
@@ -1204,9 +1191,7 @@ def render_preview(
     Saved as a paletted PNG (``gray_levels`` grays plus the class colours) so documentation pictures stay
     small; ``tile`` resizes every slice to tile x tile pixels.
     """
-    from PIL import Image
-
-    from spinenet.utils.overlay import PALETTE, overlay_mask
+    from PIL import Image  # lazy: only documentation previews need it
 
     manifest_path = Path(manifest_path)
     root = manifest_path.parent

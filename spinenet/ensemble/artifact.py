@@ -24,13 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
+from spinenet.checkpoints import ENSEMBLE_FORMAT, is_ensemble_artifact, load_run_model
+from spinenet.ensemble.members import Member, check_compatible, file_sha256, member_probabilities
 from spinenet.errors import ConfigError, DataError
+from spinenet.tasks.common import build_module
 
 log = logging.getLogger("spinenet")
 
-FORMAT = "spinenet-ensemble"
+FORMAT = ENSEMBLE_FORMAT
 VERSION = 1
 # log(0) would be -inf, and -inf * 0 inside a focal or Dice loss is NaN; the floor is far below any float32
 # probability a softmax of finite logits gives for a kept class, so softmax(log p) == p to float32 precision
@@ -59,8 +63,6 @@ class EnsembleNet(nn.Module):
         self.takes_levels = any(getattr(m, "level_offsets", None) is not None for m in members)
 
     def probabilities(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
-        from spinenet.ensemble.members import member_probabilities
-
         total = None
         for w, member in zip(self.weights, self.members, strict=True):
             p = w * member_probabilities(member, x, levels)
@@ -76,21 +78,6 @@ def is_ensemble(module: nn.Module) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- the file
-def is_ensemble_artifact(path: str | Path) -> bool:
-    """True for a JSON file of format ``spinenet-ensemble`` (checked by content, not by name)."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    with path.open("rb") as f:
-        head = f.read(64).lstrip()
-    if not head.startswith(b"{"):
-        return False
-    try:
-        return json.loads(path.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
-
-
 def save_artifact(path: str | Path, members: Sequence[Any], weights: Sequence[float], **info: Any) -> Path:
     """Write ``ensemble.json``: members (objects with ``name``, ``checkpoint``, ``sha256``), weights, info."""
     path = Path(path).resolve()
@@ -158,12 +145,6 @@ def load_ensemble(path: str | Path, verify: bool = True):
     ``verify`` checks every member file against the SHA-256 recorded when the weights were chosen.
     ``saved_config`` is the first member's run config with an ``ensemble`` entry describing the artifact.
     """
-    from omegaconf import OmegaConf, open_dict
-
-    from spinenet.ensemble.members import Member, check_compatible, file_sha256
-    from spinenet.tasks.common import build_module
-    from spinenet.tasks.evaluate import model_from_checkpoint
-
     path = Path(path).resolve()
     doc = read_artifact(path)
     used = [e for e in doc["members"] if float(e["weight"]) > 0]
@@ -177,7 +158,8 @@ def load_ensemble(path: str | Path, verify: bool = True):
                 f"ensemble file {path}: member {entry.get('name')} ({ckpt}) has changed since the "
                 "weights were chosen (SHA-256 differs); rebuild the ensemble with spinenet ensemble"
             )
-        module, cfg = model_from_checkpoint(ckpt)
+        # a member is a run checkpoint (an ensemble file named as a member loads as before, recursively)
+        module, cfg = load_ensemble(ckpt) if is_ensemble_artifact(ckpt) else load_run_model(ckpt)
         members.append(
             Member(
                 name=str(entry.get("name") or ckpt.stem),

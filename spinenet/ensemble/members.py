@@ -25,19 +25,24 @@ files' sizes and modification times) and the split. A new search over the same m
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
+from spinenet.checkpoints import is_ensemble_artifact, load_run_checkpoint, load_run_model
 from spinenet.errors import ConfigError, DataError
+from spinenet.sweeps import collect_trials
+from spinenet.utils.safe_io import load_tensors, save_tensors
 
 log = logging.getLogger("spinenet")
 
@@ -116,12 +121,6 @@ def _digest(obj: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------- resolving
-def is_ensemble_file(path: Path) -> bool:
-    from spinenet.ensemble.artifact import is_ensemble_artifact
-
-    return is_ensemble_artifact(path)
-
-
 def member_from_checkpoint(
     path: str | Path,
     name: str | None = None,
@@ -129,10 +128,8 @@ def member_from_checkpoint(
     source: str = "checkpoint",
     rank_score: float | None = None,
 ) -> Member:
-    from spinenet.tasks.evaluate import load_run_checkpoint
-
     path = Path(path).expanduser().resolve()
-    if is_ensemble_file(path):
+    if is_ensemble_artifact(path):
         raise ConfigError(
             f"{path} is an ensemble artifact; name its members instead (ensembles of ensembles "
             "are not supported)"
@@ -233,8 +230,6 @@ def _overrides(run_dir: Path) -> list[str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    from omegaconf import OmegaConf
-
     return [str(o) for o in OmegaConf.load(path)]
 
 
@@ -254,8 +249,6 @@ def _monitor_mode(run_dir: Path) -> tuple[str | None, str]:
         monitor = json.loads(metrics_file.read_text()).get("monitor")
     cfg_file = run_dir / ".hydra" / "config.yaml"
     if cfg_file.is_file():
-        from omegaconf import OmegaConf
-
         cfg = OmegaConf.load(cfg_file)
         monitor = monitor or cfg.get("monitor")
         mode = str(cfg.get("monitor_mode", "max"))
@@ -268,8 +261,6 @@ def rank_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, str | None, str]:
     Ranked by ``best_score`` (the monitor at the checkpoint that will be used) where recorded, else by the
     monitor's column; ``monitor_mode`` (max/min) from the trials' config.
     """
-    from spinenet.sweeps import collect_trials
-
     sweep_dir = Path(sweep_dir)
     table = collect_trials(sweep_dir)
     if table.empty:
@@ -441,11 +432,6 @@ def build_datamodule(
     num_workers: int | None = None,
 ):
     """The first member's data module with the ensemble's split, no augmentation, nothing written."""
-    import copy
-
-    import hydra
-    from omegaconf import OmegaConf
-
     data = copy.deepcopy(config["data"])
     data.setdefault("split", {})
     data["split"] = {**(data["split"] or {}), "file": str(split_file)}
@@ -570,8 +556,6 @@ def collect_predictions(
 
     Returns ``({split: SplitPredictions}, datamodule)``.
     """
-    from spinenet.utils.safe_io import load_tensors, save_tensors
-
     say = progress or log.info
     signature = check_compatible(members)
     seg = signature["task"] == "segmentation"
@@ -610,11 +594,9 @@ def collect_predictions(
             targets = tensors["targets"].long()
         todo = [i for i, p in enumerate(probs) if p is None]
         if todo:
-            from spinenet.tasks.evaluate import model_from_checkpoint
-
             for i in todo:
-                if i not in modules:
-                    modules[i] = model_from_checkpoint(members[i].checkpoint)[0].to(device).eval()
+                if i not in modules:  # members are run checkpoints (never ensemble files: refused when named)
+                    modules[i] = load_run_model(members[i].checkpoint)[0].to(device).eval()
             say(
                 f"predicting the {split} split ({len(images)} images) with {len(todo)} member(s): "
                 + ", ".join(members[i].name for i in todo)
@@ -705,6 +687,3 @@ def class_counts(pred: SplitPredictions, n_classes: int, task: str) -> list[int]
         return [int((y == c).flatten(1).any(1).sum()) for c in range(n_classes)]
     return [int((y == c).sum()) for c in range(n_classes)]
 
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None

@@ -40,7 +40,7 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.utilities import dim_zero_cat
 
-from spinenet.data.datamodule import LEVELS_NEEDED
+from spinenet.data.datamodule import MISSING_LEVELS_MESSAGE
 from spinenet.errors import ConfigError
 from spinenet.metrics.classification import (
     ClassificationMetrics,
@@ -240,7 +240,7 @@ class ClassificationModule(L.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         if self.needs_levels and "level" not in batch:
-            raise ConfigError(LEVELS_NEEDED)
+            raise ConfigError(MISSING_LEVELS_MESSAGE)
         logits = self(batch["image"], batch.get("level"))
         if logits.ndim != 2 or logits.shape[1] != len(self.label_names):
             raise ConfigError(

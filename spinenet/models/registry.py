@@ -4,7 +4,7 @@ A model is added by decorating the function that builds it::
 
     @CLASSIFIERS.register("mynet", min_size=16)
     def mynet(num_classes: int, in_channels: int = 1, image_size=(64, 64), width: int = 32) -> Classifier:
-        '''My net: one line that ``list_models``/error messages show.'''
+        '''My net: one line that ``spinenet.models.list_models``/error messages show.'''
         ...
 
     @SEGMENTERS.register("myseg", multiple=16)
@@ -29,7 +29,7 @@ from typing import Any
 
 from spinenet.errors import ConfigError
 
-__all__ = ["CLASSIFIERS", "SEGMENTERS", "ModelEntry", "Registry", "list_models", "normalize_name"]
+__all__ = ["CLASSIFIERS", "SEGMENTERS", "ModelEntry", "Registry", "normalize_name"]
 
 SizeRule = int | Callable[[Mapping[str, Any]], int]
 
@@ -195,19 +195,3 @@ CLASSIFIERS = Registry(
     # no_dense_head: why model.head (new dense layers on the pooled features) does not apply, if it does not
     extra={"no_dense_head": ""},
 )
-_REGISTRIES = {"segmenter": SEGMENTERS, "classifier": CLASSIFIERS}
-
-
-def list_models(kind: str | None = None, pattern: str = "") -> list[str]:
-    """Registered model names of ``kind`` (``"segmenter"``, ``"classifier"``; None: both), registration order.
-
-    Importing this module alone registers nothing: the models register when
-    :mod:`spinenet.models.segmentation` and :mod:`spinenet.models.classification` are imported (done here).
-    """
-    import spinenet.models.classification  # noqa: F401  (registers the classifiers)
-    import spinenet.models.segmentation  # noqa: F401  (registers the segmenters)
-
-    if kind is not None and kind not in _REGISTRIES:
-        raise ConfigError(f"unknown model kind {kind!r}; choose one of {', '.join(_REGISTRIES)}")
-    kinds = [kind] if kind else list(_REGISTRIES)
-    return list(dict.fromkeys(n for k in kinds for n in _REGISTRIES[k].names(pattern)))

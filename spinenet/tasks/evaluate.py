@@ -29,57 +29,13 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from spinenet.checkpoints import is_ensemble_artifact, load_run_model
 from spinenet.data.manifest import KINDS, DataReport, DatasetSpec, check_dataset
+from spinenet.ensemble.artifact import load_ensemble
 from spinenet.errors import ConfigError, DataError
-from spinenet.tasks.common import build_module, jsonable, write_json
+from spinenet.tasks.common import jsonable, write_json
 
 log = logging.getLogger("spinenet")
-
-
-def load_run_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A spinenet checkpoint, loaded without unpickling arbitrary objects (:func:`~spinenet.utils.safe_io.load_checkpoint`)."""
-    from spinenet.utils.safe_io import load_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path: checkpoint not found: {path}")
-    ckpt = load_checkpoint(path)
-    if "state_dict" not in ckpt or "spinenet" not in ckpt:
-        raise DataError(f"checkpoint {path}: not a spinenet checkpoint (no state_dict / spinenet config inside)")
-    return ckpt
-
-
-def check_resume_checkpoint(path: str | Path, task: str) -> dict[str, Any]:
-    """The checkpoint ``spinenet train ckpt_path=...`` resumes from, checked before fit: readable, weights-only,
-    a spinenet training checkpoint of ``task`` with its optimizer state. :class:`ConfigError` naming it otherwise."""
-    try:
-        ckpt = load_run_checkpoint(path)
-    except DataError as exc:
-        raise ConfigError(f"ckpt_path: {exc}") from None
-    saved_task = str(ckpt["spinenet"].get("task", "segmentation"))
-    if saved_task != task:
-        raise ConfigError(f"ckpt_path: checkpoint {path} is a {saved_task} checkpoint; this run trains {task}")
-    if "optimizer_states" not in ckpt or "loops" not in ckpt:
-        raise ConfigError(f"ckpt_path: checkpoint {path} holds weights only (no optimizer or loop state); "
-                          "training can resume only from a checkpoint that spinenet train wrote")
-    return ckpt
-
-
-def check_weights_fit(ckpt: dict[str, Any], module: torch.nn.Module, path: str | Path) -> None:
-    """:class:`ConfigError` when ``ckpt``'s weights do not load into ``module`` (another architecture, class
-    count or input), naming the file and the first differences."""
-    own = module.state_dict()
-    theirs = ckpt["state_dict"]
-    missing = [k for k in own if k not in theirs]
-    unexpected = [k for k in theirs if k not in own]
-    shapes = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(shapes)} of another shape (e.g. {shapes[0]}; checkpoint vs this model)" if shapes else ""]
-        raise ConfigError(f"ckpt_path: checkpoint {path} does not fit this model (another architecture, classes "
-                          f"or input?): weights {', '.join(p for p in parts if p)}")
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, DictConfig]:
@@ -87,21 +43,9 @@ def model_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, DictConf
 
     An ensemble file written by ``spinenet ensemble`` loads as one module whose net averages its members.
     """
-    from spinenet.ensemble.artifact import is_ensemble_artifact, load_ensemble
-
     if is_ensemble_artifact(path):
         return load_ensemble(path)
-    ckpt = load_run_checkpoint(path)
-    saved = OmegaConf.create(ckpt["spinenet"])
-    # the checkpoint holds every weight: never reload pretrained files (they may have moved)
-    for key in ("encoder_weights", "pretrained_path"):
-        if key in saved.model.get("net", {}):
-            saved.model.net[key] = None
-    data = saved.data.dataset
-    module = build_module(saved, list(data.get("class_names") or []), list(data.get("label_names") or []))
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
-    return module, saved
+    return load_run_model(path)
 
 
 # what the model expects of its input: the checkpoint's unless named on the command line

@@ -13,10 +13,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from spinenet.checkpoints import check_resume_checkpoint, check_weights_fit
 from spinenet.ddp import DDP_CONFIG_ENV, is_ddp_worker
 from spinenet.errors import ConfigError
 from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
-from spinenet.tasks.evaluate import check_resume_checkpoint, check_weights_fit
 from spinenet.utils.safe_io import file_sha256
 
 log = logging.getLogger("spinenet")
