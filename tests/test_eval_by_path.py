@@ -175,10 +175,10 @@ def test_eval_a_segmenter_by_path(tiny_phantom, compose_cfg, tmp_path):
 
     # a gray value the checkpoint's mask_values do not map
     def bad_mask(frame: pd.DataFrame, dst: Path) -> None:
-        mask = cv2.imread(frame.loc[0, "mask"], cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(dst / frame.loc[0, "mask"]), cv2.IMREAD_UNCHANGED)
         mask[0, 0] = 100
         cv2.imwrite(str(dst / "bad.png"), mask)
-        frame.loc[0, "mask"] = str(dst / "bad.png")
+        frame.loc[0, "mask"] = "bad.png"
 
     with pytest.raises(DataError, match=r"mask values outside dataset.mask_values in column 'mask' \(1 row, e.g. "
                                         r"line 2: .*100"):

@@ -49,7 +49,7 @@ from spinenet.ensemble.search import (
 )
 from spinenet.errors import ConfigError
 from spinenet.utils.markdown import md_code, md_text
-from spinenet.utils.wandb_results import log_results
+from spinenet.utils.wandb_results import add_wandb_arguments, log_results
 
 log = logging.getLogger("spinenet")
 
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(progress=None)  # None: a bar only when stderr is a terminal
+    add_wandb_arguments(p)
     return p
 
 
