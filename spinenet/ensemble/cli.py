@@ -392,7 +392,7 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         )
     device = _device(args.device)
     split_file = find_split_file(members, args.splits)
-    inputs = [(args.sweep, "sweep"), (split_file, "split file"), (args.data_root, "data root")]
+    inputs = [*((s, "sweep") for s in args.sweep), (split_file, "split file"), (args.data_root, "data root")]
     inputs += [(m.run_dir or m.checkpoint, f"member {m.name}") for m in members]
     out = _out_dir(args.out, args.overwrite, inputs)
     print(f"ensemble: {len(members)} member(s), {task}, objective {objective}, device {device}", flush=True)
