@@ -426,6 +426,12 @@ def crop_dataset(
                 )
         else:
             mask = read_mask(rec["mask_path"], spec.mask_values)
+            if mask.shape[:2] != image.shape[:2]:  # its boxes would be cut from the wrong place
+                raise DataError(
+                    f"line {rec['csv_line']} [{spec.mask_col}]: mask {rec[spec.mask_col]} is "
+                    f"{mask.shape[0]}x{mask.shape[1]} (HxW) but image {rec[spec.image_col]} is "
+                    f"{image.shape[0]}x{image.shape[1]}"
+                )
         boxes = disc_boxes(mask, disc_class, min_area)
         pid, source = str(rec[spec.patient_col]), str(rec[spec.image_col])
         if not boxes:

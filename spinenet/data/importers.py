@@ -1230,7 +1230,7 @@ def main_import(argv: Sequence[str] | None = None) -> int:
     try:
         out = run_import(args)
     except SpinenetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"spinenet data import: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     manifest = out / "manifest.csv"
     n = sum(1 for _ in manifest.open(encoding="utf-8")) - 1

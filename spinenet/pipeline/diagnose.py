@@ -496,7 +496,10 @@ def _overlay(image: np.ndarray, result: dict[str, Any], min_height: int = MIN_OV
     img = np.asarray(image, np.float32)
     if s != 1.0:
         img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
-    mask = cv2.resize(result["mask"].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    if result.get("mask") is None:  # the models failed on this image: shown with its status, no mask
+        mask = np.zeros((size[1], size[0]), np.uint8)
+    else:
+        mask = cv2.resize(result["mask"].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     rgb = overlay_mask(img, mask)
     _, thick = label_style(size[1])
     labels = []

@@ -86,8 +86,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
             f"checkpoint {path}: not a readable PyTorch checkpoint (truncated, corrupt or another format: "
             f"{type(exc).__name__}: {_first_line(str(exc))})"
         ) from None
-    except (EOFError, KeyError, ValueError, OSError, AttributeError) as exc:
-        # truncated zip ("failed finding central directory"), legacy-format garbage, text files ...
+    except (EOFError, KeyError, ValueError, OSError, AttributeError, IndexError, TypeError, OverflowError) as exc:
+        # truncated zip ("failed finding central directory"), legacy-format garbage, text files (their bytes
+        # read as pickle opcodes fail in the unpickler's stack: IndexError, TypeError) ...
         raise DataError(
             f"checkpoint {path}: not a readable PyTorch checkpoint (truncated, corrupt or another format: "
             f"{type(exc).__name__}: {_first_line(str(exc))})"
