@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +41,8 @@ import pandas as pd
 from spinenet.data.io import image_size, read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, load_manifest, not_utf8_message
 from spinenet.data.phantom import MASK_GRAY_STEP, PHANTOM_OUTPUTS, classes_for, generate_phantom
-from spinenet.errors import ConfigError, DataError
-from spinenet.utils.outdir import build_atomically, prepare_output_dir
+from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, DataError
+from spinenet.utils.outdir import build_atomically, check_output_dir, prepare_output_dir
 from spinenet.utils.progress import progress as with_progress
 from spinenet.utils.safe_csv import neutralise_frame
 
@@ -270,11 +271,46 @@ def assign_levels(boxes: Sequence[Box], upper: str = "thoracic") -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # writing data sets
 # ---------------------------------------------------------------------------------------------------------
-def _prepare_out_dir(out_dir: str | Path, overwrite: bool, inputs: Sequence[Any] = ()) -> Path:
+def _stage(out_dir: str | Path, overwrite: bool, inputs: Sequence[Any]) -> tuple[Path, list[Path]]:
+    """Check ``out_dir`` (refused before any work) and make the hidden sibling that the crops are written
+    into; return it and the parent folders this made (innermost first), removed again if nothing is kept.
+
+    A run that cannot read a single input then leaves no half-written ``out_dir``, and ``--overwrite`` replaces
+    earlier crops only once the new ones are complete (:func:`_publish`)."""
+    target = check_output_dir(out_dir, inputs, overwrite).absolute()
+    made, parent = [], target.parent
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
+    stage = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)  # a leftover of this process id, killed earlier
+    (stage / "images").mkdir(parents=True)
+    return stage, made
+
+
+def _publish(stage: Path, out_dir: str | Path, overwrite: bool, inputs: Sequence[Any]) -> Path:
     # --overwrite replaces only what this module writes, never the user's other files
     out = prepare_output_dir(out_dir, inputs, overwrite, command="roi", clear=_OUTPUTS)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    for name in _OUTPUTS:
+        os.replace(stage / name, out / name)  # same file system: renames, no copies
     return out
+
+
+def _discard(stage: Path, made: Sequence[Path]) -> None:
+    shutil.rmtree(stage, ignore_errors=True)
+    for folder in made:
+        try:
+            folder.rmdir()  # only while empty: once --out is in place they hold it
+        except OSError:
+            break
+
+
+def _nothing_read(failed: Sequence[Mapping[str, Any]], n_images: int, out_dir: str | Path) -> DataError:
+    shown = "\n  ".join(f"line {f['line']} ({f['file']}): {f['reason']}" for f in failed[:10])
+    more = f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else ""
+    return DataError(
+        f"none of the {n_images} image(s) could be read; nothing written to {out_dir}:\n  {shown}{more}"
+    )
 
 
 def _size_tuple(size: Sequence[int] | int) -> tuple[int, int]:
@@ -289,11 +325,16 @@ def _safe(text: str) -> str:
 
 
 class _Writer:
-    """Writes crops with unique names and collects manifest and missing rows."""
+    """Writes crops with unique names and collects manifest, missing and failed rows."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, shown: str | Path):
         self.out, self.rows, self.missing, self._names = out, [], [], set()
+        self.shown = shown  # the --out folder (``out`` is where the crops are staged)
         self.rejected: list[dict[str, Any]] = []  # segmented components that cannot be discs
+        self.failed: list[dict[str, Any]] = []  # inputs that could not be read, with the reason
+
+    def fail(self, line: int, file: str, reason: str) -> None:
+        self.failed.append({"line": line, "file": file, "status": "failed", "reason": reason})
 
     def save(self, crop: np.ndarray, stem: str, row: dict[str, Any]) -> None:
         name, k = _safe(stem), 2
@@ -323,13 +364,15 @@ class _Writer:
             missing=[m["source_image"] for m in self.missing[:50]],
             n_rejected_components=len(self.rejected),
             rejected_components=self.rejected[:50],
+            failed=self.failed,
         )
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         msg = (
-            f"roi: {summary['n_crops']} crops from {summary['n_images']} images in {self.out}; "
-            f"{summary['n_missing']} without a disc (listed in missing.csv)"
+            f"roi: {summary['n_crops']} crops from {summary['n_images']} images in {self.shown}; "
+            f"{summary['n_missing']} without a disc (listed in missing.csv), "
+            f"{summary['n_failed']} failed (listed in summary.json)"
         )
-        log.warning(msg) if self.missing else log.info(msg)
+        log.warning(msg) if self.missing or self.failed else log.info(msg)
 
 
 def _spec(spec: Any) -> Any:
@@ -400,99 +443,116 @@ def crop_dataset(
         if not spec.mask_col or not spec.mask_values:
             raise ConfigError("roi.mask_source=gt needs dataset.mask_col and dataset.mask_values")
     df = load_manifest(spec)
-    out = _prepare_out_dir(
-        out_dir, overwrite, [(spec.root, "data root"), (spec.manifest_path, "manifest"), *inputs]
-    )
-    writer = _Writer(out)
-    drop = {
-        spec.image_col,
-        spec.mask_col,
-        spec.patient_col,
-        "image_path",
-        "mask_path",
-        "label_idx",
-        "csv_line",
-    }
-    carried = [c for c in df.columns if c not in drop]
-    keep = set(levels) if levels is not None else None
-    for rec in with_progress(df.to_dict("records"), total=len(df), desc="cropping discs", enabled=progress):
-        image = read_image(rec["image_path"])
-        if callable(mask_source):
-            mask = np.asarray(mask_source(image, rec))
-            if mask.shape[:2] != image.shape[:2]:
-                raise DataError(
-                    f"roi: the segmenter returned a {mask.shape} mask for {rec['image_path']} "
-                    f"of shape {image.shape}"
-                )
-        else:
-            mask = read_mask(rec["mask_path"], spec.mask_values)
-            if mask.shape[:2] != image.shape[:2]:  # its boxes would be cut from the wrong place
-                raise DataError(
-                    f"line {rec['csv_line']} [{spec.mask_col}]: mask {rec[spec.mask_col]} is "
-                    f"{mask.shape[0]}x{mask.shape[1]} (HxW) but image {rec[spec.image_col]} is "
-                    f"{image.shape[0]}x{image.shape[1]}"
-                )
-        boxes = disc_boxes(mask, disc_class, min_area)
-        pid, source = str(rec[spec.patient_col]), str(rec[spec.image_col])
-        if not boxes:
-            writer.missing.append(
-                {
-                    "patient_id": pid,
-                    "source_image": source,
-                    "reason": f"no disc contour of >= {min_area} pixels (class {disc_class}, "
-                    f"mask from {'gt' if isinstance(mask_source, str) else 'segmenter'})",
-                }
-            )
-            continue
-        if view == "axial":
-            chosen = [max(boxes, key=lambda b: b.area)]
-            names = [str(rec["level"]) if "level" in rec and not pd.isna(rec["level"]) else ""]
-        else:
-            chosen = boxes
-            if callable(mask_source):
-                # as `spinenet diagnose`: one false component below L5-S1 renames every disc above it
-                chosen, rejected = plausible_sagittal_discs(boxes)
-                writer.rejected += [{"patient_id": pid, "source_image": source, **r} for r in rejected]
-            names = assign_levels(chosen, upper_levels)
-        stem = Path(source).stem
-        for idx, (box, level) in enumerate(zip(chosen, names, strict=True)):
-            if keep is not None and level not in keep:
+    inputs = [(spec.root, "data root"), (spec.manifest_path, "manifest"), *inputs]
+    stage, made = _stage(out_dir, overwrite, inputs)
+    try:
+        writer = _Writer(stage, out_dir)
+        drop = {
+            spec.image_col,
+            spec.mask_col,
+            spec.patient_col,
+            "image_path",
+            "mask_path",
+            "label_idx",
+            "csv_line",
+        }
+        carried = [c for c in df.columns if c not in drop]
+        keep = set(levels) if levels is not None else None
+        n_read = 0
+        for rec in with_progress(df.to_dict("records"), total=len(df), desc="cropping discs", enabled=progress):
+            try:
+                image, mask = _read_row(rec, spec, mask_source)
+            except DataError as exc:  # listed with its reason; the other rows are cropped
+                writer.fail(int(rec["csv_line"]), str(rec[spec.image_col]), str(exc))
                 continue
-            roi = square_box(box, image.shape) if square else box
-            roi = enlarge_box(roi, margin, image.shape)
-            crop = crop_roi(image, roi, size_t, clahe)
-            row: dict[str, Any] = {c: rec[c] for c in carried}
-            row.update(
-                patient_id=pid,
-                source_image=source,
-                level=level,
-                disc_index=idx,
-                x0=roi.x0,
-                y0=roi.y0,
-                x1=roi.x1,
-                y1=roi.y1,
-                area=box.area,
-            )
-            if view == "sagittal":
-                herniated = _disc_label(rec, level, spec.label_col)
-                if herniated is not None:
-                    row.update(herniated=herniated, label=level if herniated else "healthy")
-            elif spec.label_col:
-                row["label"] = rec[spec.label_col]
-            writer.save(crop, f"{stem}_{level or idx}", row)
-    summary = {
-        "source": str(spec.manifest_path),
-        "view": view,
-        "n_images": len(df),
-        "mask_source": mask_source if isinstance(mask_source, str) else "segmenter",
-        "size": list(size_t),
-        "margin": margin,
-        "clahe": dict(clahe) if clahe is not None else None,
-        "square": square,
-        "levels": list(levels) if levels is not None else None,
-    }
-    writer.finish(summary)
-    return out
+            n_read += 1
+            boxes = disc_boxes(mask, disc_class, min_area)
+            pid, source = str(rec[spec.patient_col]), str(rec[spec.image_col])
+            if not boxes:
+                writer.missing.append(
+                    {
+                        "patient_id": pid,
+                        "source_image": source,
+                        "reason": f"no disc contour of >= {min_area} pixels (class {disc_class}, "
+                        f"mask from {'gt' if isinstance(mask_source, str) else 'segmenter'})",
+                    }
+                )
+                continue
+            if view == "axial":
+                chosen = [max(boxes, key=lambda b: b.area)]
+                names = [str(rec["level"]) if "level" in rec and not pd.isna(rec["level"]) else ""]
+            else:
+                chosen = boxes
+                if callable(mask_source):
+                    # as `spinenet diagnose`: one false component below L5-S1 renames every disc above it
+                    chosen, rejected = plausible_sagittal_discs(boxes)
+                    writer.rejected += [{"patient_id": pid, "source_image": source, **r} for r in rejected]
+                names = assign_levels(chosen, upper_levels)
+            stem = Path(source).stem
+            for idx, (box, level) in enumerate(zip(chosen, names, strict=True)):
+                if keep is not None and level not in keep:
+                    continue
+                roi = square_box(box, image.shape) if square else box
+                roi = enlarge_box(roi, margin, image.shape)
+                crop = crop_roi(image, roi, size_t, clahe)
+                row: dict[str, Any] = {c: rec[c] for c in carried}
+                row.update(
+                    patient_id=pid,
+                    source_image=source,
+                    level=level,
+                    disc_index=idx,
+                    x0=roi.x0,
+                    y0=roi.y0,
+                    x1=roi.x1,
+                    y1=roi.y1,
+                    area=box.area,
+                )
+                if view == "sagittal":
+                    herniated = _disc_label(rec, level, spec.label_col)
+                    if herniated is not None:
+                        row.update(herniated=herniated, label=level if herniated else "healthy")
+                elif spec.label_col:
+                    row["label"] = rec[spec.label_col]
+                writer.save(crop, f"{stem}_{level or idx}", row)
+        summary = {
+            "source": str(spec.manifest_path),
+            "view": view,
+            "n_images": len(df),
+            "mask_source": mask_source if isinstance(mask_source, str) else "segmenter",
+            "size": list(size_t),
+            "margin": margin,
+            "clahe": dict(clahe) if clahe is not None else None,
+            "square": square,
+            "levels": list(levels) if levels is not None else None,
+            "n_ok": n_read,
+            "n_failed": len(writer.failed),
+        }
+        if not n_read:
+            raise _nothing_read(writer.failed, len(df), out_dir)
+        writer.finish(summary)
+        return _publish(stage, out_dir, overwrite, inputs)
+    finally:
+        _discard(stage, made)
+
+
+def _read_row(rec: Mapping[str, Any], spec: DatasetSpec, mask_source: str | MaskSource) -> tuple[np.ndarray, np.ndarray]:
+    """The row's image and class-id mask; ``DataError`` naming the file when either cannot be used."""
+    image = read_image(rec["image_path"])
+    if callable(mask_source):
+        try:
+            mask = np.asarray(mask_source(image, rec))
+        except Exception as exc:  # one image a model fails on must not stop the batch (as in diagnose)
+            raise DataError(f"the segmenter failed on it: {type(exc).__name__}: {exc}") from exc
+        if mask.shape[:2] != image.shape[:2]:
+            raise DataError(f"the segmenter returned a {mask.shape} mask for an image of shape {image.shape}")
+        return image, mask
+    mask = read_mask(rec["mask_path"], spec.mask_values)
+    if mask.shape[:2] != image.shape[:2]:  # its boxes would be cut from the wrong place
+        raise DataError(
+            f"mask {rec[spec.mask_col]} is {mask.shape[0]}x{mask.shape[1]} (HxW) but image "
+            f"{rec[spec.image_col]} is {image.shape[0]}x{image.shape[1]}"
+        )
+    return image, mask
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -529,8 +589,11 @@ def crops_from_box_csv(
 
     ``image_id`` is a file under ``image_root``, with or without suffix (.png, .jpg, .tif, .dcm tried).
     Coordinates are pixels of that file; boxes reaching past the image edge are clipped. Every row is
-    checked before anything is written: a missing image, a non-numeric or partly empty box, ``xmin >= xmax``
-    or a box wholly outside the image raises ``DataError`` naming the CSV line(s). Rows whose four
+    checked before anything is written: a non-numeric or partly empty box, ``xmin >= xmax``, an image path
+    leading outside ``image_root`` or a box wholly outside the image raises ``DataError`` naming the CSV
+    line(s). An image that is missing or cannot be read fails its rows only: they are listed in
+    ``summary.json`` (``failed``) and the other rows are cropped; when no row can be, ``DataError`` and no
+    ``out_dir`` is written. Rows whose four
     coordinates are all empty (VinDr's "No finding") are listed in ``missing.csv``. Several rows for one
     image give several crops, ``images/<image_id>_<k>.png``. ``margin`` defaults to 0 (Al-Ajaj cropped the
     box as annotated). ``patient_col``: the patient id column (default: ``image_id``).
@@ -559,7 +622,8 @@ def crops_from_box_csv(
         _clahe(clahe)
 
     problems: list[str] = []
-    sizes: dict[Path, tuple[int, int]] = {}
+    failed: list[tuple[int, str, str]] = []  # (line, image_id, reason): these rows only, the others go on
+    sizes: dict[Path, tuple[int, int] | str] = {}  # a str: why the image cannot be read
     jobs: list[tuple[int, dict[str, Any], Path | None, tuple[float, ...] | None]] = []
     for i, rec in enumerate(df.to_dict("records")):
         line = i + 2  # header is line 1
@@ -589,12 +653,18 @@ def crops_from_box_csv(
             problems.append(f"line {line}: image {image_id!r} leads outside the image folder {root}")
             continue
         if path is None:
-            problems.append(
-                f"line {line}: image {image_id!r} not found under {root} (tried {', '.join(IMAGE_SUFFIXES)})"
+            failed.append(
+                (line, str(image_id), f"image not found under {root} (tried {', '.join(IMAGE_SUFFIXES)})")
             )
             continue
         if path not in sizes:
-            sizes[path] = image_size(path)
+            try:
+                sizes[path] = image_size(path)
+            except DataError as exc:
+                sizes[path] = str(exc)
+        if isinstance(sizes[path], str):
+            failed.append((line, str(image_id), sizes[path]))
+            continue
         h, w = sizes[path]
         if coords[0] >= w or coords[1] >= h or coords[2] <= 0 or coords[3] <= 0:
             problems.append(f"line {line} ({image_id}): box {coords} lies outside the {w}×{h} image {path}")
@@ -606,59 +676,81 @@ def crops_from_box_csv(
         )
         raise DataError(f"{csv_path}: {len(problems)} bad row(s):\n  {shown}")
 
-    out = _prepare_out_dir(out_dir, overwrite, [(csv_path, "box CSV"), (root, "image folder")])
-    writer = _Writer(out)
-    counts: Counter[str] = Counter()
-    cache: dict[Path, np.ndarray] = {}
-    carried = [c for c in df.columns if c not in ("image_id", label_col, *BOX_COLUMNS, patient_col)]
-    for line, rec, path, coords in jobs:
-        image_id = str(rec["image_id"]).strip()
-        pid = str(rec[patient_col]) if patient_col else image_id
-        if coords is None:
-            label = rec[label_col] if not pd.isna(rec[label_col]) else ""
-            writer.missing.append(
-                {
-                    "patient_id": pid,
-                    "source_image": image_id,
-                    "reason": f"line {line}: no box ({label or 'no label'})",
-                }
+    inputs = [(csv_path, "box CSV"), (root, "image folder")]
+    stage, made = _stage(out_dir, overwrite, inputs)
+    try:
+        writer = _Writer(stage, out_dir)
+        for line, image_id, reason in failed:
+            writer.fail(line, image_id, reason)
+        counts: Counter[str] = Counter()
+        cache: dict[Path, np.ndarray | str] = {}
+        carried = [c for c in df.columns if c not in ("image_id", label_col, *BOX_COLUMNS, patient_col)]
+        n_done = 0  # rows cropped or listed in missing.csv
+        for line, rec, path, coords in jobs:
+            image_id = str(rec["image_id"]).strip()
+            pid = str(rec[patient_col]) if patient_col else image_id
+            if coords is None:
+                label = rec[label_col] if not pd.isna(rec[label_col]) else ""
+                writer.missing.append(
+                    {
+                        "patient_id": pid,
+                        "source_image": image_id,
+                        "reason": f"line {line}: no box ({label or 'no label'})",
+                    }
+                )
+                n_done += 1
+                continue
+            assert path is not None
+            if path not in cache:
+                try:
+                    cache = {path: read_image(path)}  # rows of one image are usually adjacent
+                except DataError as exc:  # e.g. truncated after a readable header
+                    cache = {path: str(exc)}
+            image = cache[path]
+            if isinstance(image, str):
+                writer.fail(line, image_id, image)
+                continue
+            box = Box(math.floor(coords[0]), math.floor(coords[1]), math.ceil(coords[2]), math.ceil(coords[3]))
+            roi = enlarge_box(square_box(box, image.shape) if square else box, margin, image.shape)
+            crop = crop_roi(image, roi, size_t, clahe)
+            k = counts[image_id]
+            counts[image_id] += 1
+            row = {c: rec[c] for c in carried}
+            row.update(
+                patient_id=pid,
+                source_image=str(path.relative_to(root)),
+                level="",
+                disc_index=k,
+                x0=roi.x0,
+                y0=roi.y0,
+                x1=roi.x1,
+                y1=roi.y1,
+                label=rec[label_col],
+                csv_line=line,
             )
-            continue
-        assert path is not None
-        if path not in cache:
-            cache = {path: read_image(path)}  # rows of one image are usually adjacent
-        image = cache[path]
-        box = Box(math.floor(coords[0]), math.floor(coords[1]), math.ceil(coords[2]), math.ceil(coords[3]))
-        roi = enlarge_box(square_box(box, image.shape) if square else box, margin, image.shape)
-        crop = crop_roi(image, roi, size_t, clahe)
-        k = counts[image_id]
-        counts[image_id] += 1
-        row = {c: rec[c] for c in carried}
-        row.update(
-            patient_id=pid,
-            source_image=str(path.relative_to(root)),
-            level="",
-            disc_index=k,
-            x0=roi.x0,
-            y0=roi.y0,
-            x1=roi.x1,
-            y1=roi.y1,
-            label=rec[label_col],
-            csv_line=line,
-        )
-        writer.save(crop, f"{Path(image_id).stem}_{k}", row)
-    summary = {
-        "source": str(csv_path),
-        "view": "box_csv",
-        "n_images": int(df["image_id"].nunique()),
-        "mask_source": "box_csv",
-        "size": list(size_t),
-        "margin": margin,
-        "clahe": dict(clahe) if clahe is not None else None,
-        "square": square,
-    }
-    writer.finish(summary)
-    return out
+            writer.save(crop, f"{Path(image_id).stem}_{k}", row)
+            n_done += 1
+        n_images = int(df["image_id"].nunique())
+        n_failed = len({f["file"] for f in writer.failed})
+        summary = {
+            "source": str(csv_path),
+            "view": "box_csv",
+            "n_images": n_images,
+            "mask_source": "box_csv",
+            "size": list(size_t),
+            "margin": margin,
+            "clahe": dict(clahe) if clahe is not None else None,
+            "square": square,
+            "n_ok": n_images - n_failed,
+            "n_failed": n_failed,
+        }
+        writer.failed.sort(key=lambda f: f["line"])
+        if not n_done:
+            raise _nothing_read(writer.failed, n_images, out_dir)
+        writer.finish(summary)
+        return _publish(stage, out_dir, overwrite, inputs)
+    finally:
+        _discard(stage, made)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -903,7 +995,8 @@ def _source_spec(args) -> tuple[Any, str | None]:
     return _spec(fields), view
 
 
-def _print_summary(out: Path) -> None:
+def _print_summary(out: Path) -> int:
+    """Print what was written, each failed input and the summary line; the exit code (3 when some failed)."""
     summary = json.loads((out / "summary.json").read_text())
     lines = [
         f"roi written: {out}",
@@ -922,11 +1015,21 @@ def _print_summary(out: Path) -> None:
     else:
         lines.append("  no disc found in 0 images")
     lines.append(f"  manifest: {out / 'manifest.csv'}")
+    failed = summary.get("failed", [])
+    lines += [f"failed: line {f['line']} ({f['file']}): {f['reason']}" for f in failed[:10]]
+    if len(failed) > 10:
+        lines.append(f"... and {len(failed) - 10} more")
+    lines.append(
+        f"roi: {summary['n_images']} images, {summary['n_ok']} ok, {summary['n_failed']} failed "
+        f"(see {out / 'summary.json'})"
+    )
     print("\n".join(lines), flush=True)
+    return EXIT_PARTIAL if summary["n_failed"] else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``spinenet roi``: write a classification data set of disc crops; prints a summary."""
+    """``spinenet roi``: write a classification data set of disc crops; prints a summary. Exit 0, or 3
+    (``EXIT_PARTIAL``) when some images could not be read (listed in ``summary.json``: ``failed``)."""
     args = _parser().parse_args(list(argv) if argv is not None else None)
     from spinenet.tasks.train import ensure_torch_threads
 
@@ -952,8 +1055,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             patient_col=args.patient_col,
             overwrite=args.overwrite,
         )
-        _print_summary(out)
-        return 0
+        return _print_summary(out)
     spec, view = _source_spec(args)
     view = args.view or view or "sagittal"
     names = list(spec.class_names or [])
@@ -984,8 +1086,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.segmenter:  # name the checkpoint: "segmenter" alone does not say which
         summary["segmenter"] = str(Path(args.segmenter).resolve())
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _print_summary(out)
-    return 0
+    return _print_summary(out)
 
 
 __all__ = [

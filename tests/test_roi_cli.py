@@ -233,3 +233,67 @@ def test_roi_from_a_box_csv(tmp_path, capsys):
     assert manifest.loc[0, ["x0", "y0", "x1", "y1"]].tolist() == [10, 20, 50, 40]  # no margin by default
     assert "no disc found in 1 image(s)" in printed and "a2: line 3: no box" in printed
     assert cli_main(["roi", "--boxes", str(csv), "--root", str(images), "--out", str(tmp_path / "o")]) == 2
+
+
+def _sha256s(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_roi_keeps_going_past_unreadable_images(tmp_path, capsys):
+    """3 good slices, a zero-byte image, a truncated one and one whose mask has another size: the good ones
+    are cropped, the bad ones listed with their reason, exit 3; inputs unchanged. Nothing readable: exit 2
+    and no output folder (nor its staging sibling)."""
+    root = tmp_path / "src"
+    (root / "img").mkdir(parents=True)
+    (root / "seg").mkdir()
+    rows = []
+    for k in range(6):
+        image = np.full((80, 80), 40, np.uint8)
+        mask = np.zeros((80, 80), np.uint8)
+        mask[30:42, 20:60] = 1
+        image[mask == 1] = 220
+        cv2.imwrite(str(root / "img" / f"s{k}.png"), image)
+        cv2.imwrite(str(root / "seg" / f"s{k}.png"), mask * 85)
+        rows.append({"patient_id": f"P{k}", "image": f"img/s{k}.png", "mask": f"seg/s{k}.png"})
+    (root / "img" / "s1.png").write_bytes(b"")  # zero bytes
+    data = (root / "img" / "s3.png").read_bytes()
+    (root / "img" / "s3.png").write_bytes(data[: len(data) // 2])  # truncated
+    cv2.imwrite(str(root / "seg" / "s4.png"), np.zeros((40, 40), np.uint8))  # mask of another size
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    pd.DataFrame([rows[1], rows[3]]).to_csv(root / "bad.csv", index=False)  # nothing readable
+    before = _sha256s(root)
+    out = tmp_path / "out"
+    args = ["roi", "--root", str(root), "--view", "axial", "--out", str(out), "--no-progress"]
+
+    assert cli_main(args) == 3
+    printed = capsys.readouterr().out
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert manifest.patient_id.tolist() == ["P0", "P2", "P5"]
+    assert all((out / p).is_file() for p in manifest.image)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_images"], summary["n_ok"], summary["n_failed"]) == (6, 3, 3)
+    assert summary["view"] == "axial" and summary["n_crops"] == 3  # the keys it had before are kept
+    failed = {f["file"]: f for f in summary["failed"]}
+    assert sorted(failed) == ["img/s1.png", "img/s3.png", "img/s4.png"]
+    assert [failed[f]["line"] for f in sorted(failed)] == [3, 5, 6]
+    assert {f["status"] for f in failed.values()} == {"failed"}
+    assert "empty (0 bytes)" in failed["img/s1.png"]["reason"]
+    assert "truncated" in failed["img/s3.png"]["reason"]
+    assert "mask seg/s4.png is 40x40 (HxW) but image img/s4.png is 80x80" in failed["img/s4.png"]["reason"]
+    assert "failed: line 3 (img/s1.png): " in printed
+    assert printed.rstrip().splitlines()[-1] == f"roi: 6 images, 3 ok, 3 failed (see {out / 'summary.json'})"
+    assert _sha256s(root) == before
+
+    # nothing readable: one error, exit 2, and --overwrite leaves the earlier crops as they were
+    written = _sha256s(out)
+    assert cli_main([*args, "--manifest", "bad.csv", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 image(s) could be read" in err and "line 3 (img/s3.png)" in err
+    assert _sha256s(out) == written
+    fresh = tmp_path / "new" / "crops"
+    assert cli_main([*args[:-3], "--out", str(fresh), "--manifest", "bad.csv"]) == 2
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no staging folder left
+    assert _sha256s(root) == before

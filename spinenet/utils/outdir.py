@@ -87,6 +87,30 @@ def is_spinenet_output(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MARKER).is_file()
 
 
+def check_output_dir(
+    out: str | os.PathLike,
+    inputs: Iterable[InputLike | None] = (),
+    overwrite: bool = False,
+    inside_ok: Iterable[str | os.PathLike] = (),
+    setting: str = "--out",
+) -> Path:
+    """The refusals of :func:`prepare_output_dir`, touching nothing (for a command that builds its output
+    elsewhere first and must fail on a bad ``--out`` before the work); returns ``out`` (user-expanded)."""
+    refuse_input_overlap(out, inputs, setting, inside_ok)
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{setting} {out} exists and is not a folder")
+    # a folder holding only the marker (a run that failed before writing) counts as empty
+    if path.is_dir() and any(p.name != MARKER for p in path.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{setting} {out} is not empty; choose another {setting} or pass --overwrite")
+        if not is_spinenet_output(path):
+            raise ConfigError(
+                f"{out} was not written by spinenet (no {MARKER}); remove it yourself or choose another {setting}"
+            )
+    return path
+
+
 def prepare_output_dir(
     out: str | os.PathLike,
     inputs: Iterable[InputLike | None] = (),
@@ -104,18 +128,8 @@ def prepare_output_dir(
     inside ``out`` that ``overwrite`` removes (``None``: everything; ``()``: nothing, the caller replaces its
     own files). The marker is (re)written.
     """
-    refuse_input_overlap(out, inputs, setting, inside_ok)
-    path = Path(out).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{setting} {out} exists and is not a folder")
-    # a folder holding only the marker (a run that failed before writing) counts as empty
+    path = check_output_dir(out, inputs, overwrite, inside_ok, setting)
     if path.is_dir() and any(p.name != MARKER for p in path.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{setting} {out} is not empty; choose another {setting} or pass --overwrite")
-        if not is_spinenet_output(path):
-            raise ConfigError(
-                f"{out} was not written by spinenet (no {MARKER}); remove it yourself or choose another {setting}"
-            )
         names = [p.name for p in path.iterdir() if p.name != MARKER] if clear is None else clear
         for name in names:
             p = path / name
