@@ -195,10 +195,43 @@ def text_renamed_png_check(a: Assets, tmp: Path) -> Call:
     return Call(["data", "check", root], [root], ["line 2 [image]", f"{root / SAG_IMAGE} is not a readable image"])
 
 
+def roi_partial(root: Path, out: Path, bad: dict[str, tuple[int, str]]) -> Call:
+    """``roi`` past bad rows: ``bad`` maps each bad image (as in the manifest) to its line and a reason
+    text; the others are cropped, the bad ones listed in summary.json, the last line counts them."""
+    images = set(pd.read_csv(root / "manifest.csv")["image"])
+    n = len(images)
+
+    def check(text: str) -> None:
+        manifest = pd.read_csv(out / "manifest.csv", dtype=str)
+        missing = pd.read_csv(out / "missing.csv", dtype=str)  # read, but no disc found
+        assert set(manifest["source_image"]) | set(missing["source_image"]) == images - set(bad)
+        assert all((out / p).is_file() for p in manifest["image"])
+        failed = {f["file"]: f for f in json.loads((out / "summary.json").read_text())["failed"]}
+        assert set(failed) == set(bad), failed
+        for image, (line, reason) in bad.items():
+            assert failed[image]["line"] == line and failed[image]["status"] == "failed", failed[image]
+            assert reason in failed[image]["reason"], failed[image]
+
+    named = [f"failed: line {line} ({image}): " for image, (line, _) in bad.items()]
+    named.append(f"roi: {n} images, {n - len(bad)} ok, {len(bad)} failed (see {out / 'summary.json'})")
+    return Call(["roi", "--root", root, "--out", out, "--no-progress"], [root], named,
+                outputs=[out / "manifest.csv", out / "summary.json"], check=check)
+
+
 def truncated_png_roi(a: Assets, tmp: Path) -> Call:
     root = data_copy(a, tmp)
     (root / SAG_IMAGE).write_bytes(half_png(a))
-    return Call(["roi", "--root", root, "--out", tmp / "crops"], [root], [str(root / SAG_IMAGE), "truncated"])
+    return roi_partial(root, tmp / "crops", {SAG_IMAGE: (2, f"{root / SAG_IMAGE} is not a readable image (truncated")})
+
+
+def nothing_readable_roi(a: Assets, tmp: Path) -> Call:
+    root = data_copy(a, tmp)
+    edit_manifest(root, lambda df: df.drop(index=df.index[2:], inplace=True))
+    for image in pd.read_csv(root / "manifest.csv")["image"]:
+        (root / image).write_bytes(b"")
+    return Call(["roi", "--root", root, "--out", tmp / "new" / "crops"], [root],
+                ["none of the 2 image(s) could be read", "line 3 (images/P0001_sagittal_s1.png)", "is empty (0 bytes)"],
+                absent=[tmp / "new"])
 
 
 def dotdot_path(manifest_row: int = 2):
@@ -267,8 +300,8 @@ def mask_other_size(command: str):
         line = "line 4 [mask]"  # P0001 s0, s1, P0002 s0 (lines 2, 3, 4)
         if command == "data check":
             return Call(["data", "check", root], [root], [line, "masks/P0002_sagittal_s0.png is 48x48"])
-        return Call(["roi", "--root", root, "--out", tmp / "crops"], [root],
-                    [line, "masks/P0002_sagittal_s0.png is 48x48 (HxW) but image images/P0002_sagittal_s0.png is 64x64"])
+        return roi_partial(root, tmp / "crops", {"images/P0002_sagittal_s0.png": (
+            4, "mask masks/P0002_sagittal_s0.png is 48x48 (HxW) but image images/P0002_sagittal_s0.png is 64x64")})
     return build
 
 
@@ -281,7 +314,8 @@ def mask_unmapped_gray(command: str):
         cv2.imwrite(str(path), mask)
         if command == "data check":
             return Call(["data", "check", root, "--data", "phantom_sagittal"], [root], ["line 3 [mask]", f"values 40 in {path}"])
-        return Call(["roi", "--root", root, "--out", tmp / "crops"], [root], [f"mask {path} has values outside", "40 (3 pixels)"])
+        return roi_partial(root, tmp / "crops", {"images/P0001_sagittal_s1.png": (
+            3, f"mask {path} has values outside")})
     return build
 
 
@@ -592,7 +626,7 @@ def identical_members(a: Assets, tmp: Path) -> Call:
 CASES = [
     Case("zero-byte PNG", "data check", zero_byte_png_check, EXIT_FAILED),
     Case("zero-byte PNG", "diagnose", bad_file_in_folder("zero.png", lambda a: b"", "empty file (0 bytes)"), EXIT_PARTIAL),
-    Case("truncated PNG", "roi", truncated_png_roi, EXIT_USAGE),
+    Case("truncated PNG", "roi", truncated_png_roi, EXIT_PARTIAL),
     Case("truncated PNG", "diagnose", bad_file_in_folder("cut.png", half_png, "truncated or corrupt PNG"), EXIT_PARTIAL,
          subprocess=True),
     Case(".txt among images", "diagnose", bad_file_in_folder("notes.txt", lambda a: b"hello", "not an image (.txt",
@@ -610,9 +644,10 @@ CASES = [
     Case("missing image file", "data check", missing_image_check, EXIT_FAILED),
     Case("missing image file", "diagnose", missing_image_diagnose, EXIT_PARTIAL),
     Case("mask of another size", "data check", mask_other_size("data check"), EXIT_FAILED),
-    Case("mask of another size", "roi", mask_other_size("roi"), EXIT_USAGE),
+    Case("mask of another size", "roi", mask_other_size("roi"), EXIT_PARTIAL),
     Case("mask with unmapped gray value", "data check", mask_unmapped_gray("data check"), EXIT_FAILED),
-    Case("mask with unmapped gray value", "roi", mask_unmapped_gray("roi"), EXIT_USAGE),
+    Case("mask with unmapped gray value", "roi", mask_unmapped_gray("roi"), EXIT_PARTIAL),
+    Case("no readable image at all", "roi", nothing_readable_roi, EXIT_USAGE),
     Case("unknown label", "data check", unknown_label("data check"), EXIT_FAILED),
     Case("unknown label", "train", unknown_label("train"), EXIT_USAGE),
     Case("non-UTF-8 manifest", "train", non_utf8_manifest_train, EXIT_USAGE),

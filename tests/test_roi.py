@@ -232,15 +232,31 @@ def test_box_csv_bad_rows_name_line_and_file(tmp_path):
     with pytest.raises(DataError) as err:
         crops_from_box_csv(csv, root, tmp_path / "crops")
     msg = str(err.value)
-    assert "train.csv: 4 bad row(s)" in msg
-    assert "line 3 (abc): xmin < xmax" in msg and "line 4 (abc): box" in msg
-    assert "line 5: image 'zzz' not found under" in msg and "line 6 (def)" in msg
+    assert "train.csv: 3 bad row(s)" in msg
+    assert "line 3 (abc): xmin < xmax" in msg and "line 4 (abc): box" in msg and "line 6 (def)" in msg
+    assert "zzz" not in msg  # a missing image fails its own rows only (below)
     assert not (tmp_path / "crops").exists()  # nothing written before every row is checked
     outside = tmp_path / "outside.csv"
     outside.write_text("image_id,label,xmin,ymin,xmax,ymax\nabc,a,150,10,160,20\n")
     with pytest.raises(DataError, match="line 2 .abc.: box .* lies outside the 100×80 image"):
         crops_from_box_csv(outside, root, tmp_path / "crops2")
     assert not (tmp_path / "crops2").exists()
+    # a missing and an unreadable image fail their rows; the others are cropped
+    (root / "bad.png").write_bytes(b"not an image")
+    partial = tmp_path / "partial.csv"
+    partial.write_text(
+        "image_id,label,xmin,ymin,xmax,ymax\nabc,a,10,10,20,20\nzzz,a,1,1,5,5\nbad,a,1,1,5,5\nabc,b,30,30,60,60\n"
+    )
+    out = crops_from_box_csv(partial, root, tmp_path / "crops4")
+    assert pd.read_csv(out / "manifest.csv").csv_line.tolist() == [2, 5]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(f["line"], f["file"]) for f in summary["failed"]] == [(3, "zzz"), (4, "bad")]
+    assert "not found under" in summary["failed"][0]["reason"] and summary["n_failed"] == 2
+    with pytest.raises(DataError, match="none of the 2 image.s. could be read"):
+        only_bad = tmp_path / "only_bad.csv"
+        only_bad.write_text("image_id,label,xmin,ymin,xmax,ymax\nzzz,a,1,1,5,5\nbad,a,1,1,5,5\n")
+        crops_from_box_csv(only_bad, root, tmp_path / "crops5")
+    assert not (tmp_path / "crops5").exists()
     with pytest.raises(DataError, match="missing column.*'xmin'"):
         bad = tmp_path / "cols.csv"
         bad.write_text("image_id,label,x,y\nabc,a,1,2\n")
