@@ -18,6 +18,11 @@ Steps, as the paper describes them and where it leaves a choice, what spinenet d
 5. **Data sets**: :func:`crop_dataset` (from a manifest with masks or a segmenter) and
    :func:`crops_from_box_csv` (Al-Ajaj 2024's bounding-box CSV) write ``images/*.png``, ``manifest.csv``,
    ``missing.csv`` (images without any disc or box: reported, never silently dropped) and ``summary.json``.
+   An image or mask that cannot be used (missing, empty, truncated, not an image, a mask of another size or
+   with unmapped values) fails its row only: listed in ``summary.json`` (``failed``: line, file, status,
+   reason), the other rows are cropped. The crops are written into a hidden sibling of ``out_dir`` and moved
+   in when complete, so a run that cannot read any input leaves no ``out_dir`` (and ``--overwrite`` keeps the
+   earlier crops).
 """
 
 from __future__ import annotations
@@ -428,8 +433,11 @@ def crop_dataset(
     clipping), the source row's other columns, and ``label``: axial: the slice's ``dataset.label_col`` value;
     sagittal: ``herniated`` (0/1, see :func:`_disc_label`) and ``label`` = the level if herniated, else
     ``healthy`` (so labels are Šušteršič's sagittal classes healthy / L4-L5 / L5-S1); ``missing.csv``
-    (``patient_id, source_image, reason``) for images without a disc; ``summary.json``. ``progress``: a bar
-    over the images (``None``: on a terminal only; ``False``: never).
+    (``patient_id, source_image, reason``) for images without a disc; ``summary.json`` (with ``n_ok``,
+    ``n_failed`` and ``failed``: the rows whose image or mask could not be used, or that the segmenter failed
+    on, each with ``line, file, status, reason``; the other rows are cropped). When no row can be read:
+    ``DataError`` and nothing written. ``progress``: a bar over the images (``None``: on a terminal only;
+    ``False``: never).
     """
     if view not in VIEWS:
         raise ConfigError(f"roi.view: choose one of {', '.join(VIEWS)}, got {view!r}")
