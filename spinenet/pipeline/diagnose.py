@@ -472,23 +472,31 @@ def collect_items(args: argparse.Namespace) -> list[Item]:
         if is_dicom(src):
             return dicom_items_from_file(src, args)
         return [Item(args.study or src.stem, src.name, args.view, _loader(src))]
+    return folder_items(src, args.view, args.view_given, args.study)
+
+
+def folder_items(src: Path, view: str = "sagittal", view_given: bool = False, study: str | None = None) -> list[Item]:
+    """The items of a folder (see :func:`collect_items`): one study per image file unless ``study`` names one
+    for all; DICOM slices grouped into series and studies; other files ``skipped``."""
+    from spinenet.data.io import is_dicom
+
     files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")
                    and p.name.upper() != "DICOMDIR")
     raster = {p for p in files if p.suffix.lower() in IMAGE_SUFFIXES[:5] and not is_dicom(p)}
     dicoms = [p for p in files if p not in raster and is_dicom(p)]
     items: list[Item] = []
     if dicoms:
-        items += dicom_items(src, args.view, args.view_given, args.study, dicoms)
+        items += dicom_items(src, view, view_given, study, dicoms)
     dicom_set = set(dicoms)
     for k, p in enumerate(files):
         rel = p.relative_to(src).as_posix()
         if p in raster:
-            items.append(Item(args.study or p.relative_to(src).with_suffix("").as_posix(), rel, args.view,
+            items.append(Item(study or p.relative_to(src).with_suffix("").as_posix(), rel, view,
                               _loader(p)))
         elif p not in dicom_set:
             # in a DICOM folder, named by place, not path: DICOM folders may carry the patient's name
             name = f"other_file_{k:03d}{p.suffix.lower()[:8]}" if dicoms and not raster else rel
-            items.append(_unloadable("", name, args.view, "skipped",
+            items.append(_unloadable("", name, view, "skipped",
                                      f"not an image ({p.suffix.lower() or 'no suffix'}; diagnose reads "
                                      f"{', '.join(IMAGE_SUFFIXES)} and DICOM)"))
     if not items:
