@@ -924,7 +924,8 @@ class _Writer:
         self.pending: list[Any] = []
         self.max_pending = 2 * threads
         self.csv_file = open(out / "findings.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.csv = csv.DictWriter(self.csv_file, FINDINGS_COLUMNS, restval="", extrasaction="ignore")
+        self.csv = csv.DictWriter(self.csv_file, FINDINGS_COLUMNS, restval="", extrasaction="ignore",
+                                  lineterminator="\n")
         self.csv.writeheader()
 
     def add(self, rec: dict[str, Any]) -> None:
