@@ -624,3 +624,24 @@ def test_pipeline_writes_studies_before_reading_the_rest(phantom_study, tmp_path
     # batches in flight, the batch being read, and the study writes still queued (two per writer thread)
     assert max(ahead) <= (window + 1) * batch + 2 * threads, ahead
     assert ahead[-1] < 24 - batch  # most studies were on disk before the last file was read
+
+
+def test_a_long_study_keeps_only_the_pixels_its_overlay_draws(phantom_study, tmp_path, monkeypatch):
+    import spinenet.pipeline.diagnose as diagnose
+
+    s_img, s_mask = phantom_study["sagittal"]
+    images = [np.float32(0.5 + 0.04 * k) * s_img for k in range(11)]
+    items = [Item("long", f"{k:02d}.png", "sagittal", lambda im=im: im) for k, im in enumerate(images)]
+    written = []
+
+    def spy(out, study, recs, models, folder=None):
+        written.append([r.get("pixels") is not None for r in recs])
+        return write_study(out, study, recs, models, folder)
+
+    write_study = diagnose.write_study
+    monkeypatch.setattr(diagnose, "write_study", spy)
+    summary = _stub_run(tmp_path, items, [(im, s_mask) for im in images])
+    assert summary["status_counts"]["ok"] == 11
+    assert written == [[True] * diagnose.MAX_OVERLAY_IMAGES + [False] * 3]
+    doc = json.loads((tmp_path / "out" / "long" / "findings.json").read_text())
+    assert len(doc["images"]) == 11 and doc["overlay_images"] == diagnose.MAX_OVERLAY_IMAGES

@@ -521,6 +521,7 @@ def dicom_items_from_file(path: Path, args: argparse.Namespace) -> list[Item]:
 # outputs
 # ---------------------------------------------------------------------------------------------------------
 MIN_OVERLAY_HEIGHT = 512
+MAX_OVERLAY_IMAGES = 8  # images drawn side by side in a study's overlay.png; the others' pixels are not kept
 THUMBNAIL_WIDTH = 240  # per image of the overlay, up to 3 images
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 
@@ -657,7 +658,8 @@ def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dic
         public.append(entry)
     doc = {"format": FINDINGS_FORMAT, "version": 1, "study": study, "folder": folder or study, "models": models,
            "images": public, "findings": study_findings(images), "disclaimer": DISCLAIMER}
-    tiles = [_overlay(im["pixels"], im) for im in images if im.get("pixels") is not None][:8]
+    drawn = [im for im in images if im.get("pixels") is not None][:MAX_OVERLAY_IMAGES]
+    tiles = [_overlay(im["pixels"], im) for im in drawn]
     doc["overlay"] = "overlay.png" if tiles else None
     doc["overlay_images"] = len(tiles)
     (target / "findings.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -870,7 +872,6 @@ def _status_key(status: str) -> str:
 
 FINDINGS_COLUMNS = ("study", "folder", "image", "view", "status", "reason", "level", "box", "crop_box", "area",
                     "classified", "class", "probability", "p_herniation", "herniated")
-MAX_OVERLAY_IMAGES = 8  # images drawn in a study's overlay.png (write_study); others need no pixels
 
 
 def pipelined(
@@ -915,7 +916,8 @@ class _Writer:
 
         self.out, self.folders, self.models = out, folders, models
         self.last = {item.study: k for k, item in enumerate(items) if item.study}
-        self.open: dict[str, list[dict[str, Any]]] = {}
+        self.open: dict[str, list[dict[str, Any]]] = {}  # studies not complete yet
+        self.drawn: dict[str, int] = {}  # per study: images kept with their pixels for overlay.png
         self.docs: dict[str, dict[str, Any]] = {}
         self.inputs: list[dict[str, Any]] = []
         self.discs = 0
@@ -944,9 +946,12 @@ class _Writer:
             {"study": study, "folder": folder, "image": rec["image"], "view": rec["view"], "status": rec["status"],
              "reason": rec.get("reason") or "", **(d or {})} for d in rec["discs"] or [None]))
         images = self.open.setdefault(study, [])
-        if sum(im.get("pixels") is not None for im in images) >= MAX_OVERLAY_IMAGES:
-            rec.pop("pixels", None)  # not drawn: pixels and mask need not wait for the study's end
-            rec.pop("mask", None)
+        if rec.get("pixels") is not None:
+            if self.drawn.get(study, 0) >= MAX_OVERLAY_IMAGES:
+                rec.pop("pixels")  # not drawn: pixels and mask need not wait for the study's end
+                rec.pop("mask", None)
+            else:
+                self.drawn[study] = self.drawn.get(study, 0) + 1
         images.append(rec)
         if self.last[study] == k:
             self._flush_pending(self.max_pending - 1)
