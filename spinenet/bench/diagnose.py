@@ -115,8 +115,8 @@ def main(argv: Sequence[str] = ()) -> int:
     p.add_argument("--images", type=int, default=4 if smoke() else 64, help="slices per timed pass")
     p.add_argument("--distinct", type=int, default=2 if smoke() else 16, help="distinct phantom slices (repeated)")
     p.add_argument("--batch-size", type=int, nargs="+", default=[2] if smoke() else [8, 16, 32])
-    p.add_argument("--pipeline-threads", type=int, default=2,
-                   help="threads of the decode and post-processing stages (spinenet.pipeline.diagnose.run)")
+    p.add_argument("--pipeline-threads", type=int, default=None, help="threads of the decode, post-processing "
+                   "and writing stages (spinenet.pipeline.diagnose.run; default: the CPU count, 2 to 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
     p.add_argument("--no-channels-last", action="store_true", help="PyTorch engine: keep NCHW")
     p.add_argument("--engine", nargs="+", choices=ENGINES, default=None,

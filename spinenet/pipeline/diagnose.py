@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -985,7 +986,7 @@ def run(
     disc_class: int | None = None,
     progress: bool = True,
     window: int = 4,
-    threads: int = 2,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Diagnose ``items`` with the per-view models; write every study's outputs, ``findings.csv``,
     ``summary.json`` (every input with its status and reason; study id -> folder) and ``index.html``;
@@ -993,7 +994,8 @@ def run(
 
     A pipeline (:func:`pipelined`) of batches of ``batch_size`` consecutive items: decode + preprocess
     (``threads`` threads), segment (one thread), masks + discs + crops + classify (``threads`` threads), with
-    at most ``window`` batches in flight; each study is written as soon as its last image is done."""
+    at most ``window`` batches in flight; each study is written as soon as its last image is done (in
+    ``threads`` threads; default: the CPU count, 2 to 8)."""
     from contextlib import closing
     from functools import partial
 
@@ -1001,6 +1003,7 @@ def run(
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    threads = threads or min(8, max(2, os.cpu_count() or 2))
     for view in {i.view for i in items if not i.status}:
         if view not in segmenters or view not in classifiers:
             raise ConfigError(
