@@ -553,3 +553,95 @@ def test_phantom_ground_truth_is_plausible_in_its_own_view_only(tiny_phantom):
             assert checked_disc_boxes(mask, view, 1, 5, names[view])[2] is None, (view, row.mask)
             other = "axial" if view == "sagittal" else "sagittal"
             assert checked_disc_boxes(mask, other, 1, 5, names[other])[2], (view, "as", other, row.mask)
+
+
+def _jittered(predictor: Predictor, seed: int) -> Predictor:
+    """``predictor`` taking a random few milliseconds per call, so that pipeline stages finish out of order."""
+    import random
+    import time
+
+    rng, inner = random.Random(seed), predictor.net
+
+    def net(x):
+        time.sleep(rng.uniform(0, 0.02))
+        return inner(x)
+
+    predictor.net = net
+    return predictor
+
+
+def test_pipeline_keeps_input_order_and_study_grouping(phantom_study, tmp_path):
+    import pandas as pd
+
+    s_img, s_mask = phantom_study["sagittal"]
+    images = [np.float32(0.5 + 0.04 * k) * s_img for k in range(11)]
+    study = [f"s{(7 * k) % 11:02d}" for k in range(11)]
+    study[9] = study[2]  # one study of two images that are not consecutive
+    items = [Item(study[k], f"{k:02d}.png", "sagittal", lambda im=im: im) for k, im in enumerate(images)]
+    items.insert(5, _stub_item_missing())
+    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    cls = Predictor(lambda x: torch.zeros((len(x), len(SAG_LABELS))),
+                    Preprocessing("classification", [32, 32], classes=SAG_LABELS, crop=crop), Path("c"))
+    seg = _jittered(stub_segmenter([(im, s_mask) for im in images], size=128), seed=0)
+    out = tmp_path / "out"
+    summary = run(items, {"sagittal": seg}, {"sagittal": _jittered(cls, seed=1)}, out, batch_size=2,
+                  progress=False, window=3, threads=2)
+    names = [i.name for i in items]
+    assert [r["file"] for r in summary["inputs"]] == names
+    assert [r["status"] for r in summary["inputs"]].count("ok") == 11
+    rows = pd.read_csv(out / "findings.csv", dtype=str)
+    assert list(dict.fromkeys(rows.image)) == names  # one row per disc, in input order
+    assert rows[rows.status == "ok"].level.notna().all() and (rows.status == "ok").sum() > 11  # several discs each
+    shared = json.loads((out / summary["study_folders"][study[2]] / "findings.json").read_text())
+    assert [im["image"] for im in shared["images"]] == ["02.png", "09.png"]
+    assert (out / summary["study_folders"][study[2]] / "overlay.png").is_file()
+    page = (out / "index.html").read_text()
+    positions = [page.index(f"<h2>{s}</h2>") for s in dict.fromkeys(i.study for i in items)]
+    assert positions == sorted(positions)  # index.html lists studies in input order
+
+
+def test_pipeline_writes_studies_before_reading_the_rest(phantom_study, tmp_path):
+    """Memory does not grow with the input: a study is written while later files are still unread, and the
+    images read but not yet written never exceed the batches in flight."""
+    s_img, s_mask = phantom_study["sagittal"]
+    out = tmp_path / "out"
+    images = [np.float32(0.5 + 0.02 * k) * s_img for k in range(24)]
+    ahead = []  # per file read: files read so far minus studies written so far
+
+    def load(k):
+        ahead.append(k + 1 - len(list(out.glob("*/findings.json"))))
+        return images[k]
+
+    items = [Item(f"p{k:02d}", f"p{k:02d}.png", "sagittal", lambda k=k: load(k)) for k in range(24)]
+    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    cls = Predictor(lambda x: torch.zeros((len(x), len(SAG_LABELS))),
+                    Preprocessing("classification", [32, 32], classes=SAG_LABELS, crop=crop), Path("c"))
+    seg = stub_segmenter([(im, s_mask) for im in images], size=128)
+    batch, window, threads = 2, 2, 1
+    summary = run(items, {"sagittal": seg}, {"sagittal": cls}, out, batch_size=batch, progress=False,
+                  window=window, threads=threads)
+    assert summary["status_counts"]["ok"] == 24 and len(ahead) == 24
+    # batches in flight, the batch being read, and the study writes still queued (two per writer thread)
+    assert max(ahead) <= (window + 1) * batch + 2 * threads, ahead
+    assert ahead[-1] < 24 - batch  # most studies were on disk before the last file was read
+
+
+def test_a_long_study_keeps_only_the_pixels_its_overlay_draws(phantom_study, tmp_path, monkeypatch):
+    import spinenet.pipeline.diagnose as diagnose
+
+    s_img, s_mask = phantom_study["sagittal"]
+    images = [np.float32(0.5 + 0.04 * k) * s_img for k in range(11)]
+    items = [Item("long", f"{k:02d}.png", "sagittal", lambda im=im: im) for k, im in enumerate(images)]
+    written = []
+
+    def spy(out, study, recs, models, folder=None):
+        written.append([r.get("pixels") is not None for r in recs])
+        return write_study(out, study, recs, models, folder)
+
+    write_study = diagnose.write_study
+    monkeypatch.setattr(diagnose, "write_study", spy)
+    summary = _stub_run(tmp_path, items, [(im, s_mask) for im in images])
+    assert summary["status_counts"]["ok"] == 11
+    assert written == [[True] * diagnose.MAX_OVERLAY_IMAGES + [False] * 3]
+    doc = json.loads((tmp_path / "out" / "long" / "findings.json").read_text())
+    assert len(doc["images"]) == 11 and doc["overlay_images"] == diagnose.MAX_OVERLAY_IMAGES

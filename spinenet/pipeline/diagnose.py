@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,7 +64,6 @@ from spinenet.roi import (
     square_box,
 )
 from spinenet.utils.outdir import prepare_output_dir, refuse_input_overlap
-from spinenet.utils.safe_csv import neutralise_frame
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,13 @@ DISCLAIMER = "Research software: not a medical device; findings need a radiologi
 def segment(images: Sequence[np.ndarray], segmenter: Predictor) -> list[np.ndarray]:
     """Class-id masks at each image's own size: logits mapped back (padding undone), bilinear, arg-max."""
     x, regions = prepare_inputs(images, segmenter.prep)
-    logits = segmenter(x)
+    return masks_from_logits(segmenter(x), images, regions)
+
+
+def masks_from_logits(
+    logits: torch.Tensor, images: Sequence[np.ndarray], regions: Sequence[tuple[int, int, int, int]]
+) -> list[np.ndarray]:
+    """The arg-max mask of each image from its logits in the model input's ``region`` (see :func:`segment`)."""
     masks = []
     for img, lg, (y0, y1, x0, x1) in zip(images, logits, regions, strict=True):
         h, w = img.shape[:2]
@@ -166,6 +172,16 @@ def find_discs(
     return discs, crops, rejected, None
 
 
+def check_models(view: str, segmenter: Predictor, classifier: Predictor) -> None:
+    """A clear error for a view that is not known or models of the wrong task."""
+    if view not in VIEWS:
+        raise ConfigError(f"--view: choose one of {', '.join(VIEWS)}, got {view!r}")
+    if segmenter.task != "segmentation":
+        raise ConfigError(f"--segmenter {segmenter.source.name}: a {segmenter.task} model, not a segmenter")
+    if classifier.task != "classification":
+        raise ConfigError(f"--classifier {classifier.source.name}: a {classifier.task} model, not a classifier")
+
+
 def diagnose_images(
     images: Sequence[np.ndarray],
     view: str,
@@ -181,46 +197,63 @@ def diagnose_images(
     p_herniation; discs outside the classifier's levels have ``classified: False``), ``status`` (``ok``,
     ``no disc found`` or ``implausible for <view>``) and, unless ok, ``reason``.
     ``image_levels``: each image's level when known beforehand (axial slices), for a classifier's level prior."""
-    if view not in VIEWS:
-        raise ConfigError(f"--view: choose one of {', '.join(VIEWS)}, got {view!r}")
-    if segmenter.task != "segmentation":
-        raise ConfigError(f"--segmenter {segmenter.source.name}: a {segmenter.task} model, not a segmenter")
-    if classifier.task != "classification":
-        raise ConfigError(f"--classifier {classifier.source.name}: a {classifier.task} model, not a classifier")
-    dc = _disc_class(segmenter, disc_class)
-    labels = classifier.prep.classes
+    check_models(view, segmenter, classifier)
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        masks = segment(chunk, segmenter)
-        per_image, crops, levels = [], [], []
-        given = list(image_levels[start : start + batch_size]) if image_levels else [None] * len(chunk)
-        for img, mask, known in zip(chunk, masks, given, strict=True):
-            discs, c, dropped, implausible = find_discs(img, mask, view, classifier, dc, min_area,
-                                                        segmenter.prep.classes)
-            per_image.append((discs, dropped, implausible))
-            crops += c
-            # sagittal discs are named bottom-up; an axial slice's level comes with the input (--level-col)
-            levels += [d["level"] or known or "" for d in discs if d["classified"]]
-        probs = iter(classify_crops(crops, classifier, max(batch_size, 1) * 8, levels))
-        for mask, (discs, dropped, implausible) in zip(masks, per_image, strict=True):
-            for d in discs:
-                if not d["classified"]:
-                    continue
-                p = next(probs)
-                k = int(p.argmax())
-                d["probabilities"] = {n: round(float(v), 4) for n, v in zip(labels, p, strict=True)}
-                d["class"], d["probability"] = labels[k], round(float(p[k]), 4)
-                d["p_herniation"] = round(herniation_probability(view, d["probabilities"]), 4)
-                d["herniated"] = is_herniated(view, d["class"])
-            res = {"mask": mask, "discs": discs, "status": "ok", "view": view, "rejected": dropped}
-            if implausible:
-                res.update(status=f"implausible for {view}", reason=implausible)
-            elif not discs:
-                res.update(status=NO_DISC, reason=f"no disc contour of >= {min_area} pixels")
-            results.append(res)
+        x, regions = prepare_inputs(chunk, segmenter.prep)
+        given = list(image_levels[start : start + batch_size]) if image_levels else None
+        results += describe_images(chunk, segmenter(x), regions, view, segmenter, classifier, batch_size,
+                                   disc_class, min_area, given)
         if progress is not None:
             progress(len(chunk))
+    return results
+
+
+def describe_images(
+    images: Sequence[np.ndarray],
+    logits: torch.Tensor,
+    regions: Sequence[tuple[int, int, int, int]],
+    view: str,
+    segmenter: Predictor,
+    classifier: Predictor,
+    batch_size: int = 8,
+    disc_class: int | None = None,
+    min_area: int = 20,
+    image_levels: Sequence[str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """What follows the segmenter, for one batch: masks, disc boxes, plausibility, levels, crops, classifier
+    (the records of :func:`diagnose_images`)."""
+    dc = _disc_class(segmenter, disc_class)
+    labels = classifier.prep.classes
+    masks = masks_from_logits(logits, images, regions)
+    per_image, crops, levels = [], [], []
+    given = list(image_levels) if image_levels else [None] * len(images)
+    for img, mask, known in zip(images, masks, given, strict=True):
+        discs, c, dropped, implausible = find_discs(img, mask, view, classifier, dc, min_area,
+                                                    segmenter.prep.classes)
+        per_image.append((discs, dropped, implausible))
+        crops += c
+        # sagittal discs are named bottom-up; an axial slice's level comes with the input (--level-col)
+        levels += [d["level"] or known or "" for d in discs if d["classified"]]
+    probs = iter(classify_crops(crops, classifier, max(batch_size, 1) * 8, levels))
+    results: list[dict[str, Any]] = []
+    for mask, (discs, dropped, implausible) in zip(masks, per_image, strict=True):
+        for d in discs:
+            if not d["classified"]:
+                continue
+            p = next(probs)
+            k = int(p.argmax())
+            d["probabilities"] = {n: round(float(v), 4) for n, v in zip(labels, p, strict=True)}
+            d["class"], d["probability"] = labels[k], round(float(p[k]), 4)
+            d["p_herniation"] = round(herniation_probability(view, d["probabilities"]), 4)
+            d["herniated"] = is_herniated(view, d["class"])
+        res = {"mask": mask, "discs": discs, "status": "ok", "view": view, "rejected": dropped}
+        if implausible:
+            res.update(status=f"implausible for {view}", reason=implausible)
+        elif not discs:
+            res.update(status=NO_DISC, reason=f"no disc contour of >= {min_area} pixels")
+        results.append(res)
     return results
 
 
@@ -440,23 +473,31 @@ def collect_items(args: argparse.Namespace) -> list[Item]:
         if is_dicom(src):
             return dicom_items_from_file(src, args)
         return [Item(args.study or src.stem, src.name, args.view, _loader(src))]
+    return folder_items(src, args.view, args.view_given, args.study)
+
+
+def folder_items(src: Path, view: str = "sagittal", view_given: bool = False, study: str | None = None) -> list[Item]:
+    """The items of a folder (see :func:`collect_items`): one study per image file unless ``study`` names one
+    for all; DICOM slices grouped into series and studies; other files ``skipped``."""
+    from spinenet.data.io import is_dicom
+
     files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")
                    and p.name.upper() != "DICOMDIR")
     raster = {p for p in files if p.suffix.lower() in IMAGE_SUFFIXES[:5] and not is_dicom(p)}
     dicoms = [p for p in files if p not in raster and is_dicom(p)]
     items: list[Item] = []
     if dicoms:
-        items += dicom_items(src, args.view, args.view_given, args.study, dicoms)
+        items += dicom_items(src, view, view_given, study, dicoms)
     dicom_set = set(dicoms)
     for k, p in enumerate(files):
         rel = p.relative_to(src).as_posix()
         if p in raster:
-            items.append(Item(args.study or p.relative_to(src).with_suffix("").as_posix(), rel, args.view,
+            items.append(Item(study or p.relative_to(src).with_suffix("").as_posix(), rel, view,
                               _loader(p)))
         elif p not in dicom_set:
             # in a DICOM folder, named by place, not path: DICOM folders may carry the patient's name
             name = f"other_file_{k:03d}{p.suffix.lower()[:8]}" if dicoms and not raster else rel
-            items.append(_unloadable("", name, args.view, "skipped",
+            items.append(_unloadable("", name, view, "skipped",
                                      f"not an image ({p.suffix.lower() or 'no suffix'}; diagnose reads "
                                      f"{', '.join(IMAGE_SUFFIXES)} and DICOM)"))
     if not items:
@@ -481,6 +522,7 @@ def dicom_items_from_file(path: Path, args: argparse.Namespace) -> list[Item]:
 # outputs
 # ---------------------------------------------------------------------------------------------------------
 MIN_OVERLAY_HEIGHT = 512
+MAX_OVERLAY_IMAGES = 8  # images drawn side by side in a study's overlay.png; the others' pixels are not kept
 THUMBNAIL_WIDTH = 240  # per image of the overlay, up to 3 images
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 
@@ -620,7 +662,8 @@ def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dic
         public.append(entry)
     doc = {"format": FINDINGS_FORMAT, "version": 1, "study": study, "folder": folder or study, "models": models,
            "images": public, "findings": study_findings(images), "disclaimer": DISCLAIMER}
-    tiles = [_overlay(im["pixels"], im) for im in images if im.get("pixels") is not None][:8]
+    drawn = [im for im in images if im.get("pixels") is not None][:MAX_OVERLAY_IMAGES]
+    tiles = [_overlay(im["pixels"], im) for im in drawn]
     doc["overlay"] = "overlay.png" if tiles else None
     doc["overlay_images"] = len(tiles)
     (target / "findings.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -708,6 +751,105 @@ def _failed_record(item: Item, status: str, reason: str | None) -> dict[str, Any
     return {"mask": None, "discs": [], "status": status, "reason": reason, "view": item.view, "rejected": []}
 
 
+@dataclass
+class _Batch:
+    """One batch of consecutive items on its way through the stages of :func:`run`."""
+
+    items: Sequence[Item]
+    records: list[dict[str, Any] | None]
+    pixels: dict[int, np.ndarray] = field(default_factory=dict)  # item index -> decoded image
+    groups: dict[str, list[int]] = field(default_factory=dict)  # view -> item indices
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # view -> the segmenter's input batch
+    regions: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
+    logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    # views whose batch failed in a stage: their images are re-run one by one (only the image at fault fails)
+    one_by_one: set[str] = field(default_factory=set)
+
+
+def _stage_prepare(items: Sequence[Item], segmenters: dict[str, Predictor]) -> _Batch:
+    """Decode each file (a fault stays with its file) and preprocess each view's images for its segmenter."""
+    batch = _Batch(items, [None] * len(items))
+    for k, item in enumerate(items):
+        if item.status:
+            batch.records[k] = _failed_record(item, item.status, item.reason)
+            continue
+        try:
+            batch.pixels[k] = item.load()
+        except DataError as e:
+            batch.records[k] = _failed_record(item, STATUS_FAILED, str(e))
+            continue
+        batch.groups.setdefault(item.view, []).append(k)
+    for view, ks in batch.groups.items():
+        try:
+            batch.inputs[view], batch.regions[view] = prepare_inputs([batch.pixels[k] for k in ks],
+                                                                     segmenters[view].prep)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - found and reported per image in _stage_describe
+            batch.one_by_one.add(view)
+    return batch
+
+
+def _stage_segment(batch: _Batch, segmenters: dict[str, Predictor]) -> _Batch:
+    """The segmenters alone, so that one thread keeps them busy while other threads decode and describe."""
+    for view, x in batch.inputs.items():
+        if view in batch.one_by_one:
+            continue
+        try:
+            batch.logits[view] = segmenters[view](x)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - found and reported per image in _stage_describe
+            batch.one_by_one.add(view)
+    batch.inputs.clear()
+    return batch
+
+
+def _stage_describe(
+    batch: _Batch,
+    segmenters: dict[str, Predictor],
+    classifiers: dict[str, Predictor],
+    batch_size: int,
+    disc_class: int | None,
+    min_area: int,
+) -> list[dict[str, Any]]:
+    """Masks, discs, plausibility, crops and classes of the batch: one status record per item, in order."""
+    items = batch.items
+    for view, ks in batch.groups.items():
+        seg, cls = segmenters[view], classifiers[view]
+        results: list[dict[str, Any]] = []
+        if view not in batch.one_by_one:
+            try:
+                images = [batch.pixels[k] for k in ks]
+                results = describe_images(images, batch.logits.pop(view), batch.regions[view], view, seg, cls,
+                                          batch_size, disc_class, min_area, [items[k].level for k in ks])
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001 - find the image at fault; the others are still diagnosed
+                results = []
+        if not results:
+            for k in ks:
+                try:
+                    results += diagnose_images([batch.pixels[k]], view, seg, cls, batch_size, disc_class, min_area,
+                                               image_levels=[items[k].level])
+                except ConfigError:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    log.debug("diagnosis of %s failed", items[k].name, exc_info=True)
+                    results.append(_failed_record(items[k], STATUS_FAILED,
+                                                  f"could not be diagnosed: {type(e).__name__}: {e}"))
+        for k, res in zip(ks, results, strict=True):
+            img = batch.pixels[k]
+            res["pixels"], res["size"] = img, list(img.shape[:2])
+            batch.records[k] = res
+    out = []
+    for item, rec in zip(items, batch.records, strict=True):
+        assert rec is not None
+        rec.update(image=item.name, study=item.study, level=item.level, dicom=item.dicom)
+        out.append(rec)
+    return out
+
+
 def diagnose_chunk(
     items: Sequence[Item],
     segmenters: dict[str, Predictor],
@@ -716,57 +858,124 @@ def diagnose_chunk(
     disc_class: int | None = None,
     min_area: int = 20,
 ) -> list[dict[str, Any]]:
-    """One status record per item, in order: the unit of work of :func:`run` (load, segment, check, classify).
+    """One status record per item, in order: the stages of :func:`run` one after the other (load, segment,
+    check, classify).
 
     Faults stay with their input: a file that cannot be read is ``failed`` with the reason; when a batch
     fails in the models, its images are run one by one so that only the image at fault fails."""
-    records: list[dict[str, Any] | None] = [None] * len(items)
-    loaded: list[tuple[int, np.ndarray]] = []
-    for k, item in enumerate(items):
-        if item.status:
-            records[k] = _failed_record(item, item.status, item.reason)
-            continue
-        try:
-            loaded.append((k, item.load()))
-        except DataError as e:
-            records[k] = _failed_record(item, STATUS_FAILED, str(e))
-    for view in VIEWS:
-        group = [(k, img) for k, img in loaded if items[k].view == view]
-        if not group:
-            continue
-
-        def one_batch(batch: list[tuple[int, np.ndarray]], view: str = view) -> list[dict[str, Any]]:
-            return diagnose_images([img for _, img in batch], view, segmenters[view], classifiers[view],
-                                   batch_size, disc_class, min_area, image_levels=[items[k].level for k, _ in batch])
-
-        try:
-            results = one_batch(group)
-        except ConfigError:
-            raise
-        except Exception:  # noqa: BLE001 - find the image at fault; the others are still diagnosed
-            results = []
-            for pair in group:
-                try:
-                    results += one_batch([pair])
-                except ConfigError:
-                    raise
-                except Exception as e:  # noqa: BLE001
-                    log.debug("diagnosis of %s failed", items[pair[0]].name, exc_info=True)
-                    results.append(_failed_record(items[pair[0]], STATUS_FAILED,
-                                                  f"could not be diagnosed: {type(e).__name__}: {e}"))
-        for (k, img), res in zip(group, results, strict=True):
-            res["pixels"], res["size"] = img, list(img.shape[:2])
-            records[k] = res
-    out = []
-    for item, rec in zip(items, records, strict=True):
-        assert rec is not None
-        rec.update(image=item.name, study=item.study, level=item.level, dicom=item.dicom)
-        out.append(rec)
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(items), batch_size):
+        batch = _stage_segment(_stage_prepare(items[start : start + batch_size], segmenters), segmenters)
+        out += _stage_describe(batch, segmenters, classifiers, batch_size, disc_class, min_area)
     return out
 
 
 def _status_key(status: str) -> str:
     return "implausible" if status.startswith("implausible") else status
+
+
+FINDINGS_COLUMNS = ("study", "folder", "image", "view", "status", "reason", "level", "box", "crop_box", "area",
+                    "classified", "class", "probability", "p_herniation", "herniated")
+
+
+def pipelined(
+    chunks: Iterable[Any], stages: Sequence[tuple[Callable[[Any], Any], int]], window: int
+) -> Iterable[Any]:
+    """Each chunk through ``stages`` (function, threads) in order, yielded in input order; stage ``i`` of chunk
+    ``k + 1`` runs while stage ``i + 1`` of chunk ``k`` does. At most ``window`` chunks are in flight: memory
+    does not grow with the input. Threads suffice: OpenCV, ONNX Runtime and torch release the GIL."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pools = [ThreadPoolExecutor(n, thread_name_prefix=f"diagnose-{i}") for i, (_, n) in enumerate(stages)]
+
+    def after(fn: Callable[[Any], Any], previous: Future) -> Any:
+        return fn(previous.result())  # the previous stage's pool is separate: waiting here cannot deadlock
+
+    in_flight: deque[Future] = deque()
+    try:
+        for chunk in chunks:
+            if len(in_flight) >= window:
+                yield in_flight.popleft().result()
+            fut = pools[0].submit(stages[0][0], chunk)
+            for pool, (fn, _) in zip(pools[1:], stages[1:], strict=True):
+                fut = pool.submit(after, fn, fut)
+            in_flight.append(fut)
+        while in_flight:
+            yield in_flight.popleft().result()
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Writer:
+    """Writes each study as soon as its last image is diagnosed (in a few threads: overlay drawing and PNG
+    encoding release the GIL) and ``findings.csv`` row by row; keeps only small per-image records for
+    ``summary.json`` and ``index.html``."""
+
+    def __init__(self, out: Path, items: Sequence[Item], folders: dict[str, str], models: dict[str, str],
+                 threads: int = 2):
+        import csv
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.out, self.folders, self.models = out, folders, models
+        self.last = {item.study: k for k, item in enumerate(items) if item.study}
+        self.open: dict[str, list[dict[str, Any]]] = {}  # studies not complete yet
+        self.drawn: dict[str, int] = {}  # per study: images kept with their pixels for overlay.png
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.inputs: list[dict[str, Any]] = []
+        self.discs = 0
+        self.seen = 0
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="diagnose-write")
+        self.pending: list[Any] = []
+        self.max_pending = 2 * threads
+        self.csv_file = open(out / "findings.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.csv = csv.DictWriter(self.csv_file, FINDINGS_COLUMNS, restval="", extrasaction="ignore",
+                                  lineterminator="\n")
+        self.csv.writeheader()
+
+    def add(self, rec: dict[str, Any]) -> None:
+        """One item's status record, in input order."""
+        from spinenet.utils.safe_csv import neutralise_rows
+
+        k, self.seen = self.seen, self.seen + 1
+        study = rec["study"]
+        folder = self.folders.get(study)
+        self.inputs.append({"file": rec["image"], "study": study or None, "folder": folder, "view": rec["view"],
+                            "status": rec["status"], "reason": rec.get("reason")})
+        self.discs += len(rec["discs"])
+        if not study:
+            return
+        self.csv.writerows(neutralise_rows(
+            {"study": study, "folder": folder, "image": rec["image"], "view": rec["view"], "status": rec["status"],
+             "reason": rec.get("reason") or "", **(d or {})} for d in rec["discs"] or [None]))
+        images = self.open.setdefault(study, [])
+        if rec.get("pixels") is not None:
+            if self.drawn.get(study, 0) >= MAX_OVERLAY_IMAGES:
+                rec.pop("pixels")  # not drawn: pixels and mask need not wait for the study's end
+                rec.pop("mask", None)
+            else:
+                self.drawn[study] = self.drawn.get(study, 0) + 1
+        images.append(rec)
+        if self.last[study] == k:
+            self._flush_pending(self.max_pending - 1)
+            self.pending.append((study, self.pool.submit(write_study, self.out, study, self.open.pop(study),
+                                                         self.models, self.folders[study])))
+
+    def _flush_pending(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            study, fut = self.pending.pop(0)
+            doc = fut.result()
+            # what index.html needs of a study: no pixels, masks or per-disc records
+            self.docs[study] = {k: doc[k] for k in ("study", "folder", "overlay", "overlay_images", "findings")}
+            self.docs[study]["images"] = [{k: im.get(k) for k in ("image", "status", "reason")} for im in doc["images"]]
+
+    def close(self) -> None:
+        try:
+            self._flush_pending(0)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.csv_file.close()
 
 
 def run(
@@ -779,63 +988,62 @@ def run(
     min_area: int = 20,
     disc_class: int | None = None,
     progress: bool = True,
+    window: int = 4,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Diagnose ``items`` with the per-view models; write every study's outputs, ``findings.csv``,
     ``summary.json`` (every input with its status and reason; study id -> folder) and ``index.html``;
-    return the summary."""
+    return the summary.
+
+    A pipeline (:func:`pipelined`) of batches of ``batch_size`` consecutive items: decode + preprocess
+    (``threads`` threads), segment (one thread), masks + discs + crops + classify (``threads`` threads), with
+    at most ``window`` batches in flight; each study is written as soon as its last image is done (in
+    ``threads`` threads; default: the CPU count, 2 to 8)."""
+    from contextlib import closing
+    from functools import partial
+
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    threads = threads or min(8, max(2, os.cpu_count() or 2))
     for view in {i.view for i in items if not i.status}:
         if view not in segmenters or view not in classifiers:
             raise ConfigError(
                 f"{view} images need a {view} segmenter and classifier (--segmenter {view}=CKPT "
                 f"--classifier {view}=CKPT, or plain CKPTs with --view {view})"
             )
+        check_models(view, segmenters[view], classifiers[view])
     studies = list(dict.fromkeys(i.study for i in items if i.study))
     folders = study_folders(studies)
     _prepare_out(out, folders.values(), overwrite)
-    done: dict[str, list[dict[str, Any]]] = {s: [] for s in studies}
-    inputs: list[dict[str, Any]] = []
-    bar = tqdm(total=len(items), unit="img", desc="diagnose", disable=None if progress else True)
-    step = batch_size * 4  # read a few batches at a time: bounded memory
-    for start in range(0, len(items), step):
-        chunk = items[start : start + step]
-        for rec in diagnose_chunk(chunk, segmenters, classifiers, batch_size, disc_class, min_area):
-            inputs.append({"file": rec["image"], "study": rec["study"] or None,
-                           "folder": folders.get(rec["study"]), "view": rec["view"], "status": rec["status"],
-                           "reason": rec.get("reason")})
-            if rec["study"]:
-                done[rec["study"]].append(rec)
-        bar.update(len(chunk))
-    bar.close()
     models = {"segmenter": ", ".join(f"{v}={p.source.name}" for v, p in segmenters.items()),
               "classifier": ", ".join(f"{v}={p.source.name}" for v, p in classifiers.items())}
-    rows, docs = [], []
-    for study in studies:
-        images = done[study]
-        docs.append(write_study(out, study, images, models, folders[study]))
-        for im in images:
-            for d in im["discs"] or [None]:
-                rows.append({"study": study, "folder": folders[study], "image": im["image"], "view": im["view"],
-                             "status": im["status"], "reason": im.get("reason") or "",
-                             **({k: v for k, v in d.items() if k not in ("probabilities",)} if d else {})})
-        for im in images:  # pixels and masks stay out of memory once written
-            im.pop("pixels", None)
-            im.pop("mask", None)
-    import pandas as pd
-
-    neutralise_frame(pd.DataFrame(rows)).to_csv(out / "findings.csv", index=False)
+    writer = _Writer(out, items, folders, models, threads)
+    stages = [(partial(_stage_prepare, segmenters=segmenters), threads),
+              (partial(_stage_segment, segmenters=segmenters), 1),  # the models' own threads run it in parallel
+              (partial(_stage_describe, segmenters=segmenters, classifiers=classifiers, batch_size=batch_size,
+                       disc_class=disc_class, min_area=min_area), threads)]
+    chunks = (items[start : start + batch_size] for start in range(0, len(items), batch_size))
+    bar = tqdm(total=len(items), unit="img", desc="diagnose", disable=None if progress else True)
+    try:
+        with closing(pipelined(chunks, stages, max(window, 1))) as batches:  # closed: its threads end on errors
+            for records in batches:
+                for rec in records:
+                    writer.add(rec)
+                bar.update(len(records))
+    finally:
+        bar.close()
+        writer.close()
+    inputs = writer.inputs
     counts = {k: 0 for k in (STATUS_OK, NO_DISC, "implausible", STATUS_FAILED, STATUS_SKIPPED)}
     for r in inputs:
         counts[_status_key(r["status"])] += 1
     summary = {"studies": len(studies), "images": len(inputs) - counts[STATUS_SKIPPED],
-               "status_counts": counts, "images_without_disc": counts[NO_DISC],
-               "discs": sum(len(im["discs"]) for s in done.values() for im in s), "models": models,
-               "batch_size": batch_size, "study_folders": folders, "inputs": inputs}
+               "status_counts": counts, "images_without_disc": counts[NO_DISC], "discs": writer.discs,
+               "models": models, "batch_size": batch_size, "study_folders": folders, "inputs": inputs}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_index(out, summary, docs)
+    write_index(out, summary, [writer.docs[s] for s in studies])
     return summary
 
 
