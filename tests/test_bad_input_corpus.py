@@ -98,16 +98,23 @@ def keep_log_handlers():
 def ground_truth_segmenter(gt_masks, monkeypatch):
     import spinenet.pipeline.diagnose as diagnose
 
-    real = diagnose.segment
+    real_segment, real_masks = diagnose.segment, diagnose.masks_from_logits
 
-    def segment(images, segmenter):
+    def ground_truth(images):
         if any(np.ptp(im) == 0 for im in images):
             raise RuntimeError("injected fault: the segmenter fails on a blank image")
         if all(np.asarray(im).tobytes() in gt_masks for im in images):
             return [gt_masks[np.asarray(im).tobytes()] for im in images]
-        return real(images, segmenter)
+        return None
+
+    def segment(images, segmenter):  # one image at a time, after a batch failed
+        return ground_truth(images) or real_segment(images, segmenter)
+
+    def masks_from_logits(logits, images, regions):  # the pipeline's batches
+        return ground_truth(images) or real_masks(logits, images, regions)
 
     monkeypatch.setattr(diagnose, "segment", segment)
+    monkeypatch.setattr(diagnose, "masks_from_logits", masks_from_logits)
 
 
 # --------------------------------------------------------------------------------------------- the table
