@@ -195,7 +195,9 @@ def print_summary(metrics: dict) -> None:
     headline = ("dice_mean_fg", "miou", "miou_fg", "accuracy", "balanced_accuracy", "f1_macro", "auroc_macro")
     shown = [f"{k}={test[k]:.4f}" for k in headline if isinstance(test.get(k), float) and math.isfinite(test[k])]
     shown += [f"{k}={v:.4f}" for k, v in test.items() if k.startswith("dice_") and k not in headline
-              and "per_image" not in k and isinstance(v, float)]
+              and "per_image" not in k and not k.endswith("_model_res") and isinstance(v, float)]
+    if isinstance(test.get("dice_mean_fg_model_res"), float):  # the figure at the model's input size, beside
+        shown.append(f"dice_mean_fg_model_res={test['dice_mean_fg_model_res']:.4f}")
     if shown:
         lines.append("test:       " + ", ".join(shown))
     if metrics.get("wandb_dir"):
