@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spinenet.bench import smoke
 from spinenet.ensemble.search import (
     baselines,
     exhaustive_search,
@@ -215,10 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spinenet bench ensemble", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--naive-samples", type=int, default=20, help="weight vectors timed with the naive loop")
+    ap.add_argument("--naive-samples", type=int, default=3 if smoke() else 20,
+                    help="weight vectors timed with the naive loop")
+    ap.add_argument("--size", type=int, default=32 if smoke() else 256, help="segmentation slices' size in pixels")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
-    r = run_ensemble_benchmark(device=args.device, seed=args.seed, naive_samples=args.naive_samples)
+    r = run_ensemble_benchmark(device=args.device, seed=args.seed, naive_samples=args.naive_samples, size=args.size)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
     c, s = r["classification"], r["segmentation"]
