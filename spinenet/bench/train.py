@@ -95,17 +95,25 @@ SETTINGS = {
 }
 
 
+def _setting(name: str) -> str:
+    unknown = [part for part in name.split("+") if part not in SETTINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown setting {'+'.join(unknown)!r}; choose from {sorted(SETTINGS)}")
+    return name
+
+
 def _setting_run(setting: str, dm, template, accelerator: str, steps: int, skip: int, tmp: str) -> list[float]:
     """Per-step times of ``steps`` training batches from the real loader under one setting."""
     from spinenet.utils.callbacks import TrainSpeed
 
     timer = _StepTimer()
-    callbacks = [timer, TrainSpeed(channels_last=setting == "channels_last", compile=setting == "compile")]
+    parts = set(setting.split("+"))
+    callbacks = [timer, TrainSpeed(channels_last="channels_last" in parts, compile="compile" in parts)]
     trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         limit_train_batches=steps, num_sanity_val_steps=0, default_root_dir=tmp,
-                        precision="bf16-mixed" if setting == "bf16" else "32-true", callbacks=callbacks)
-    dm.num_workers = 2 if setting == "workers2" else 0
+                        precision="bf16-mixed" if "bf16" in parts else "32-true", callbacks=callbacks)
+    dm.num_workers = 2 if "workers2" in parts else 0
     try:
         trainer.fit(copy.deepcopy(template), train_dataloaders=dm.train_dataloader())
     finally:
@@ -131,9 +139,10 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--warmup", type=int, default=1 if smoke() else 3)
     parser.add_argument("--rounds", type=int, default=1 if smoke() else 2, help="interleaved repetitions of both loops")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra overrides")
-    parser.add_argument("--setting", action="append", nargs="+", choices=sorted(SETTINGS), default=[],
+    parser.add_argument("--setting", action="append", nargs="+", type=_setting, default=[],
                         help="measure training images/s with these speed settings instead of the "
-                             "Lightning-vs-plain comparison: " + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items()))
+                             "Lightning-vs-plain comparison (combine with +, e.g. channels_last+bf16): "
+                             + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items()))
     parser.add_argument("--epoch-time", action="store_true",
                         help="also time one full training epoch of the experiment's config")
     args = parser.parse_args(list(argv))
@@ -196,8 +205,9 @@ def _print_settings(settings: list[str], dm, template, accelerator: str, args, t
                                             args.warmup, tmp)
             except Exception as exc:  # a setting this machine or torch build cannot run is reported, not fatal
                 failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
-    print(f"  {args.rounds} interleaved round(s) x {args.steps} steps after {args.warmup} warm-up, "
-          "real loader, median step")
+    counts = sorted({len(t) for t in times.values() if t})
+    print(f"  {args.rounds} interleaved round(s), up to {args.steps} steps each after {args.warmup} warm-up "
+          f"(one epoch at most: {'/'.join(map(str, counts)) or 0} steps timed per setting), real loader, median step")
     base = statistics.median(times["baseline"]) if times.get("baseline") else None
     for name in settings:
         if name in failed:
