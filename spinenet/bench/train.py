@@ -45,6 +45,9 @@ class _StepTimer(L.Callback):
         if module.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def first_step(self) -> float:
+        return self.starts[1] - self.starts[0]
+
     def step_times(self, skip: int) -> list[float]:
         return [b - a for a, b in zip(self.starts[skip:-1], self.starts[skip + 1:], strict=True)]
 
@@ -102,8 +105,10 @@ def _setting(name: str) -> str:
     return name
 
 
-def _setting_run(setting: str, dm, template, accelerator: str, steps: int, skip: int, tmp: str) -> list[float]:
-    """Per-step times of ``steps`` training batches from the real loader under one setting."""
+def _setting_run(setting: str, dm, template, accelerator: str, steps: int, skip: int,
+                 tmp: str) -> tuple[list[float], float]:
+    """Per-step times of ``steps`` training batches from the real loader under one setting, and the first
+    step's time (compilation and worker start-up land there)."""
     from spinenet.utils.callbacks import TrainSpeed
 
     timer = _StepTimer()
@@ -118,7 +123,7 @@ def _setting_run(setting: str, dm, template, accelerator: str, steps: int, skip:
         trainer.fit(copy.deepcopy(template), train_dataloaders=dm.train_dataloader())
     finally:
         dm.num_workers = 0
-    return timer.step_times(skip)
+    return timer.step_times(skip), timer.first_step()
 
 
 def _epoch_time(cfg, dm, template, accelerator: str, tmp: str) -> tuple[float, int]:
@@ -195,14 +200,17 @@ def main(argv: Sequence[str] = ()) -> int:
 
 def _print_settings(settings: list[str], dm, template, accelerator: str, args, tmp: str, batch_size: int) -> None:
     times: dict[str, list[float]] = {name: [] for name in settings}
+    first: dict[str, list[float]] = {name: [] for name in settings}
     failed: dict[str, str] = {}
     for _ in range(args.rounds):
         for name in settings:
             if name in failed:
                 continue
             try:
-                times[name] += _setting_run(name, dm, template, accelerator, args.steps + args.warmup,
-                                            args.warmup, tmp)
+                steps, first_step = _setting_run(name, dm, template, accelerator, args.steps + args.warmup,
+                                                 args.warmup, tmp)
+                times[name] += steps
+                first[name].append(first_step)
             except Exception as exc:  # a setting this machine or torch build cannot run is reported, not fatal
                 failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
     counts = sorted({len(t) for t in times.values() if t})
@@ -211,8 +219,9 @@ def _print_settings(settings: list[str], dm, template, accelerator: str, args, t
     base = statistics.median(times["baseline"]) if times.get("baseline") else None
     for name in settings:
         if name in failed:
-            print(f"  {name:<14} failed: {failed[name]}")
+            print(f"  {name:<20} failed: {failed[name]}")
             continue
         step = statistics.median(times[name])
         versus = f"  x{base / step:.2f} vs baseline" if base else ""
-        print(f"  {name:<14} {batch_size / step:8.1f} images/s  {step * 1000:8.1f} ms/step{versus}")
+        print(f"  {name:<20} {batch_size / step:8.1f} images/s  {step * 1000:8.1f} ms/step{versus}"
+              f"  (first step {max(first[name]):.1f} s)")
