@@ -4,6 +4,10 @@ The same model, batches (pre-loaded in memory, so data loading is not measured) 
 (a) in a plain PyTorch loop and (b) through ``Trainer.fit`` with the project's ``SegmentationModule``
 (loss, logging, train metrics). Both run in this process, interleaved, and the median step times are
 compared. Target: ratio at most 1.05. Peak memory is printed (CUDA: max allocated; CPU: peak RSS).
+
+``--setting NAME`` (repeatable) instead measures training speed options through ``Trainer.fit`` on the
+experiment's real training loader (loading included): images/s per setting, settings interleaved per
+round, medians. ``--epoch-time`` times one full training epoch of the experiment's default config.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class _StepTimer(L.Callback):
     def _sync(module) -> None:
         if module.device.type == "cuda":
             torch.cuda.synchronize()
+
+    def first_step(self) -> float:
+        return self.starts[1] - self.starts[0]
 
     def step_times(self, skip: int) -> list[float]:
         return [b - a for a, b in zip(self.starts[skip:-1], self.starts[skip + 1:], strict=True)]
@@ -81,6 +88,55 @@ def _peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (process peak RSS)"
 
 
+# what each --setting changes relative to the experiment's config (baseline: nothing)
+SETTINGS = {
+    "baseline": "the experiment's config",
+    "channels_last": "callbacks.train_speed.channels_last=true (weights and inputs NHWC)",
+    "bf16": "trainer.precision=bf16-mixed (autocast)",
+    "compile": "callbacks.train_speed.compile=true (torch.compile of the network)",
+    "workers2": "data.num_workers=2 (loader worker processes)",
+}
+
+
+def _setting(name: str) -> str:
+    unknown = [part for part in name.split("+") if part not in SETTINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown setting {'+'.join(unknown)!r}; choose from {sorted(SETTINGS)}")
+    return name
+
+
+def _setting_run(setting: str, dm, template, accelerator: str, steps: int, skip: int,
+                 tmp: str) -> tuple[list[float], float]:
+    """Per-step times of ``steps`` training batches from the real loader under one setting, and the first
+    step's time (compilation and worker start-up land there)."""
+    from spinenet.utils.callbacks import TrainSpeed
+
+    timer = _StepTimer()
+    parts = set(setting.split("+"))
+    callbacks = [timer, TrainSpeed(channels_last="channels_last" in parts, compile="compile" in parts)]
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        limit_train_batches=steps, num_sanity_val_steps=0, default_root_dir=tmp,
+                        precision="bf16-mixed" if "bf16" in parts else "32-true", callbacks=callbacks)
+    dm.num_workers = 2 if "workers2" in parts else 0
+    try:
+        trainer.fit(copy.deepcopy(template), train_dataloaders=dm.train_dataloader())
+    finally:
+        dm.num_workers = 0
+    return timer.step_times(skip), timer.first_step()
+
+
+def _epoch_time(cfg, dm, template, accelerator: str, tmp: str) -> tuple[float, int]:
+    """Seconds of one full training epoch (no validation) and its number of batches."""
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, default_root_dir=tmp, precision=cfg.trainer.precision)
+    loader = dm.train_dataloader()
+    start = time.perf_counter()
+    trainer.fit(copy.deepcopy(template), train_dataloaders=loader)
+    return time.perf_counter() - start, len(loader)
+
+
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="spinenet bench train", description=__doc__)
     parser.add_argument("--experiment", default="demo")
@@ -88,7 +144,14 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--warmup", type=int, default=1 if smoke() else 3)
     parser.add_argument("--rounds", type=int, default=1 if smoke() else 2, help="interleaved repetitions of both loops")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra overrides")
+    parser.add_argument("--setting", action="append", nargs="+", type=_setting, default=[],
+                        help="measure training images/s with these speed settings instead of the "
+                             "Lightning-vs-plain comparison (combine with +, e.g. channels_last+bf16): "
+                             + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items()))
+    parser.add_argument("--epoch-time", action="store_true",
+                        help="also time one full training epoch of the experiment's config")
     args = parser.parse_args(list(argv))
+    settings = list(dict.fromkeys(name for group in args.setting for name in group))
 
     import hydra
 
@@ -102,6 +165,21 @@ def main(argv: Sequence[str] = ()) -> int:
         dm = hydra.utils.instantiate(cfg.data, output_dir=None, check="fast")
         dm.prepare_data()
         dm.setup("fit")
+        accelerator = "gpu" if device.type == "cuda" else "cpu"
+        header = (f"spinenet bench train: experiment={args.experiment}, model={cfg.model.net.name}, "
+                  f"batch {cfg.data.batch_size} x {list(cfg.data.image_size)}, device {device}, "
+                  f"{torch.get_num_threads()} threads")
+        if settings or args.epoch_time:
+            L.seed_everything(0)
+            template = build_module(cfg, dm.class_names, dm.label_names)
+            print(header)
+            if settings:
+                _print_settings(settings, dm, template, accelerator, args, tmp, cfg.data.batch_size)
+            if args.epoch_time:
+                seconds, n = _epoch_time(cfg, dm, template, accelerator, tmp)
+                print(f"  one training epoch ({n} batches, {len(dm.train_dataloader().dataset)} images, "
+                      f"precision {cfg.trainer.precision}, {dm.num_workers} workers): {seconds:.1f} s")
+            return 0
         loader = iter(dm.train_dataloader())
         first = [next(loader) for _ in range(min(len(dm.train_dataloader()), 4))]
         batches = [first[i % len(first)] for i in range(args.steps + args.warmup)]
@@ -110,14 +188,40 @@ def main(argv: Sequence[str] = ()) -> int:
         plain, light = [], []
         for _ in range(args.rounds):
             plain += _plain_loop(copy.deepcopy(template), batches, device, args.warmup)
-            light += _lightning_loop(copy.deepcopy(template), batches, "gpu" if device.type == "cuda" else "cpu",
-                                     args.warmup, tmp)
+            light += _lightning_loop(copy.deepcopy(template), batches, accelerator, args.warmup, tmp)
     p, lt = statistics.median(plain), statistics.median(light)
-    print(f"spinenet bench train: experiment={args.experiment}, model={cfg.model.net.name}, "
-          f"batch {cfg.data.batch_size} x {list(cfg.data.image_size)}, device {device}, "
-          f"{len(plain)} steps each (median)")
+    print(f"{header}, {len(plain)} steps each (median)")
     print(f"  plain PyTorch loop   {p * 1000:8.1f} ms/step")
     print(f"  Lightning module     {lt * 1000:8.1f} ms/step")
     print(f"  ratio {lt / p:.3f} (target <= 1.05): {'met' if lt / p <= 1.05 else 'NOT met'}")
     print(f"  peak memory {_peak_memory(device)}")
     return 0
+
+
+def _print_settings(settings: list[str], dm, template, accelerator: str, args, tmp: str, batch_size: int) -> None:
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    first: dict[str, list[float]] = {name: [] for name in settings}
+    failed: dict[str, str] = {}
+    for _ in range(args.rounds):
+        for name in settings:
+            if name in failed:
+                continue
+            try:
+                steps, first_step = _setting_run(name, dm, template, accelerator, args.steps + args.warmup,
+                                                 args.warmup, tmp)
+                times[name] += steps
+                first[name].append(first_step)
+            except Exception as exc:  # a setting this machine or torch build cannot run is reported, not fatal
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+    counts = sorted({len(t) for t in times.values() if t})
+    print(f"  {args.rounds} interleaved round(s), up to {args.steps} steps each after {args.warmup} warm-up "
+          f"(one epoch at most: {'/'.join(map(str, counts)) or 0} steps timed per setting), real loader, median step")
+    base = statistics.median(times["baseline"]) if times.get("baseline") else None
+    for name in settings:
+        if name in failed:
+            print(f"  {name:<20} failed: {failed[name]}")
+            continue
+        step = statistics.median(times[name])
+        versus = f"  x{base / step:.2f} vs baseline" if base else ""
+        print(f"  {name:<20} {batch_size / step:8.1f} images/s  {step * 1000:8.1f} ms/step{versus}"
+              f"  (first step {max(first[name]):.1f} s)")

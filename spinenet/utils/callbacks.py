@@ -87,3 +87,35 @@ class PlateauResume(L.Callback):
         for step in pending or []:
             if step["index"] < len(configs) and configs[step["index"]].reduce_on_plateau:
                 pl_module.lr_scheduler_step(configs[step["index"]].scheduler, step["value"])
+
+
+class TrainSpeed(L.Callback):
+    """CPU/GPU speed options with no place in Lightning's Trainer (``spinenet bench train --setting`` measures them).
+
+    channels_last: the module's weights and every batch's ``image`` in channels-last (NHWC) memory format,
+    which oneDNN/cuDNN convolutions can run without reordering. compile: ``nn.Module.compile`` on the
+    module's ``net`` in place (state-dict keys unchanged, so checkpoints stay loadable without it).
+    """
+
+    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+        self.channels_last, self.compile = bool(channels_last), bool(compile)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.channels_last:
+            pl_module.to(memory_format=torch.channels_last)
+        if self.compile and getattr(pl_module.net, "_compiled_call_impl", None) is None:  # setup runs per stage
+            pl_module.net.compile()
+
+    def _to_channels_last(self, batch) -> None:
+        # in place: the batch dict is the one the step receives
+        if self.channels_last and isinstance(batch, dict) and getattr(batch.get("image"), "dim", lambda: 0)() == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._to_channels_last(batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._to_channels_last(batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._to_channels_last(batch)
