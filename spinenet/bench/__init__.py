@@ -17,7 +17,7 @@ BENCHMARKS = {
 
 DESCRIPTIONS = {
     "data": "images/s the training loader delivers (0 and 2 workers) vs what a training step consumes",
-    "train": "Lightning module vs a plain PyTorch loop, per training step, and peak memory",
+    "train": "Lightning vs a plain PyTorch loop per step; --setting: images/s per speed setting; --epoch-time",
     "ensemble": "exhaustive weight search (classification and segmentation) vs a naive loop",
     "diagnose": "end-to-end images/s of the diagnosis pipeline (PyTorch and ONNX Runtime), FLOPs per image",
 }
