@@ -494,6 +494,24 @@ def test_spider_ground_truth_slices_are_plausible_sagittal_spines():
     assert "no vertebra between" in checked_disc_boxes(mask, "sagittal", 1, 20, names)[2]
 
 
+@pytest.mark.parametrize("alternate, plausible", [(False, True), (True, False)])
+def test_the_canal_must_run_on_one_side_of_the_discs(alternate, plausible):
+    """Three discs stacked with vertebrae between them: a spine when the canal runs behind all of them, not
+    when it jumps from side to side (as a sagittal U-Net made it of an axial slice)."""
+    from spinenet.pipeline.diagnose import checked_disc_boxes
+
+    mask = np.zeros((128, 128), np.uint8)
+    mask[10:118, 40:80] = 2  # vertebrae
+    for k, row in enumerate((30, 60, 90)):
+        mask[row - 3:row + 3, 38:82] = 1  # discs
+        left = alternate and k == 1
+        mask[row - 10:row + 10, (20 if left else 90):(26 if left else 96)] = 3  # canal beside each disc
+    _, _, why = checked_disc_boxes(mask, "sagittal", 1, 20, ["background", "disc", "vertebra", "canal"])
+    assert (why is None) == plausible, why
+    if not plausible:
+        assert "canal is not on one side" in why
+
+
 def test_study_ids_keep_distinct_folders_inside_out(phantom_study, tmp_path):
     from spinenet.pipeline.diagnose import study_folders
 
