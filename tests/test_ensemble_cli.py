@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import torch
 
 from spinenet.ensemble import members as members_mod
 from spinenet.ensemble.artifact import EnsembleNet, is_ensemble, save_artifact
-from spinenet.ensemble.cli import main
+from spinenet.ensemble.cli import EnsembleRequest, build_parser, main, run_ensemble
 from spinenet.ensemble.members import (
     MIN_VAL_IMAGES,
     Member,
@@ -56,6 +57,26 @@ def test_members_with_other_classes_or_sizes_are_refused():
     assert "classes" in msg and "'canal'" in msg and "image_size" in msg and "[128, 128]" in msg
     with pytest.raises(ConfigError, match="task"):
         check_compatible([_member("a"), _member("b", task="classification")])
+
+
+def test_request_has_every_option_and_checks_it_like_the_cli():
+    dests = {a.dest for a in build_parser()._actions} - {"help", "wandb_project", "wandb_group"}
+    fields = {f.name for f in dataclasses.fields(EnsembleRequest)}
+    assert {"sweeps" if d == "sweep" else d for d in dests} == fields
+    for bad, msg in [
+        ({"rounds": 0}, "--rounds must be >= 1"),
+        ({"top_k": 0}, "--top-k must be >= 1"),
+        ({"method": "grid"}, "--method must be one of exhaustive, greedy, both"),
+        ({"objective": "f2"}, "--objective must be one of"),
+        ({"device": "tpu"}, "--device must be one of"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            EnsembleRequest(members=["a"], **bad)
+    request = EnsembleRequest(members=["a", "b"], method="greedy")
+    assert request.members == ("a", "b") and request.methods == ("greedy",)
+    assert EnsembleRequest().methods == ("exhaustive", "greedy")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.step = 0.5  # type: ignore[misc]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -195,6 +216,12 @@ def test_ensemble_cli_report_cache_and_artifact(tiny_sweep, tmp_path, monkeypatc
     report2 = json.loads((out2 / "report.json").read_text())
     assert all(all(m["cached"].values()) for m in report2["members"])
     assert [e["kind"] for e in report2["entries"]] == ["member", "member", "aem", "waem"]
+    # the library takes a typed request, no argparse: the same search from the same cache gives the same weights
+    report_lib = run_ensemble(
+        EnsembleRequest(members=[tiny_sweep], method="greedy", objective="miou", out=tmp_path / "e2lib")
+    )
+    assert [e["weights"] for e in report_lib["entries"]] == [e["weights"] for e in report2["entries"]]
+    assert report_lib["chosen"] == report2["chosen"]
     monkeypatch.undo()
 
     # another split of the data set is another cache entry: it is predicted

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -373,44 +374,92 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- main
-def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    members: list[Member] = resolve_members(args.members, args.sweep, args.top_k)
+METHODS = ("exhaustive", "greedy", "both")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EnsembleRequest:
+    """What to ensemble and how: one field per ``spinenet ensemble`` option (W&B logging aside, ``main`` does it).
+
+    Checked on construction with the CLI's messages, so a script that builds one gets the same one-line errors.
+    """
+
+    members: tuple[str | Path, ...] = ()  # checkpoint files, run folders or sweep folders
+    sweeps: tuple[str | Path, ...] = ()  # --sweep
+    top_k: int | None = None
+    method: str = "both"  # exhaustive | greedy | both
+    step: float = 0.1
+    rounds: int = 25
+    objective: str | None = None  # None: the task's default (DEFAULT_OBJECTIVE)
+    out: str | Path | None = None  # None: outputs/ensemble/<date>_<time>_<id>
+    overwrite: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    splits: str | Path | None = None  # None: the first member's run folder's splits.json
+    data_root: str | Path | None = None
+    cache_dir: str | Path | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        # lists are welcome (argparse gives them); stored as tuples so the request stays frozen
+        object.__setattr__(self, "members", tuple(self.members))
+        object.__setattr__(self, "sweeps", tuple(self.sweeps))
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.objective is not None and self.objective not in O.OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(O.OBJECTIVES)}, got {self.objective!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The search methods to run, in report order."""
+        return ("exhaustive", "greedy") if self.method == "both" else (self.method,)
+
+
+def _check_members(members: Sequence[Member], request: EnsembleRequest) -> tuple[dict[str, Any], str]:
+    """(shared signature, objective): members fit together and the search is feasible, before any inference."""
     signature = check_compatible(members)
-    task, classes = signature["task"], signature["classes"]
-    objective = args.objective or DEFAULT_OBJECTIVE[task]
+    task = signature["task"]
+    objective = request.objective or DEFAULT_OBJECTIVE[task]
     if task == "segmentation" and not O.OBJECTIVES[objective].segmentation:
         raise ConfigError(
             f"--objective {objective} is for classification; for segmentation use dice, miou, "
             "accuracy, balanced_accuracy or macro_f1"
         )
-    n = step_to_divisions(args.step)
-    if args.method in ("exhaustive", "both") and n_simplex_points(len(members), n) > MAX_GRID_POINTS:
-        # fail before any inference
+    n = step_to_divisions(request.step)
+    if "exhaustive" in request.methods and n_simplex_points(len(members), n) > MAX_GRID_POINTS:
         raise ConfigError(
-            f"the exhaustive grid of {len(members)} members with step {args.step:g} has "
+            f"the exhaustive grid of {len(members)} members with step {request.step:g} has "
             f"{n_simplex_points(len(members), n):,} weight vectors (limit {MAX_GRID_POINTS:,}); use a "
             "coarser --step, fewer members (--top-k) or --method greedy"
         )
-    device = _device(args.device)
-    split_file = find_split_file(members, args.splits)
-    inputs = [(sweep, "sweep") for sweep in args.sweep]  # --sweep repeats: a list
-    inputs += [(split_file, "split file"), (args.data_root, "data root")]
-    inputs += [(m.run_dir or m.checkpoint, f"member {m.name}") for m in members]
-    out = _out_dir(args.out, args.overwrite, inputs)
-    print(f"ensemble: {len(members)} member(s), {task}, objective {objective}, device {device}", flush=True)
-    preds, dm = collect_predictions(
+    return signature, objective
+
+
+def _predict(
+    members: Sequence[Member], split_file: Path, request: EnsembleRequest, device: torch.device
+) -> tuple[dict[str, SplitPredictions], Any]:
+    """Every member's validation and test probabilities (from the cache when it has them), and the data module."""
+    return collect_predictions(
         members,
         split_file,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
+        data_root=request.data_root,
+        cache_dir=request.cache_dir,
         device=device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
+        batch_size=request.batch_size,
+        num_workers=request.num_workers,
         progress=lambda s: print(s, flush=True),
     )
-    pv = preds["val"]
-    k = len(members)
+
+
+def _check_objective_defined(objective: str, pv: SplitPredictions, classes: Sequence[str]) -> None:
     if objective == "auroc":
         present = set(pv.targets.tolist())
         if len(present) < 2:
@@ -419,6 +468,40 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
                 f"{classes[present.pop()]!r}; choose another --objective or a larger split (--splits)"
             )
 
+
+def _search(
+    pv: SplitPredictions, objective: str, request: EnsembleRequest, device: torch.device
+) -> dict[str, SearchResult]:
+    """The weights of each requested method, chosen on the validation split only."""
+    results: dict[str, SearchResult] = {}
+    if "exhaustive" in request.methods:
+        results["exhaustive"] = exhaustive_search(
+            pv.probs,
+            pv.targets,
+            objective,
+            step=request.step,
+            device=device,
+            keep_scores=False,
+            progress=request.progress,
+        )
+    if "greedy" in request.methods:
+        results["greedy"] = greedy_selection(
+            pv.probs, pv.targets, objective, rounds=request.rounds, device=device
+        )
+    return results
+
+
+def _score(
+    members: Sequence[Member],
+    preds: dict[str, SplitPredictions],
+    results: dict[str, SearchResult],
+    request: EnsembleRequest,
+    task: str,
+    classes: Sequence[str],
+    objective: str,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(report entries: each member, the AEM, each WAEM; the WAEM entries by method), scored on every split."""
+    k = len(members)
     entries = [
         _entry(
             m.name, "member", [int(i == j) for j in range(k)], preds, task, classes, description=m.description
@@ -426,32 +509,17 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         for i, m in enumerate(members)
     ]
     entries.append(_entry("AEM (plain average)", "aem", [1] * k, preds, task, classes))
-    results: dict[str, SearchResult] = {}
-    if args.method in ("exhaustive", "both"):
-        results["exhaustive"] = exhaustive_search(
-            pv.probs,
-            pv.targets,
-            objective,
-            step=args.step,
-            device=device,
-            keep_scores=False,
-            progress=args.progress,
-        )
-    if args.method in ("greedy", "both"):
-        results["greedy"] = greedy_selection(
-            pv.probs, pv.targets, objective, rounds=args.rounds, device=device
-        )
     waem = {}
     for method, r in results.items():
         search = {
             **r.to_dict(),
-            **({"step": args.step} if method == "exhaustive" else {"rounds": args.rounds}),
+            **({"step": request.step} if method == "exhaustive" else {"rounds": request.rounds}),
         }
         search.pop("weights")
         if method == "exhaustive":
             search.pop("trajectory"), search.pop("best_so_far")
         label = f"WAEM {method}" + (
-            f" (step {args.step:g})" if method == "exhaustive" else f" ({args.rounds} rounds)"
+            f" (step {request.step:g})" if method == "exhaustive" else f" ({request.rounds} rounds)"
         )
         e = _entry(label, "waem", _counts_of(r), preds, task, classes, method=method, search=search)
         if e["val"][objective] is not None and abs(e["val"][objective] - r.score) > 1e-9:
@@ -464,7 +532,11 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
             )
         entries.append(e)
         waem[method] = e
-    # the saved ensemble: the better WAEM on validation (the exhaustive grid on ties: it is the exact optimum)
+    return entries, waem
+
+
+def _choose(waem: dict[str, dict[str, Any]], objective: str) -> tuple[str, str]:
+    """(method, why) of the saved ensemble: the better WAEM on validation (exhaustive on ties: the exact optimum)."""
     order = [m for m in ("exhaustive", "greedy") if m in waem]
     best = max(order, key=lambda m: (waem[m]["val"][objective] or -math.inf, -order.index(m)))
     why = (
@@ -474,6 +546,49 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         if len({waem[m]["val"][objective] for m in order}) > 1
         else f"same validation {objective} as greedy; the exhaustive grid is the exact optimum"
     )
+    return best, why
+
+
+def _write_artifacts(
+    out: Path, members: Sequence[Member], waem: dict[str, dict[str, Any]], best: str, common: dict[str, Any]
+) -> tuple[Path, dict[str, Path]]:
+    """(ensemble.json: the chosen WAEM, {method: ensemble_<method>.json})."""
+    artifacts = {}
+    for method in (m for m in ("exhaustive", "greedy") if m in waem):
+        e = waem[method]
+        info = {**common, "method": method, "search": e["search"], "val": e["val"], "test": e["test"]}
+        artifacts[method] = save_artifact(out / f"ensemble_{method}.json", members, e["weights"], **info)
+    chosen = waem[best]
+    chosen_path = save_artifact(
+        out / "ensemble.json",
+        members,
+        chosen["weights"],
+        **{**common, "method": best, "search": chosen["search"], "val": chosen["val"], "test": chosen["test"]},
+    )
+    return chosen_path, artifacts
+
+
+def run_ensemble(request: EnsembleRequest) -> dict[str, Any]:
+    """Collect members, check they fit, predict (or reuse the cache), search weights on validation, write the
+    artifacts and report.md/report.json into the out folder; returns the report (plus ``out``)."""
+    t0 = time.perf_counter()
+    members: list[Member] = resolve_members(request.members, request.sweeps, request.top_k)
+    signature, objective = _check_members(members, request)
+    task, classes = signature["task"], signature["classes"]
+    device = _device(request.device)
+    split_file = find_split_file(members, request.splits)
+    inputs = [(sweep, "sweep") for sweep in request.sweeps]
+    inputs += [(split_file, "split file"), (request.data_root, "data root")]
+    inputs += [(m.run_dir or m.checkpoint, f"member {m.name}") for m in members]
+    out = _out_dir(request.out, request.overwrite, inputs)
+    print(f"ensemble: {len(members)} member(s), {task}, objective {objective}, device {device}", flush=True)
+    preds, dm = _predict(members, split_file, request, device)
+    pv = preds["val"]
+    _check_objective_defined(objective, pv, classes)
+
+    results = _search(pv, objective, request, device)
+    entries, waem = _score(members, preds, results, request, task, classes, objective)
+    best, why = _choose(waem, objective)
 
     common = {
         "task": task,
@@ -484,25 +599,7 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         "data_root": str(dm.spec.root),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-    artifacts = {}
-    for method in order:
-        e = waem[method]
-        info = {**common, "method": method, "search": e["search"], "val": e["val"], "test": e["test"]}
-        artifacts[method] = save_artifact(out / f"ensemble_{method}.json", members, e["weights"], **info)
-    chosen_path = save_artifact(
-        out / "ensemble.json",
-        members,
-        waem[best]["weights"],
-        **{
-            **common,
-            "method": best,
-            "search": waem[best]["search"],
-            "val": waem[best]["val"],
-            "test": waem[best]["test"],
-        },
-    )
-
-    warnings = split_size_warnings(pv, classes, task)
+    chosen_path, artifacts = _write_artifacts(out, members, waem, best, common)
     report = {
         **common,
         "members": [
@@ -515,7 +612,7 @@ def run_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         ],
         "splits": {s: {"images": p.n, "patients": len(set(p.patients))} for s, p in preds.items()},
         "class_counts": {s: class_counts(p, len(classes), task) for s, p in preds.items()},
-        "warnings": warnings,
+        "warnings": split_size_warnings(pv, classes, task),
         "too_small_rule": {"min_images": MIN_VAL_IMAGES, "min_class_examples": MIN_CLASS_EXAMPLES},
         "entries": entries,
         "chosen": {"method": best, "name": waem[best]["name"], "why": why},
@@ -548,11 +645,25 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv or []))
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.rounds < 1:
-        raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
-    report = run_ensemble(args)
+    request = EnsembleRequest(
+        members=args.members,
+        sweeps=args.sweep,
+        top_k=args.top_k,
+        method=args.method,
+        step=args.step,
+        rounds=args.rounds,
+        objective=args.objective,
+        out=args.out,
+        overwrite=args.overwrite,
+        device=args.device,
+        splits=args.splits,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=args.progress,
+    )
+    report = run_ensemble(request)
     _print_summary(report)
     log_ensemble_to_wandb(report, args.wandb_project, args.wandb_group)
     return 0
@@ -576,4 +687,4 @@ def log_ensemble_to_wandb(report: dict[str, Any], project: str | None, group: st
                                    scores)}, group=group)
 
 
-__all__ = ["main", "render_markdown", "run_ensemble"]
+__all__ = ["EnsembleRequest", "main", "render_markdown", "run_ensemble"]
