@@ -663,3 +663,24 @@ def test_a_long_study_keeps_only_the_pixels_its_overlay_draws(phantom_study, tmp
     assert written == [[True] * diagnose.MAX_OVERLAY_IMAGES + [False] * 3]
     doc = json.loads((tmp_path / "out" / "long" / "findings.json").read_text())
     assert len(doc["images"]) == 11 and doc["overlay_images"] == diagnose.MAX_OVERLAY_IMAGES
+
+
+def test_inputs_are_collected_from_typed_arguments(tmp_path):
+    from spinenet.pipeline.diagnose import collect_items, manifest_items
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((16, 16), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.full((16, 16), 30, np.uint8))
+    csv = tmp_path / "studies.csv"
+    csv.write_text("image,pid,plane,lvl\na.png,P1,sagittal,\nb.png,P1,axial,L4-L5\ngone.png,P2,axial,\n")
+    items = manifest_items(csv, study_col="pid", view_col="plane", level_col="lvl")
+    assert [(i.study, i.name, i.view, i.level, i.status) for i in items] == [
+        ("P1", "a.png", "sagittal", None, ""), ("P1", "b.png", "axial", "L4-L5", ""),
+        ("P2", "gone.png", "axial", None, "failed")]
+    assert items[1].load().mean() == pytest.approx(30 / 255, abs=0.01)  # b.png, read in [0, 1]
+    # the manifest wins over an input; --study names one study for every row, --view every row's view
+    via_collect = collect_items(tmp_path / "a.png", manifest=csv, view="axial", study="all")
+    assert {(i.study, i.view) for i in via_collect} == {("all", "axial")}
+    one = collect_items(tmp_path / "b.png", view="axial", study="S")
+    assert [(i.study, i.name, i.view) for i in one] == [("S", "b.png", "axial")]
+    with pytest.raises(ConfigError, match="give an INPUT"):
+        collect_items()

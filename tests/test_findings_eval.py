@@ -8,7 +8,6 @@ unmatched study gives an error naming the file and column; and the sagittal phan
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -252,10 +251,8 @@ def test_phantom_diagnose_then_findings_eval(tmp_path, capsys):
     seg = Predictor(seg_net, Preprocessing("segmentation", [128, 128],
                                            classes=["background", "disc", "vertebra", "canal"]), Path("seg"))
     cls = Predictor(cls_net, Preprocessing("classification", [64, 64], classes=["0", "1"], crop=crop), Path("cls"))
-    args = argparse.Namespace(manifest=str(manifest), image_col="image", study_col="patient_id", view_col=None,
-                              level_col=None, study=None, view="sagittal")
     out = tmp_path / "findings"
-    run(manifest_items(args), {"sagittal": seg}, {"sagittal": cls}, out, batch_size=4, progress=False)
+    run(manifest_items(manifest, study_col="patient_id"), {"sagittal": seg}, {"sagittal": cls}, out, batch_size=4, progress=False)
 
     excluded = rows[0]["patient_id"]
     splits = save_splits({"train": [excluded], "val": [], "test": []}, tmp_path / "run" / "splits.json")

@@ -15,13 +15,16 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from spinenet.data.importers import (
+    ImportOptions,
     apply_label_map,
+    build_import_parser,
     import_dicom_series,
     import_dicom_tree,
     import_volume,
     import_volume_folder,
     main_import,
     parse_label_map,
+    run_import,
     spider_label_map,
 )
 from spinenet.errors import ConfigError, DataError
@@ -362,6 +365,28 @@ def test_volume_folder_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     with pytest.raises(DataError, match="no label volume for 1 image"):
         import_volume_folder(tmp_path / "images", tmp_path / "o9", label_dir=tmp_path / "masks", salt=SALT)
 
+
+
+def test_import_options_default_to_the_cli_defaults() -> None:
+    parsed = vars(build_import_parser().parse_args(["src", "--out", "out"]))
+    assert {f: parsed[f] for f in vars(ImportOptions())} == vars(ImportOptions())
+
+
+def test_run_import_takes_typed_options(tmp_path: Path) -> None:
+    image, label = _lps_arrays()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    _write_volume(tmp_path / "images" / "3_t2.mha", image)
+    _write_volume(tmp_path / "masks" / "3_t2.mha", label)
+    options = ImportOptions(labels=tmp_path / "masks", label_map="spider", id_mode="keep", bit_depth=8,
+                            labeled_only=True, progress=False)
+    out = run_import(tmp_path / "images", tmp_path / "out", options)
+    rows = read_manifest(out)
+    assert {(r["patient_id"], r["series"]) for r in rows} == {("3", "t2")}
+    assert sorted({int(r["slice"]) for r in rows}) == [1, 2, 3, 4, 6]  # only slices with labels
+    assert png(out, rows[0]["image"]).dtype == np.uint8
+    with pytest.raises(ConfigError, match="--patient-id / --series apply to one file"):
+        run_import(tmp_path / "images", tmp_path / "o2", ImportOptions(patient_id="x", salt=SALT))
 
 # ----------------------------------------------------------------------------------------------- label maps
 

@@ -44,7 +44,7 @@ import re
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1173,18 +1173,40 @@ def build_import_parser(parser: argparse.ArgumentParser | None = None) -> argpar
     return p
 
 
-def run_import(args: argparse.Namespace) -> Path:
-    """Dispatch parsed arguments to the right importer; raises SpinenetError subclasses."""
-    src = Path(args.src).expanduser()
+@dataclass(frozen=True)
+class ImportOptions:
+    """What ``spinenet data import`` takes besides the source and the output folder (the defaults are the
+    CLI's; see :func:`build_import_parser` for what each one means)."""
+
+    labels: str | Path | None = None
+    label_map: str | dict[Any, Any] | None = None
+    unmapped: str = "error"
+    axis: str = "sagittal"
+    patient_id: str | None = None
+    id_mode: str = "hash"
+    salt: str | None = None
+    series: str | None = None
+    bit_depth: int = 16
+    labeled_only: bool = False
+    check_geometry: bool = True
+    overwrite: bool = False
+    allow_burned_in: bool = False
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+
+
+def run_import(src: str | Path, out: str | Path, options: ImportOptions = ImportOptions()) -> Path:
+    """Import ``src`` (a volume file, a folder of volumes or a DICOM folder) into ``out`` with the right
+    importer; raises SpinenetError subclasses."""
+    src = Path(src).expanduser()
     common = {
-        "patient_id_mode": args.id_mode,
-        "salt": args.salt,
-        "label_map": args.label_map,
-        "unmapped": args.unmapped,
-        "bit_depth": args.bit_depth,
-        "labeled_only": args.labeled_only,
-        "check_geometry": args.check_geometry,
-        "overwrite": args.overwrite,
+        "patient_id_mode": options.id_mode,
+        "salt": options.salt,
+        "label_map": options.label_map,
+        "unmapped": options.unmapped,
+        "bit_depth": options.bit_depth,
+        "labeled_only": options.labeled_only,
+        "check_geometry": options.check_geometry,
+        "overwrite": options.overwrite,
     }
     if src.is_file():
         if not _volume_suffix(src):
@@ -1193,32 +1215,32 @@ def run_import(args: argparse.Namespace) -> Path:
             )
         return import_volume(
             src,
-            args.out,
-            patient_id=args.patient_id or volume_patient_id(src),
-            label_path=args.labels,
-            axis=args.axis,
-            series=args.series,
+            out,
+            patient_id=options.patient_id or volume_patient_id(src),
+            label_path=options.labels,
+            axis=options.axis,
+            series=options.series,
             **common,
         )
     if not src.is_dir():
         raise DataError(f"{src}: not found")
     if any(p.is_file() and _volume_suffix(p) for p in src.iterdir()):
-        if args.patient_id or args.series:
+        if options.patient_id or options.series:
             raise ConfigError(
                 "--patient-id / --series apply to one file or series; a folder of volumes takes ids "
                 "from the file names"
             )
         return import_volume_folder(
-            src, args.out, label_dir=args.labels, axis=args.axis, progress=args.progress, **common
+            src, out, label_dir=options.labels, axis=options.axis, progress=options.progress, **common
         )
     return import_dicom_tree(
         src,
-        args.out,
-        patient_id=args.patient_id,
-        masks=args.labels,
-        series=args.series,
-        allow_burned_in=args.allow_burned_in,
-        progress=args.progress,
+        out,
+        patient_id=options.patient_id,
+        masks=options.labels,
+        series=options.series,
+        allow_burned_in=options.allow_burned_in,
+        progress=options.progress,
         **common,
     )
 
@@ -1228,7 +1250,8 @@ def main_import(argv: Sequence[str] | None = None) -> int:
     imported (listed in import_summary.json), 2 with a one-line message on a user error."""
     args = build_import_parser().parse_args(argv)
     try:
-        out = run_import(args)
+        options = ImportOptions(**{f.name: getattr(args, f.name) for f in fields(ImportOptions)})
+        out = run_import(args.src, args.out, options)
     except SpinenetError as exc:
         print(f"spinenet data import: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -426,54 +426,65 @@ def dicom_items(
     return items
 
 
-def manifest_items(args: argparse.Namespace) -> list[Item]:
-    """One item per manifest row; a row whose image is missing is a failed item (the others still run)."""
+def manifest_items(manifest: str | Path, *, image_col: str = "image", study_col: str | None = None,
+                   view_col: str | None = None, level_col: str | None = None, study: str | None = None,
+                   view: str = "sagittal") -> list[Item]:
+    """One item per row of the CSV ``manifest`` (image paths relative to it); a row whose image is missing is
+    a failed item (the others still run). ``study`` names one study for all rows, else ``study_col`` groups
+    them (else one study per image); ``view`` is every image's view unless ``view_col`` gives it per row."""
     import pandas as pd
 
-    csv = Path(args.manifest)
+    csv = Path(manifest)
     if not csv.is_file():
         raise DataError(f"--manifest {csv}: not found")
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    need = [c for c in (args.image_col, args.study_col, args.view_col, args.level_col) if c]
+    need = [c for c in (image_col, study_col, view_col, level_col) if c]
     absent = [c for c in need if c not in df.columns]
     if absent:
         raise DataError(f"{csv}: missing column(s) {absent}; its columns are: {', '.join(df.columns)}")
     items, problems = [], []
     for i, row in enumerate(df.to_dict("records")):
-        view = row[args.view_col] if args.view_col else args.view
-        if view not in VIEWS:
-            problems.append(f"line {i + 2}: view {view!r} is not one of {', '.join(VIEWS)}")
+        row_view = row[view_col] if view_col else view
+        if row_view not in VIEWS:
+            problems.append(f"line {i + 2}: view {row_view!r} is not one of {', '.join(VIEWS)}")
             continue
-        study = args.study or (row[args.study_col] if args.study_col else Path(row[args.image_col]).stem)
-        level = (row[args.level_col] or None) if args.level_col else None
-        path = csv.parent / row[args.image_col]
+        row_study = study or (row[study_col] if study_col else Path(row[image_col]).stem)
+        level = (row[level_col] or None) if level_col else None
+        path = csv.parent / row[image_col]
         if not path.is_file():
-            items.append(_unloadable(study, row[args.image_col], view, "failed",
+            items.append(_unloadable(row_study, row[image_col], row_view, "failed",
                                      f"manifest line {i + 2}: file not found under {csv.parent}"))
             continue
-        items.append(Item(study, row[args.image_col], view, _loader(path), level=level))
+        items.append(Item(row_study, row[image_col], row_view, _loader(path), level=level))
     if problems:
         raise DataError(f"{csv}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:10]))
     return items
 
 
-def collect_items(args: argparse.Namespace) -> list[Item]:
-    """The inputs of a run: every file of a folder becomes an item (images; DICOM slices grouped into
-    series; other files ``skipped`` with the reason); hidden files and DICOMDIR indexes are ignored."""
+def collect_items(src: str | Path | None = None, *, manifest: str | Path | None = None, view: str = "sagittal",
+                  view_given: bool = False, study: str | None = None, image_col: str = "image",
+                  study_col: str | None = None, view_col: str | None = None,
+                  level_col: str | None = None) -> list[Item]:
+    """The inputs of a run, from ``manifest`` (see :func:`manifest_items`, which takes the ``*_col``
+    arguments) or else ``src``, an image, DICOM file or folder: every file of a folder becomes an item
+    (images; DICOM slices grouped into series; other files ``skipped`` with the reason); hidden files and
+    DICOMDIR indexes are ignored. ``view_given``: ``view`` was chosen, not a default, so it overrides the
+    view DICOM slice orientations give."""
     from spinenet.data.io import is_dicom
 
-    if args.manifest:
-        return manifest_items(args)
-    if not args.input:
+    if manifest:
+        return manifest_items(manifest, image_col=image_col, study_col=study_col, view_col=view_col,
+                              level_col=level_col, study=study, view=view)
+    if not src:
         raise ConfigError("spinenet diagnose: give an INPUT (image, folder, DICOM folder) or --manifest CSV")
-    src = Path(args.input)
+    src = Path(src)
     if not src.exists():
         raise DataError(f"input not found: {src}")
     if src.is_file():
         if is_dicom(src):
-            return dicom_items_from_file(src, args)
-        return [Item(args.study or src.stem, src.name, args.view, _loader(src))]
-    return folder_items(src, args.view, args.view_given, args.study)
+            return dicom_items_from_file(src, view, view_given, study)
+        return [Item(study or src.stem, src.name, view, _loader(src))]
+    return folder_items(src, view, view_given, study)
 
 
 def folder_items(src: Path, view: str = "sagittal", view_given: bool = False, study: str | None = None) -> list[Item]:
@@ -505,17 +516,21 @@ def folder_items(src: Path, view: str = "sagittal", view_given: bool = False, st
     return items
 
 
-def dicom_items_from_file(path: Path, args: argparse.Namespace) -> list[Item]:
+def dicom_items_from_file(path: Path, view: str = "sagittal", view_given: bool = False,
+                          study: str | None = None) -> list[Item]:
+    """The one item of a single DICOM file given as the input (study ``study`` or ``study1``); its view is
+    ``view`` if ``view_given``, else the one its slice orientation gives (``view`` if none)."""
     import pydicom
 
     from spinenet.utils.privacy import safe_dicom_metadata
 
+    name = study or "study1"
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types
-        return [_unloadable(args.study or "study1", "slice_000", args.view, "failed", read_failure(path, e))]
-    view = args.view if args.view_given else _dicom_view(header, args.view)
-    return [Item(args.study or "study1", "slice_000", view, _loader(path), dicom=safe_dicom_metadata(header))]
+        return [_unloadable(name, "slice_000", view, "failed", read_failure(path, e))]
+    item_view = view if view_given else _dicom_view(header, view)
+    return [Item(name, "slice_000", item_view, _loader(path), dicom=safe_dicom_metadata(header))]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1117,22 +1132,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from spinenet.tasks.train import ensure_torch_threads
 
     ensure_torch_threads()
-    args.view_given = args.view is not None
-    args.view = args.view or "sagittal"
+    view_given = args.view is not None  # a chosen view overrides the one DICOM slice orientations give
+    view = args.view or "sagittal"
     if args.study_col and not args.manifest:
         raise ConfigError("--study-col needs --manifest (the CSV whose column groups images into studies)")
     if args.engine == "onnxruntime" and args.device != "cpu":
         raise ConfigError("--engine onnxruntime runs on the CPU; use --engine torch with --device cuda")
     models = [(v.partition("=")[2] or v, "model file") for v in [*args.segmenter, *args.classifier]]
     refuse_input_overlap(args.out, [(args.input, "input"), (args.manifest, "manifest"), *models])
-    segmenters = _models_by_view(args.segmenter, args.view, "segmenter", args.device, args.allow_torchscript)
-    classifiers = _models_by_view(args.classifier, args.view, "classifier", args.device, args.allow_torchscript)
+    segmenters = _models_by_view(args.segmenter, view, "segmenter", args.device, args.allow_torchscript)
+    classifiers = _models_by_view(args.classifier, view, "classifier", args.device, args.allow_torchscript)
     if args.engine == "onnxruntime":
         from spinenet.pipeline.export import onnxruntime_predictor
 
         segmenters = {v: onnxruntime_predictor(m) for v, m in segmenters.items()}
         classifiers = {v: onnxruntime_predictor(m) for v, m in classifiers.items()}
-    items = collect_items(args)
+    items = collect_items(args.input, manifest=args.manifest, view=view, view_given=view_given,
+                          study=args.study, image_col=args.image_col, study_col=args.study_col,
+                          view_col=args.view_col, level_col=args.level_col)
     out = Path(args.out)
     summary = run(items, segmenters, classifiers, out, args.batch_size, args.overwrite, args.min_area,
                   args.disc_class, progress=not args.no_progress)
