@@ -11,7 +11,7 @@ export WANDB_SILENT ?= true
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench clean
+.PHONY: help install demo test test-fast lint bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,15 @@ bench: install ## the benchmarks (print their figures)
 	$(BIN)/spinenet bench data
 	$(BIN)/spinenet bench train
 	$(BIN)/spinenet bench ensemble
+
+# On a machine with a CUDA GPU (never run by CI). The seg/spider epochs need the real data: SPIDER_DIR=<folder>.
+gpu-check: install ## CUDA: the gpu tests, bench train and diagnose, one seg/spider epoch in 16-mixed and bf16-mixed
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make gpu-check: no CUDA device here')"
+	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
+	$(BIN)/spinenet bench train
+	$(BIN)/spinenet bench diagnose --device cuda
+	$(BIN)/spinenet bench train --experiment seg/spider --epoch-time --override trainer=gpu --override trainer.precision=16-mixed
+	$(BIN)/spinenet bench train --experiment seg/spider --epoch-time --override trainer=gpu --override trainer.precision=bf16-mixed
 
 clean: ## remove generated data, outputs and caches (not .venv)
 	rm -rf outputs data .pytest_cache .ruff_cache
