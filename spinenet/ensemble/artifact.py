@@ -28,9 +28,10 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from spinenet.checkpoints import ENSEMBLE_FORMAT, is_ensemble_artifact, load_run_model
-from spinenet.ensemble.members import Member, check_compatible, file_sha256, member_probabilities
+from spinenet.ensemble.members import Member, check_compatible, member_probabilities
 from spinenet.errors import ConfigError, DataError
 from spinenet.tasks.common import build_module
+from spinenet.utils.safe_io import file_sha256
 
 log = logging.getLogger("spinenet")
 

@@ -42,7 +42,7 @@ from omegaconf import OmegaConf
 from spinenet.checkpoints import is_ensemble_artifact, load_run_checkpoint, load_run_model
 from spinenet.errors import ConfigError, DataError
 from spinenet.sweeps import collect_trials
-from spinenet.utils.safe_io import load_tensors, save_tensors
+from spinenet.utils.safe_io import file_sha256, load_tensors, save_tensors
 
 log = logging.getLogger("spinenet")
 
@@ -100,20 +100,6 @@ def architecture(config: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- hashing
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes (memoised per path, size and modification time in this process)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
 
 
 def _digest(obj: Any) -> str:

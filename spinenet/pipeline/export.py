@@ -21,7 +21,6 @@ numeric check is skipped and the sidecar says so.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from spinenet.pipeline.models import (
     open_torchscript,
 )
 from spinenet.utils.outdir import prepare_output_dir
+from spinenet.utils.safe_io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,6 @@ def onnxruntime_predictor(reference: Predictor) -> Predictor:
     return fast
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_model(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -166,11 +158,11 @@ def export_model(
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
             "source": checkpoint.name,
-            "source_sha256": _sha256(checkpoint),
+            "source_sha256": file_sha256(checkpoint),
             "preprocessing": ref.prep.to_dict(),
             "files": files,
             # checked before an exported file is opened (spinenet.pipeline.models): a modified file is refused
-            "sha256": {f: _sha256(out / f) for f in files.values()},
+            "sha256": {f: file_sha256(out / f) for f in files.values()},
             "verification": checks,
             "input": {"name": "input", "shape": ["batch", ref.prep.in_channels, *ref.prep.image_size],
                       "dtype": "float32", "range": [0.0, 1.0]},

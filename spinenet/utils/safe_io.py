@@ -34,13 +34,22 @@ from spinenet.errors import DataError
 META_KEY = "spinenet"
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: what sidecars, metrics.json and ensembles record."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file's bytes (hex): what sidecars, metrics.json and ensembles record. Memoised per path, size
+    and modification time in this process (an ensemble search hashes the same members again and again)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
