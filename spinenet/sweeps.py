@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -138,29 +137,20 @@ class SweepSummary(Callback):
         wandb_conf = (config.get("logger") or {}).get("wandb")
         if wandb_conf is not None and table is not None and not table.empty:
             log_summary_to_wandb(table, sweep_dir, group=sweep_group(str(config.task_name), sweep_dir),
-                                 project=wandb_conf.get("project"), entity=wandb_conf.get("entity"),
-                                 mode=os.environ.get("WANDB_MODE", str(wandb_conf.get("mode") or "offline")))
+                                 project=wandb_conf.get("project"), entity=wandb_conf.get("entity"))
 
 
 def log_summary_to_wandb(table: pd.DataFrame, sweep_dir: Path, group: str, project: str | None,
-                         entity: str | None = None, mode: str = "offline") -> str | None:
-    """The sweep's summary table as one W&B run of job type ``sweep-summary`` in the trials' group.
+                         entity: str | None = None) -> str | None:
+    """The sweep's summary table as one W&B run of job type ``sweep-summary`` in the trials' group (the run's
+    folder, or None when W&B is disabled). A failure to log is a warning: the summary files are already written."""
+    from spinenet.utils.wandb_results import log_results
 
-    Returns the run's folder (offline) or None when W&B is disabled. A failure to log is a warning: the
-    summary files are already written.
-    """
-    if mode == "disabled":
-        return None
     try:
-        import wandb
-
-        run = wandb.init(project=project, entity=entity, group=group, job_type="sweep-summary",
-                         name=f"{Path(sweep_dir).name}/summary", dir=str(sweep_dir), mode=mode, reinit="create_new")
-        run.log({"sweep_summary": wandb.Table(dataframe=table.astype(str))})
-        run.summary.update({"trials": len(table), "failed": int((table["status"] != "ok").sum())})
-        run_dir = str(Path(run.dir).parent)
-        run.finish()
-        return run_dir
+        return log_results(project, "sweep-summary", f"{Path(sweep_dir).name}/summary", sweep_dir, {},
+                           {"trials": len(table), "failed": int((table["status"] != "ok").sum())},
+                           {"sweep_summary": (list(map(str, table.columns)), table.astype(str).values.tolist())},
+                           group=group, entity=entity)
     except Exception as exc:  # noqa: BLE001 - W&B trouble must not hide the sweep's result
         log.warning("could not log the sweep summary to W&B: %s", exc)
         return None

@@ -42,8 +42,7 @@ def test_ddp_processes_share_one_run_folder(tmp_path):
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert metrics["test"] and metrics["best_checkpoint"].startswith(str(runs[0]))
     assert (runs[0] / ".ddp_config.yaml").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["data", "outputs"] or sorted(
-        p.name for p in tmp_path.iterdir()) == ["data", "outputs"], "nothing else written in the folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "outputs"], "nothing else written in the folder"
 
 
 # ddp_sim: 2 spawned CPU processes; ddp: worker processes started with the command line, which get rank 0's

@@ -21,14 +21,17 @@ class FormatProbe(L.Callback):
     def on_train_start(self, trainer, pl_module):
         SEEN.clear()
 
-        def record(module, args):
-            if module.training:
-                convs = [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
-                SEEN.setdefault("weights", []).append(
-                    bool(convs) and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs))
-                SEEN.setdefault("input", []).append(args[0].is_contiguous(memory_format=torch.channels_last))
+        convs = [m for m in pl_module.net.modules() if isinstance(m, torch.nn.Conv2d)]
 
-        pl_module.net.register_forward_pre_hook(record)
+        def record(module, args, output):
+            if module.training:
+                SEEN.setdefault("weights", []).append(
+                    all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs))
+                # the first conv's output has many channels: there NHWC and NCHW differ (a 1-channel input
+                # is contiguous in both formats)
+                SEEN.setdefault("activations", []).append(output.is_contiguous(memory_format=torch.channels_last))
+
+        convs[0].register_forward_hook(record)
 
 
 def _run(tiny_phantom, compose_cfg, tmp_path, channels_last: bool) -> dict[str, list[bool]]:
@@ -44,10 +47,9 @@ def _run(tiny_phantom, compose_cfg, tmp_path, channels_last: bool) -> dict[str, 
 
 def test_channels_last_option_trains_in_nhwc(tiny_phantom, compose_cfg, tmp_path):
     on = _run(tiny_phantom, compose_cfg, tmp_path, channels_last=True)
-    assert on["weights"] and all(on["weights"]) and all(on["input"]), on
-    # the default stays NCHW (a 1-channel input is contiguous in both formats, so only the weights tell)
-    off = _run(tiny_phantom, compose_cfg, tmp_path, channels_last=False)
-    assert off["weights"] and not any(off["weights"]), off
+    assert on["weights"] and all(on["weights"]) and all(on["activations"]), on
+    off = _run(tiny_phantom, compose_cfg, tmp_path, channels_last=False)  # the default stays NCHW
+    assert off["weights"] and not any(off["weights"]) and not any(off["activations"]), off
 
 
 def test_compile_option_compiles_the_network_once():

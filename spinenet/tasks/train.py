@@ -182,7 +182,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             extra["plugins"] = [CpuSyncBatchNormPlugin()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     for logger in loggers:  # the config as a plain dict (plus the splits' sizes): readable in every logger
-        logger.log_hyperparams({**model.run_config, "splits": _splits_summary(output_dir)})
+        logger.log_hyperparams({**model.run_config, "splits": _splits_summary(datamodule.splits, output_dir)})
 
     try:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -246,22 +246,14 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
     }
 
 
-def _splits_summary(output_dir: Path) -> dict[str, Any]:
-    """Per split: how many patients and images, and a fingerprint of its patient list (no ids leave the folder)."""
+def _splits_summary(splits: dict[str, list[str]] | None, output_dir: Path) -> dict[str, Any]:
+    """Per split: how many patients, and a fingerprint of its patient list (no ids leave the run folder)."""
     import hashlib
-    import json
 
-    path = output_dir / "splits.json"
-    if not path.is_file():
-        return {}
-    splits = json.loads(path.read_text()).get("splits", {})
-    out: dict[str, Any] = {"file": str(path)}
-    for name, value in splits.items():
-        if isinstance(value, list):
-            ids = sorted(map(str, value))
-            out[name] = {"patients": len(ids), "sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]}
-        elif isinstance(value, int | float | str):
-            out[name] = value
+    out: dict[str, Any] = {"file": str(output_dir / "splits.json")}
+    for name, ids in (splits or {}).items():
+        ids = sorted(map(str, ids))
+        out[name] = {"patients": len(ids), "sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]}
     return out
 
 

@@ -35,7 +35,7 @@ def _scalars(prefix: str, value: Any, out: dict[str, float]) -> None:
 
 def log_results(project: str | None, job_type: str, name: str, folder: str | Path, config: dict[str, Any],
                 metrics: dict[str, Any], tables: dict[str, tuple[list[str], list[list[Any]]]],
-                group: str | None = None) -> str | None:
+                group: str | None = None, entity: str | None = None) -> str | None:
     """Log one W&B run: ``config``, the numbers of ``metrics`` (flattened) in its summary, and ``tables``
     (name -> (columns, rows)). Returns the run's folder, or None when no project is given or W&B is disabled."""
     mode = os.environ.get("WANDB_MODE", "offline")
@@ -45,7 +45,7 @@ def log_results(project: str | None, job_type: str, name: str, folder: str | Pat
 
     summary: dict[str, float] = {}
     _scalars("", metrics, summary)
-    run = wandb.init(project=project, group=group, job_type=job_type, name=name, dir=str(folder), mode=mode,
+    run = wandb.init(project=project, entity=entity, group=group, job_type=job_type, name=name, dir=str(folder), mode=mode,
                      config=config, reinit="create_new")
     try:
         for key, (columns, rows) in tables.items():
