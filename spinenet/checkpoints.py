@@ -1,8 +1,8 @@
 """Model files: loading and checking run checkpoints, and telling an ensemble file from a checkpoint.
 
-Below both :mod:`spinenet.tasks` and :mod:`spinenet.ensemble`: training, evaluation and ensembles read run
-checkpoints through here, and :func:`spinenet.tasks.evaluate.model_from_checkpoint` (which also opens ensemble
-files) sits above both.
+Below :mod:`spinenet.tasks.train`, :mod:`spinenet.tasks.evaluate` and :mod:`spinenet.ensemble` (it needs only
+:mod:`spinenet.tasks.common` to rebuild a module): they read run checkpoints through here, and
+:func:`spinenet.tasks.evaluate.model_from_checkpoint` (which also opens ensemble files) sits above all of them.
 """
 
 from __future__ import annotations

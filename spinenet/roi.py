@@ -45,7 +45,7 @@ import pandas as pd
 
 from spinenet.data.io import image_size, read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, load_manifest, not_utf8_message
-from spinenet.data.phantom import MASK_GRAY_STEP, PHANTOM_OUTPUTS, classes_for, generate_phantom
+from spinenet.data.phantom import MASK_GRAY_STEP, classes_for, generate_on_first_use
 from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, DataError
 from spinenet.utils.outdir import build_atomically, check_output_dir, prepare_output_dir
 from spinenet.utils.progress import progress as with_progress
@@ -800,15 +800,7 @@ def phantom_crops(out_dir: str | Path, phantom: Mapping[str, Any], crops: Mappin
                 "choose another source folder"
             )
     elif not (source / "manifest.csv").is_file():
-        log.info("generating the synthetic phantom in %s", source)
-        # complete or absent, even when a run is killed or another run generates it at the same time
-        build_atomically(
-            source,
-            lambda tmp: generate_phantom(tmp, **phantom),
-            lambda path: (path / "manifest.csv").is_file(),
-            PHANTOM_OUTPUTS,
-            "synthetic phantom",
-        )
+        generate_on_first_use(source, phantom)  # complete or absent, even when runs are killed or start together
     spec = DatasetSpec(
         root=source,
         label_col=f"{view}_class",

@@ -88,8 +88,9 @@ def grade_crops(
         raise ConfigError(f"--out must be a new .csv file name inside {crops_dir} (not manifest.csv), got {out_name!r}")
     from spinenet.utils.outdir import refuse_input_overlap
 
-    refuse_input_overlap(out, [(gradings, "gradings"), *((e, "--exclude manifest") for e in exclude)])
-    refuse_input_overlap(skipped_path, [(gradings, "gradings"), *((e, "--exclude manifest") for e in exclude)])
+    inputs = [(gradings, "gradings"), *((e, "--exclude manifest") for e in exclude)]
+    for written in (out, skipped_path):
+        refuse_input_overlap(written, inputs)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
     crops = pd.read_csv(manifest, dtype={"patient_id": str})

@@ -35,7 +35,6 @@ from spinenet.utils.safe_io import file_sha256
 
 log = logging.getLogger("spinenet")
 
-FORMAT = ENSEMBLE_FORMAT
 VERSION = 1
 # log(0) would be -inf, and -inf * 0 inside a focal or Dice loss is NaN; the floor is far below any float32
 # probability a softmax of finite logits gives for a kept class, so softmax(log p) == p to float32 precision
@@ -96,7 +95,7 @@ def save_artifact(path: str | Path, members: Sequence[Any], weights: Sequence[fl
                 "weight": float(w),
             }
         )
-    doc = {"format": FORMAT, "version": VERSION, "members": entries, **info}
+    doc = {"format": ENSEMBLE_FORMAT, "version": VERSION, "members": entries, **info}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -110,8 +109,8 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"ensemble file {path}: not readable JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise DataError(f'ensemble file {path}: not a spinenet ensemble (no "format": "{FORMAT}")')
+    if not isinstance(doc, dict) or doc.get("format") != ENSEMBLE_FORMAT:
+        raise DataError(f'ensemble file {path}: not a spinenet ensemble (no "format": "{ENSEMBLE_FORMAT}")')
     if not isinstance(doc.get("version"), int) or doc["version"] > VERSION:
         raise DataError(
             f"ensemble file {path}: version {doc.get('version')!r}; this spinenet reads up to {VERSION}"

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="take the K best trials of each sweep, ranked by its monitor at the best checkpoint",
     )
-    p.add_argument("--method", choices=["exhaustive", "greedy", "both"], default="both")
+    p.add_argument("--method", choices=METHODS, default="both")
     p.add_argument("--step", type=float, default=0.1, help="weight grid step of the exhaustive search (1/n)")
     p.add_argument("--rounds", type=int, default=25, help="rounds of greedy selection (with replacement)")
     p.add_argument(
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     p.add_argument(
         "--device",
-        choices=["auto", "cpu", "cuda"],
+        choices=DEVICES,
         default="auto",
         help="for inference and search (auto: cuda when available)",
     )

@@ -64,6 +64,7 @@ from spinenet.roi import (
     square_box,
 )
 from spinenet.utils.outdir import prepare_output_dir, refuse_input_overlap
+from spinenet.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def checked_disc_boxes(
     one disc merged; axial: the largest), and why the mask is implausible for ``view`` (None when it is not)."""
     boxes = disc_boxes(mask, disc_class, min_area)
     if view == "axial":
-        implausible = axial_implausibility(mask, disc_class, mask_classes, min_area)
+        implausible = axial_implausibility(mask, boxes, mask_classes)
         return ([max(boxes, key=lambda b: b.area)] if boxes else []), [], implausible
     boxes, rejected = plausible_sagittal_discs(boxes)
     boxes = merge_fragments(boxes)
@@ -248,7 +249,7 @@ def describe_images(
             d["class"], d["probability"] = labels[k], round(float(p[k]), 4)
             d["p_herniation"] = round(herniation_probability(view, d["probabilities"]), 4)
             d["herniated"] = is_herniated(view, d["class"])
-        res = {"mask": mask, "discs": discs, "status": "ok", "view": view, "rejected": dropped}
+        res = {"mask": mask, "discs": discs, "status": STATUS_OK, "view": view, "rejected": dropped}
         if implausible:
             res.update(status=f"implausible for {view}", reason=implausible)
         elif not discs:
@@ -655,9 +656,9 @@ def _report(study: str, doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _prepare_out(out: Path, studies: Iterable[str], overwrite: bool, inputs: Sequence[Any] = ()) -> None:
+def _prepare_out(out: Path, studies: Iterable[str], overwrite: bool) -> None:
     # --overwrite clears only what this command writes, and only in a folder that spinenet wrote
-    prepare_output_dir(out, inputs, overwrite, "diagnose", clear=[*studies, "findings.csv", "summary.json", "index.html"])
+    prepare_output_dir(out, (), overwrite, "diagnose", clear=[*studies, "findings.csv", "summary.json", "index.html"])
 
 
 def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dict[str, str],
@@ -1017,7 +1018,6 @@ def run(
     from contextlib import closing
     from functools import partial
 
-    from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -1040,7 +1040,7 @@ def run(
               (partial(_stage_describe, segmenters=segmenters, classifiers=classifiers, batch_size=batch_size,
                        disc_class=disc_class, min_area=min_area), threads)]
     chunks = (items[start : start + batch_size] for start in range(0, len(items), batch_size))
-    bar = tqdm(total=len(items), unit="img", desc="diagnose", disable=None if progress else True)
+    bar = progress_bar(len(items), "diagnose", None if progress else False)  # on a terminal only
     try:
         with closing(pipelined(chunks, stages, max(window, 1))) as batches:  # closed: its threads end on errors
             for records in batches:

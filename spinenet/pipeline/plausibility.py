@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spinenet.roi import Box, disc_boxes
+from spinenet.roi import Box
 
 SAGITTAL_MAX_DISCS = 10  # SPIDER's T2-SPACE ground truth shows up to 10 (T8-T9 .. L5-S1, the top ones cut)
 MAX_STEP_SLOPE = 1.5  # sideways shift / vertical distance between consecutive discs (up to 0.96 in SPIDER, 1.2 in the phantom)
@@ -138,9 +138,8 @@ def _canal_sides(mask: np.ndarray, discs: Sequence[Box], canal: int) -> list[int
     return sides
 
 
-def axial_implausibility(mask: np.ndarray, disc_class: int, classes: Sequence[str], min_area: int) -> str | None:
-    """Why ``mask`` cannot be an axial slice through one disc, or None when it can."""
-    boxes = disc_boxes(mask, disc_class, min_area)
+def axial_implausibility(mask: np.ndarray, boxes: Sequence[Box], classes: Sequence[str]) -> str | None:
+    """Why ``mask`` with these disc ``boxes`` cannot be an axial slice through one disc, or None when it can."""
     if not boxes:
         return None  # reported as "no disc found"
     largest = max(b.area for b in boxes)
