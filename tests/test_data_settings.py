@@ -27,7 +27,6 @@ def test_a_misspelt_data_key_is_one_line_naming_it(tiny_phantom, compose_cfg, tm
     line = _config_error_line(caught.value)  # what `spinenet train` prints after "error:"
     assert line is not None and "\n" not in line
     assert "batchsize" in line and "batch_size" in line  # the wrong key, and the valid ones
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
 
 @pytest.mark.parametrize("choice", DATA_CONFIGS)

@@ -27,10 +27,6 @@ class _UsageError(BaseException):
     """A config or input error inside the job, already one line (BaseException: Hydra passes it through)."""
 
 
-# whether the user set HYDRA_FULL_ERROR=1 (we set it ourselves while Hydra runs, to get its exceptions)
-_USER_FULL_ERROR = "SPINENET_USER_HYDRA_FULL_ERROR"
-
-
 def train_main(argv: Sequence[str]) -> int:
     return run_hydra("train", argv)
 
@@ -64,22 +60,18 @@ def sweep_objective(metrics: dict) -> float:
 
 
 @contextlib.contextmanager
-def _process_state(command: str, argv: Sequence[str]) -> Iterator[bool]:
+def _process_state(command: str, argv: Sequence[str]) -> Iterator[None]:
     """sys.argv as Hydra and Lightning need it, the launch folder, and Hydra's error mode; restored after.
 
     ``sys.argv[0]`` stays the real program (the installed ``spinenet`` script or ``python -m spinenet.cli``):
-    Lightning starts the other DDP processes by re-running it. Yields whether the user asked for Hydra's full
-    tracebacks.
+    Lightning starts the other DDP processes by re-running it.
     """
     saved_argv, saved_env = sys.argv, {k: os.environ.get(k) for k in (LAUNCH_DIR_ENV, "HYDRA_FULL_ERROR")}
-    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    saved_env[_USER_FULL_ERROR] = os.environ.get(_USER_FULL_ERROR)
-    os.environ[_USER_FULL_ERROR] = "1" if user_wants_traceback else "0"
     sys.argv = [saved_argv[0] if saved_argv and saved_argv[0] else f"spinenet-{command}", *argv]
     os.environ.setdefault(LAUNCH_DIR_ENV, os.getcwd())
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we print config errors in one line ourselves
     try:
-        yield user_wants_traceback
+        yield
     finally:
         sys.argv = saved_argv
         for key, value in saved_env.items():
@@ -133,6 +125,7 @@ def run_hydra(command: str, argv: Sequence[str]) -> int:
     from spinenet.sweeps import LAST_SWEEP
 
     register_resolvers()
+    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"  # before _process_state sets it for Hydra
 
     def task(cfg: DictConfig) -> float | None:
         from spinenet.sweeps import run_trial
@@ -147,7 +140,7 @@ def run_hydra(command: str, argv: Sequence[str]) -> int:
             metrics = run_trial(run, cfg)
         except Exception as exc:  # a single run: config and input errors are one line, not a traceback
             line = str(exc) if isinstance(exc, SpinenetError) else _config_error_line(exc)
-            if line is None or os.environ.get(_USER_FULL_ERROR) == "1":
+            if line is None or user_wants_traceback:
                 raise
             raise _UsageError(line) from None
         if metrics is None:  # a failed sweep trial, already recorded
@@ -160,7 +153,7 @@ def run_hydra(command: str, argv: Sequence[str]) -> int:
         argv = [*argv, "debug=smoke"]  # CI's smoke knob (README): every run cut to a few batches
     app = hydra.main(config_path=str(config_dir()), config_name=CONFIG_NAMES[command], version_base="1.3")(task)
     LAST_SWEEP.clear()
-    with _process_state(command, argv) as user_wants_traceback:
+    with _process_state(command, argv):
         try:
             app()
         except _UsageError as exc:
