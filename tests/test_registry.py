@@ -86,6 +86,13 @@ def test_toy_segmenter_is_built_and_checked_from_its_entry(toy_segmenter):
         build_segmenter("toy_seg", 3, depth=3)
 
 
+def _trained_net(cfg, weight_suffix: str) -> tuple[str, list[tuple[int, ...]]]:
+    """The net name in the run's checkpoint and the shapes of its weights ending in ``weight_suffix``."""
+    ckpt = torch.load(next(Path(cfg.paths.output_dir).rglob("*.ckpt")), map_location="cpu", weights_only=True)
+    shapes = [tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.endswith(weight_suffix)]
+    return ckpt["spinenet"]["model"]["net"]["name"], shapes
+
+
 @pytest.mark.slow
 def test_toy_classifier_trains_through_the_config(toy_classifier, compose_cfg, tmp_path):
     cfg = compose_cfg([
@@ -99,9 +106,7 @@ def test_toy_classifier_trains_through_the_config(toy_classifier, compose_cfg, t
     ])
     metrics = train(cfg)
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
-    ckpt = torch.load(next(Path(cfg.paths.output_dir).rglob("*.ckpt")), map_location="cpu", weights_only=True)
-    assert ckpt["spinenet"]["model"]["net"]["name"] == "toy_cls"
-    assert [tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.endswith("backbone.0.weight")] == [(5, 1, 3, 3)]
+    assert _trained_net(cfg, "backbone.0.weight") == ("toy_cls", [(5, 1, 3, 3)])
 
 
 @pytest.mark.slow
@@ -118,9 +123,7 @@ def test_toy_segmenter_trains_through_the_config(toy_segmenter, tiny_phantom, co
     ])
     metrics = train(cfg)
     assert 0.0 <= metrics["test"]["dice_mean_fg"] <= 1.0
-    ckpt = torch.load(next(Path(cfg.paths.output_dir).rglob("*.ckpt")), map_location="cpu", weights_only=True)
-    assert ckpt["spinenet"]["model"]["net"]["name"] == "toy_seg"
-    assert [tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.endswith("0.weight")] == [(3, 1, 3, 3)]
+    assert _trained_net(cfg, "net.0.weight") == ("toy_seg", [(3, 1, 3, 3)])
 
 
 def test_registry_rules():
