@@ -1,0 +1,456 @@
+"""Per-level measurements from one sagittal label mask: disc heights, disc height index, posterior protrusion
+of the disc and the canal's antero-posterior diameter. No herniation labels are needed: herniation is disc
+material behind the line of the vertebral bodies' posterior edges, and the mask shows both.
+
+Input: a class-id mask (H, W) with background 0, disc 1, vertebra 2 (body and posterior elements), canal 3
+(other ids through :class:`MaskClasses`), in the image's own orientation, and optionally the pixel spacing
+``(row_mm, col_mm)`` (DICOM ``PixelSpacing`` order). Every value is in millimetres when the spacing is known,
+else in pixels; every result says which (``unit``: ``mm`` or ``px``). Geometry is done in physical
+coordinates, so anisotropic pixels are handled.
+
+How it is measured (per disc, in the disc's own frame):
+
+- **Orientation**, per image: the canal lies behind the vertebral bodies, so the side where the canal's
+  centroid lies relative to the discs' centroid is posterior (``anterior left`` when the canal is to the
+  right: SPIDER's slices and the phantom face left). A mask facing right is mirrored first, so a flipped image
+  gives the same numbers.
+- **Vertebral bodies**: the vertebra class includes the posterior elements; only vertebra pixels in front of
+  the canal (per row, anterior of the canal's front edge, interpolated over rows without canal) count as body.
+  The body above (below) a disc is the body component touching the disc on its upper (lower) side, cut at the
+  neighbouring disc's centre line where two bodies are fused in the mask.
+- **Disc frame**: the disc pixels' principal axis ``u`` (pointing posterior) and its normal ``n`` (pointing
+  caudal); L5-S1's tilt is followed.
+- **Disc height** anterior / middle / posterior: the disc's extent along ``n`` in a one-pixel band at 15%,
+  50% and 85% of its antero-posterior extent (the part in front of the posterior line; a protrusion does not
+  move the posterior height into the canal), counted in whole pixels (a disc of k rows is k pixels tall).
+- **Disc height index** (DHI, as in Masuda et al. 2005, *Spine* 30:5; Lu et al. 1999): the mean of the three
+  disc heights over the mean of the two adjacent vertebral body heights (each body's extent along ``n``
+  through its centroid): ``DHI = 2 * mean(Ha, Hm, Hp) / (VH_above + VH_below)``; dimensionless. Where only
+  one adjacent body is in the mask (SPIDER's masks leave the sacrum out, so L5-S1 has no body below), that
+  body's height alone (``reason`` says so).
+- **Posterior protrusion**: the posterior line joins the posterior-inferior corner of the body above and the
+  posterior-superior corner of the body below (the body pixels furthest along ``u + n`` and ``u - n``); the
+  protrusion is the largest signed distance of a disc pixel between the two corners beyond that line (pixel
+  centres; positive = into the canal, negative = the disc stays in front of it). Where one body is missing
+  (no sacrum in SPIDER's masks), the posterior wall of the other body (its two posterior corners), extended
+  across the disc, is the line (``protrusion_line``: ``corners``, ``wall above`` or ``wall below``; the reason
+  says so); with neither body, no protrusion.
+- **Canal antero-posterior diameter**: the canal's extent along ``u`` in a one-pixel band through the disc's
+  centre (at the disc) and through the centroids of the bodies above and below (mid-vertebral).
+
+A value that cannot be measured (no body above or below, no canal at that level ...) is None, and the
+level's ``reason`` says why; nothing raises on an odd mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from spinenet.roi import Box, assign_levels, disc_boxes, plausible_sagittal_discs
+
+UNITS = ("mm", "px")
+ANTERIOR_LEFT, ANTERIOR_RIGHT = "anterior left", "anterior right"
+HEIGHT_POSITIONS = (0.15, 0.5, 0.85)  # anterior, middle, posterior: fractions of the disc's AP extent
+ADJACENT_PX = 3  # a body within this many pixels of a disc touches it
+# the measured values of a level, in the order of the CSV columns
+VALUE_FIELDS = ("disc_height_anterior", "disc_height_middle", "disc_height_posterior", "disc_height_index",
+                "protrusion", "canal_ap_disc", "canal_ap_mid_above", "canal_ap_mid_below",
+                "vertebra_height_above", "vertebra_height_below")
+LINE_CORNERS = "corners"  # the posterior-inferior corner above to the posterior-superior corner below
+LINE_WALL_ABOVE = "wall above"  # no body below (SPIDER's masks leave the sacrum out): the wall above, extended
+LINE_WALL_BELOW = "wall below"
+DHI_FORMULA = ("DHI = 2 * mean(disc height anterior, middle, posterior) / (vertebral body height above + below); "
+               "with one adjacent body in the mask, that body's height alone")
+
+
+@dataclass(frozen=True)
+class MaskClasses:
+    """Class ids of the mask."""
+
+    disc: int = 1
+    vertebra: int = 2
+    canal: int = 3
+
+
+@dataclass
+class LevelMeasurement:
+    """One disc level's measurements (``unit``: mm or px; the DHI has none); None where not measurable,
+    with the reasons in ``reason``. ``geometry``: what was measured, as pixel-coordinate segments
+    ``[[x0, y0], [x1, y1]]`` in the image's own orientation (for drawing)."""
+
+    level: str
+    unit: str
+    disc_height_anterior: float | None = None
+    disc_height_middle: float | None = None
+    disc_height_posterior: float | None = None
+    disc_height_index: float | None = None
+    protrusion: float | None = None
+    canal_ap_disc: float | None = None
+    canal_ap_mid_above: float | None = None
+    canal_ap_mid_below: float | None = None
+    vertebra_height_above: float | None = None
+    vertebra_height_below: float | None = None
+    protrusion_line: str | None = None
+    reason: str | None = None
+    geometry: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def values(self) -> dict[str, float | None]:
+        return {k: getattr(self, k) for k in VALUE_FIELDS}
+
+    def as_dict(self, geometry: bool = True) -> dict[str, Any]:
+        out = asdict(self)
+        if not geometry:
+            out.pop("geometry")
+        return out
+
+
+@dataclass
+class SliceMeasurements:
+    """The levels of one sagittal mask, bottom-up as named by :func:`spinenet.roi.assign_levels`."""
+
+    unit: str
+    orientation: str | None
+    levels: list[LevelMeasurement]
+    reason: str | None = None
+
+    def by_level(self) -> dict[str, LevelMeasurement]:
+        return {m.level: m for m in self.levels}
+
+
+def spacing_from_dicom(meta: dict[str, Any] | None) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` from a DICOM header's ``PixelSpacing`` (as kept by
+    :func:`spinenet.utils.privacy.safe_dicom_metadata`), None when absent or not two positive numbers."""
+    raw = (meta or {}).get("PixelSpacing")
+    try:
+        row, col = (float(v) for v in raw)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 and math.isfinite(row + col) else None
+
+
+def orientation(mask: np.ndarray, classes: MaskClasses = MaskClasses()) -> str | None:
+    """``anterior left`` when the canal's centroid lies right of the discs' (and vertebrae's), ``anterior
+    right`` when left of it; None without canal or disc pixels."""
+    canal = np.nonzero(mask == classes.canal)[1]
+    front = np.nonzero(mask == classes.disc)[1]
+    if canal.size == 0 or front.size == 0:
+        return None
+    return ANTERIOR_LEFT if canal.mean() > front.mean() else ANTERIOR_RIGHT
+
+
+# ---------------------------------------------------------------------------------------------------------
+# geometry helpers (physical coordinates: x = column * col_mm, y = row * row_mm)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class _Frame:
+    centre: np.ndarray  # (2,)
+    u: np.ndarray  # posterior
+    n: np.ndarray  # caudal
+
+
+def _frame(points: np.ndarray) -> _Frame:
+    centre = points.mean(axis=0)
+    if len(points) < 2:
+        return _Frame(centre, np.array([1.0, 0.0]), np.array([0.0, 1.0]))
+    cov = np.cov((points - centre).T)
+    vals, vecs = np.linalg.eigh(cov)
+    u = vecs[:, int(np.argmax(vals))]
+    if u[0] < 0:
+        u = -u
+    n = np.array([-u[1], u[0]])  # n_y = u_x >= 0: caudal
+    return _Frame(centre, u, n)
+
+
+def _extent(points: np.ndarray, origin: np.ndarray, along: np.ndarray, across: np.ndarray, band: float,
+            step: float, where: Any = None) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """Extent along ``along`` of the points within ``band / 2`` of the line through ``origin`` in that
+    direction (one pixel counted whole: ``step`` is a pixel's size along ``along``), and its two ends."""
+    rel = points - origin
+    near = np.abs(rel @ across) <= band / 2
+    if where is not None:
+        near &= where(rel @ along)
+    if not near.any():
+        return None
+    t = rel[near] @ along
+    lo, hi = float(t.min()), float(t.max())
+    return hi - lo + step, origin + (lo - step / 2) * along, origin + (hi + step / 2) * along
+
+
+class _Measurer:
+    def __init__(self, mask: np.ndarray, spacing: tuple[float, float] | None, classes: MaskClasses,
+                 mirrored: bool):
+        self.mask, self.classes, self.mirrored = mask, classes, mirrored
+        self.width = mask.shape[1]
+        self.sy, self.sx = spacing if spacing else (1.0, 1.0)
+        self.unit = "mm" if spacing else "px"
+        self.pixel = max(self.sx, self.sy)
+        self.bodies = self._body_labels()
+
+    # pixel (x, y) <-> physical
+    def points(self, binary: np.ndarray) -> np.ndarray:
+        ys, xs = np.nonzero(binary)
+        return np.stack([xs * self.sx, ys * self.sy], axis=1).astype(np.float64)
+
+    def to_pixels(self, p: np.ndarray) -> list[float]:
+        x, y = float(p[0]) / self.sx, float(p[1]) / self.sy
+        if self.mirrored:
+            x = self.width - 1 - x
+        return [round(x, 2), round(y, 2)]
+
+    def step(self, direction: np.ndarray) -> float:
+        """A pixel's size along ``direction``."""
+        return abs(direction[0]) * self.sx + abs(direction[1]) * self.sy
+
+    def _body_labels(self) -> np.ndarray:
+        """Connected components of the vertebra pixels in front of the canal (the vertebral bodies)."""
+        m, c = self.mask, self.classes
+        ys, xs = np.nonzero(m == c.canal)
+        vertebra = m == c.vertebra
+        if ys.size == 0:
+            body = vertebra
+        else:
+            front = np.full(m.shape[0], np.inf)
+            np.minimum.at(front, ys, xs.astype(np.float64))
+            rows = np.flatnonzero(np.isfinite(front))
+            front = np.interp(np.arange(m.shape[0]), rows, front[rows])
+            body = vertebra & (np.arange(m.shape[1])[None, :] < front[:, None])
+        _, labels = cv2.connectedComponents(body.astype(np.uint8), connectivity=8)
+        return labels
+
+    def adjacent_body(self, disc: np.ndarray, frame: _Frame, above: bool,
+                      neighbour: np.ndarray | None) -> np.ndarray | None:
+        """Points of the body touching the disc on its upper (``above``) or lower side, cut at the
+        neighbouring disc's centre (``neighbour``) where bodies are fused."""
+        k = 2 * ADJACENT_PX + 1
+        ring = cv2.dilate(disc.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+        ys, xs = np.nonzero(ring & (self.bodies > 0))
+        if ys.size == 0:
+            return None
+        side = (np.stack([xs * self.sx, ys * self.sy], 1) - frame.centre) @ frame.n
+        pick = side < 0 if above else side > 0
+        if not pick.any():
+            return None
+        label = np.bincount(self.bodies[ys[pick], xs[pick]]).argmax()
+        pts = self.points(self.bodies == label)
+        side = (pts - frame.centre) @ frame.n
+        keep = side < 0 if above else side > 0
+        if neighbour is not None:
+            keep &= ((pts - neighbour) @ frame.n > 0) if above else ((pts - neighbour) @ frame.n < 0)
+        pts = pts[keep]
+        return pts if len(pts) >= 4 else None
+
+    def posterior_line(self, fr: _Frame, above: np.ndarray | None, below: np.ndarray | None
+                       ) -> tuple[np.ndarray, np.ndarray, float, float, str] | None:
+        """Two points ``a``, ``b`` of the posterior line, the span of the disc between them (as fractions of
+        ``a -> b``: 0..1 between the corners) and which line it is."""
+        if above is not None and below is not None:
+            a = above[np.argmax(above @ (fr.u + fr.n))]  # posterior-inferior corner of the body above
+            b = below[np.argmax(below @ (fr.u - fr.n))]  # posterior-superior corner of the body below
+            if np.linalg.norm(b - a) > 0:
+                return a, b, 0.0, 1.0, LINE_CORNERS
+        for body, kind in ((above, LINE_WALL_ABOVE), (below, LINE_WALL_BELOW)):
+            if body is None:
+                continue
+            top = body[np.argmax(body @ (fr.u - fr.n))]  # posterior-superior corner
+            bottom = body[np.argmax(body @ (fr.u + fr.n))]  # posterior-inferior corner
+            if np.linalg.norm(bottom - top) == 0:
+                continue
+            # the disc lies beyond the wall's lower end (body above) or before its upper end (body below)
+            return (top, bottom, 1.0, math.inf, kind) if kind == LINE_WALL_ABOVE else (top, bottom, -math.inf, 0.0, kind)
+        return None
+
+    def measure(self, level: str, disc: np.ndarray, up: np.ndarray | None, down: np.ndarray | None) -> LevelMeasurement:
+        """``disc``: the disc's binary mask; ``up`` / ``down``: the centres of the discs above and below."""
+        out = LevelMeasurement(level, self.unit)
+        why: list[str] = []
+        pts = self.points(disc)
+        if len(pts) < 3:
+            out.reason = "no disc pixels at this level"
+            return out
+        fr = _frame(pts)
+        above = self.adjacent_body(disc, fr, True, up)
+        below = self.adjacent_body(disc, fr, False, down)
+        geo = out.geometry
+        # posterior line and protrusion
+        limit = None
+        line = self.posterior_line(fr, above, below)
+        if line is None:
+            why.append("no vertebral body above or below: no posterior line, protrusion or DHI")
+        else:
+            a, b, lo_s, hi_s, out.protrusion_line = line
+            length = float(np.linalg.norm(b - a))
+            t = (b - a) / length
+            m = np.array([-t[1], t[0]])
+            if m @ fr.u < 0:
+                m = -m
+            rel = pts - a
+            s = rel @ t
+            between = (s >= lo_s * length - self.pixel) & (s <= hi_s * length + self.pixel)
+            if between.any():
+                d = rel[between] @ m
+                i = int(np.argmax(d))
+                out.protrusion = float(d[i])
+                tip = pts[between][i]
+                foot = tip - d[i] * m
+                span = s[between]  # the drawn line covers the corners and the disc beside it
+                ends = [a + min(0.0, float(span.min())) * t, a + max(length, float(span.max())) * t]
+                geo["posterior_line"] = [self.to_pixels(ends[0]), self.to_pixels(ends[1])]
+                geo["protrusion"] = [self.to_pixels(foot), self.to_pixels(tip)]
+            limit = (a, m)
+            if out.protrusion_line != LINE_CORNERS:
+                missing = "below" if out.protrusion_line == LINE_WALL_ABOVE else "above"
+                why.append(f"no vertebral body {missing}: protrusion measured from the posterior wall of the body "
+                           f"{'above' if missing == 'below' else 'below'}, extended")
+        # disc heights at 15/50/85% of its AP extent in front of the posterior line
+        au = (pts - fr.centre) @ fr.u
+        front = au if limit is None else au[((pts - limit[0]) @ limit[1]) <= 0]
+        if front.size == 0:
+            front = au
+        lo, hi = float(front.min()), float(front.max())
+        heights = []
+        for name, f in zip(("anterior", "middle", "posterior"), HEIGHT_POSITIONS, strict=True):
+            origin = fr.centre + (lo + f * (hi - lo)) * fr.u
+            e = _extent(pts, origin, fr.n, fr.u, self.pixel, self.step(fr.n))
+            heights.append(None if e is None else e[0])
+            if e is None:
+                why.append(f"no disc pixels at its {name} height position")
+            else:
+                geo[f"height_{name}"] = [self.to_pixels(e[1]), self.to_pixels(e[2])]
+        out.disc_height_anterior, out.disc_height_middle, out.disc_height_posterior = heights
+        # vertebral body heights (through their centroids) and the DHI
+        vh = []
+        for name, body in (("above", above), ("below", below)):
+            if body is None:
+                vh.append(None)
+                continue
+            e = _extent(body, body.mean(0), fr.n, fr.u, self.pixel, self.step(fr.n))
+            vh.append(None if e is None else e[0])
+            if e is not None:
+                geo[f"vertebra_height_{name}"] = [self.to_pixels(e[1]), self.to_pixels(e[2])]
+        out.vertebra_height_above, out.vertebra_height_below = vh
+        known = [v for v in vh if v]
+        if None not in heights and known:
+            # one body only (the sacrum is not in SPIDER's masks): that body's height alone, said in the reason
+            out.disc_height_index = float(np.mean(heights)) / float(np.mean(known))  # type: ignore[arg-type]
+            if len(known) == 1:
+                why.append("DHI over the one adjacent body in the mask")
+        # canal AP diameter at the disc and at mid-vertebral levels
+        canal = self.points(self.mask == self.classes.canal)
+        reach = 1.5 * (float(au.max() - au.min()) + self.pixel)
+        centres = {"disc": fr.centre, "mid_above": None if above is None else above.mean(0),
+                   "mid_below": None if below is None else below.mean(0)}
+        for name, centre in centres.items():
+            if centre is None:
+                continue
+            e = None
+            if len(canal):
+                e = _extent(canal, centre, fr.u, fr.n, self.pixel, self.step(fr.u),
+                            where=lambda t, r=reach: (t > 0) & (t <= r))
+            if e is None:
+                why.append(f"no canal behind the {'disc' if name == 'disc' else 'vertebral body ' + name[4:]}")
+                continue
+            setattr(out, f"canal_ap_{name}", e[0])
+            geo[f"canal_ap_{name}"] = [self.to_pixels(e[1]), self.to_pixels(e[2])]
+        for k in VALUE_FIELDS:
+            v = getattr(out, k)
+            if v is not None:
+                setattr(out, k, round(float(v), 4 if k == "disc_height_index" else 2))
+        out.reason = "; ".join(why) or None
+        return out
+
+
+def _mirror_box(box: Sequence[float], width: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (int(v) for v in box[:4])
+    return width - x1, y0, width - x0, y1
+
+
+def find_levels(mask: np.ndarray, classes: MaskClasses = MaskClasses(), min_area: int = 20) -> list[tuple[str, Box]]:
+    """The discs of a sagittal mask with their level names, as ``spinenet diagnose`` finds them
+    (:func:`~spinenet.roi.disc_boxes`, :func:`~spinenet.roi.plausible_sagittal_discs`, pieces of one disc
+    merged, :func:`~spinenet.roi.assign_levels`: bottom-up, the lowest disc is L5-S1)."""
+    from spinenet.pipeline.plausibility import merge_fragments
+
+    boxes, _ = plausible_sagittal_discs(disc_boxes(mask, classes.disc, min_area))
+    boxes = merge_fragments(boxes)
+    return list(zip(assign_levels(boxes), boxes, strict=True))
+
+
+def measure_sagittal(
+    mask: np.ndarray,
+    spacing: tuple[float, float] | None = None,
+    discs: Sequence[tuple[str, Box | Sequence[float]]] | None = None,
+    classes: MaskClasses = MaskClasses(),
+) -> SliceMeasurements:
+    """Per-level measurements of one sagittal class-id mask (see the module docstring).
+
+    ``spacing``: ``(row_mm, col_mm)``; without it every length is in pixels. ``discs``: ``(level, box)`` per
+    disc, boxes ``(x0, y0, x1, y1)`` in the mask's own orientation (as ``diagnose`` found and named them);
+    default: :func:`find_levels`. A disc is the disc components whose centroid lies in its box."""
+    mask = np.asarray(mask)
+    unit = "mm" if spacing else "px"
+    if discs is None:
+        discs = find_levels(mask, classes)
+    named = [(lv, b.as_tuple() if isinstance(b, Box) else tuple(b)) for lv, b in discs]
+    if mask.ndim != 2:
+        return SliceMeasurements(unit, None, [LevelMeasurement(lv, unit, reason="not a 2-D mask") for lv, _ in named],
+                                 f"not a 2-D mask (shape {mask.shape})")
+    side = orientation(mask, classes)
+    if side is None:
+        why = "no canal or no disc in the mask: the posterior side is unknown"
+        return SliceMeasurements(unit, None, [LevelMeasurement(lv, unit, reason=why) for lv, _ in named], why)
+    mirrored = side == ANTERIOR_RIGHT
+    width = mask.shape[1]
+    if mirrored:  # measured facing left, so a flipped image gives the same numbers
+        mask = np.ascontiguousarray(mask[:, ::-1])
+        named = [(lv, _mirror_box(b, width)) for lv, b in named]
+    measurer = _Measurer(mask, spacing, classes, mirrored)
+    n_comp, comp, _, centroids = cv2.connectedComponentsWithStats((mask == classes.disc).astype(np.uint8), 8)
+    discs_px = []
+    for _, b in named:
+        x0, y0, x1, y1 = b[:4]
+        inside = [k for k in range(1, n_comp)
+                  if x0 <= centroids[k][0] < x1 and y0 <= centroids[k][1] < y1]
+        discs_px.append(np.isin(comp, inside) if inside else np.zeros(mask.shape, bool))
+    centres = [measurer.points(d).mean(0) if d.any() else None for d in discs_px]
+    order = sorted(range(len(named)), key=lambda i: (named[i][1][1] + named[i][1][3]) / 2)  # top to bottom
+    rank = {i: r for r, i in enumerate(order)}
+    levels = []
+    for i, (lv, _) in enumerate(named):
+        r = rank[i]
+        up = centres[order[r - 1]] if r > 0 else None
+        down = centres[order[r + 1]] if r + 1 < len(order) else None
+        levels.append(measurer.measure(lv, discs_px[i], up, down))
+    return SliceMeasurements(unit, side, levels)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# drawing
+# ---------------------------------------------------------------------------------------------------------
+LINE_COLOURS = {"posterior_line": (255, 255, 0), "protrusion": (255, 0, 255), "height": (255, 255, 255),
+                "canal_ap": (0, 200, 255)}
+
+
+def draw_measurements(rgb: np.ndarray, levels: Sequence[LevelMeasurement | dict[str, Any]], scale: float = 1.0,
+                      thickness: int = 1) -> np.ndarray:
+    """Draw the measured segments of ``levels`` on ``rgb`` (uint8 RGB, in place; ``scale``: its size over
+    the mask's): the posterior line (yellow), the protrusion (magenta, thicker), disc heights (white) and canal
+    diameters (cyan). Returns ``rgb``."""
+    for m in levels:
+        geo = m.geometry if isinstance(m, LevelMeasurement) else (m.get("geometry") or {})
+        for name, seg in geo.items():
+            if name.startswith("vertebra_height"):  # two per body (one from each disc): clutter
+                continue
+            key = next((k for k in ("height", "canal_ap") if name.startswith(k)), name)
+            colour = LINE_COLOURS.get(key, (255, 255, 255))
+            (x0, y0), (x1, y1) = seg
+            p0 = (round((x0 + 0.5) * scale - 0.5), round((y0 + 0.5) * scale - 0.5))
+            p1 = (round((x1 + 0.5) * scale - 0.5), round((y1 + 0.5) * scale - 0.5))
+            width = thickness * 2 if name == "protrusion" else thickness
+            cv2.line(rgb, p0, p1, colour, width, cv2.LINE_AA)
+    return rgb
