@@ -12,6 +12,7 @@ BENCHMARKS = {
     "train": "spinenet.bench.train",
     "ensemble": "spinenet.bench.ensemble",
     "diagnose": "spinenet.bench.diagnose",
+    "measurements": "spinenet.bench.measurements",
 }
 
 
@@ -20,6 +21,7 @@ DESCRIPTIONS = {
     "train": "Lightning vs a plain PyTorch loop per step; --setting: images/s per speed setting; --epoch-time",
     "ensemble": "exhaustive weight search (classification and segmentation) vs a naive loop",
     "diagnose": "end-to-end images/s of the diagnosis pipeline (PyTorch and ONNX Runtime), FLOPs per image",
+    "measurements": "AUROC of the mask measurements for SPIDER's gradings, on ground-truth masks",
 }
 
 

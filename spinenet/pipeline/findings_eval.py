@@ -108,6 +108,71 @@ def binary_metrics(y: np.ndarray, call: np.ndarray, p: np.ndarray, bootstrap: in
     }
 
 
+# measurement -> graded finding it predicts, and the direction (+1: larger means the finding; -1: smaller)
+MEASUREMENT_PREDICTORS: tuple[tuple[str, str, int], ...] = (
+    ("protrusion", "disc_herniation", 1),
+    ("protrusion", "disc_bulging", 1),
+    ("canal_ap_disc", "disc_herniation", -1),
+    ("disc_height_index", "disc_narrowing", -1),
+    ("disc_height_middle", "disc_narrowing", -1),
+)
+MEASUREMENT_POLICY = (
+    "each measurement is the score of its finding (negated where smaller means the finding: heights, DHI, canal "
+    "diameter); levels where the measurement is missing (None) are left out of that score and counted under "
+    "'missing'; the AUROC interval is a patient-level bootstrap (both levels of a patient drawn together)"
+)
+
+
+def score_measurement(values: Sequence[float | None], labels: Sequence[int], patients: Sequence[str],
+                      direction: int = 1, bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """AUROC of measurement ``values`` (times ``direction``) for 0/1 ``labels``, one entry per (patient,
+    level); None values are left out and counted. The interval resamples ``patients`` (bootstrap_ci's
+    groups), so a patient's levels stay together."""
+    keep = [i for i, v in enumerate(values) if v is not None and not math.isnan(float(v))]
+    y = np.asarray([int(labels[i]) for i in keep], np.int64)
+    x = np.asarray([direction * float(values[i]) for i in keep], np.float64)  # type: ignore[arg-type]
+    groups = np.asarray([str(patients[i]) for i in keep])
+    out: dict[str, Any] = {"n": len(keep), "patients": len(set(groups.tolist())), "positives": int(y.sum()),
+                           "missing": len(values) - len(keep), "auroc": auroc(y, x), "auroc_ci95": None}
+    if bootstrap and out["auroc"] is not None:
+        ci = bootstrap_ci(macro_auroc, y, x, n=bootstrap, seed=seed, groups=groups)
+        if ci["n_valid"] >= bootstrap // 2:
+            out["auroc_ci95"] = [round(ci["low"], 4), round(ci["high"], 4)]
+    return out
+
+
+def score_measurements(rows: Sequence[Mapping[str, Any]], levels: Sequence[str],
+                       predictors: Sequence[tuple[str, str, int]] = MEASUREMENT_PREDICTORS,
+                       bootstrap: int = 2000) -> dict[str, Any]:
+    """Per predictor (``measurement -> finding``): :func:`score_measurement` per level and pooled over
+    ``levels``. ``rows``: one per (patient, level) with ``patient``, ``level``, the measurements and the 0/1
+    findings (a finding that is absent or None on a row leaves that row out of its scores)."""
+    out: dict[str, Any] = {}
+    for measure, finding, direction in predictors:
+        usable = [r for r in rows if r.get("level") in levels and r.get(finding) is not None]
+        if not usable:
+            continue
+        entry: dict[str, Any] = {"measurement": measure, "finding": finding,
+                                 "direction": "larger = finding" if direction > 0 else "smaller = finding"}
+        for name in [*levels, "pooled"]:
+            sel = [r for r in usable if name == "pooled" or r["level"] == name]
+            entry[name] = score_measurement([r.get(measure) for r in sel], [int(r[finding]) for r in sel],
+                                            [r["patient"] for r in sel], direction, bootstrap)
+        out[f"{measure}->{finding}"] = entry
+    return out
+
+
+def format_measurement_table(scores: Mapping[str, Any], levels: Sequence[str]) -> str:
+    """One line per predictor and level: n (positives), AUROC (95% CI)."""
+    lines = [f"{'measurement -> finding':<38} {'level':<8} {'n':>4} {'pos':>4} {'miss':>4}  AUROC (95% CI)"]
+    for key, entry in scores.items():
+        for name in [*levels, "pooled"]:
+            m = entry[name]
+            lines.append(f"{key:<38} {name:<8} {m['n']:>4} {m['positives']:>4} {m['missing']:>4}  "
+                         f"{_rate(m['auroc'], m['auroc_ci95'])}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------------------
