@@ -20,7 +20,10 @@ Faults stay with their input (:func:`diagnose_chunk`): an unreadable file is ``f
 image ``skipped``, each with its reason; the others are diagnosed, and the CLI exits with ``EXIT_PARTIAL``.
 
 Outputs in ``--out``: per study ``<folder>/findings.json``, ``<folder>/overlay.png`` (masks, boxes, labels at
-the image's resolution, at least 512 px tall; up to 8 images side by side) and ``<folder>/report.txt``
+the image's resolution, at least 512 px tall; up to 8 images side by side; sagittal: the measured posterior
+line, protrusion, disc heights and canal diameters of :mod:`spinenet.pipeline.measurements`, whose values
+each sagittal disc carries as ``measurements``, in mm when the DICOM header gives the pixel spacing, else in
+px) and ``<folder>/report.txt``
 (folder: :func:`study_folders`); ``findings.csv`` (every disc), ``summary.json`` (counts, every input's status
 and reason, study id -> folder) and ``index.html``. Privacy: nothing from a DICOM header but :func:`~spinenet.utils.privacy.safe_dicom_metadata`
 is written; DICOM studies are named ``study1``, ``study2``... and their slices ``slice_000``...; file paths
@@ -45,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, DataError
+from spinenet.pipeline import measurements as measure
 from spinenet.pipeline.combine import (
     UNKNOWN_LEVEL,
     best_per_level,
@@ -256,6 +260,25 @@ def describe_images(
             res.update(status=NO_DISC, reason=f"no disc contour of >= {min_area} pixels")
         results.append(res)
     return results
+
+
+def attach_measurements(result: dict[str, Any], classes: Sequence[str], spacing: tuple[float, float] | None) -> None:
+    """Each sagittal disc of ``result`` gets ``measurements`` (:mod:`spinenet.pipeline.measurements`, at the
+    level diagnose named it; mm with ``spacing`` (row, col), else px): nothing for an image without a mask or
+    disc; None values with the reason when the segmenter has no vertebra or canal class."""
+    if result.get("view") != "sagittal" or result.get("mask") is None or not result["discs"]:
+        return
+    names = list(classes)
+    if not {"disc", "vertebra", "canal"} <= set(names):
+        why = f"the segmenter's classes {names} lack disc, vertebra or canal: nothing to measure"
+        for d in result["discs"]:
+            d["measurements"] = measure.LevelMeasurement(d["level"], "mm" if spacing else "px", reason=why).as_dict()
+        return
+    ids = measure.MaskClasses(names.index("disc"), names.index("vertebra"), names.index("canal"))
+    found = measure.measure_sagittal(result["mask"], spacing, [(d["level"], d["box"]) for d in result["discs"]], ids)
+    result["orientation"] = found.orientation
+    for d, m in zip(result["discs"], found.levels, strict=True):
+        d["measurements"] = m.as_dict()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -560,6 +583,8 @@ def _overlay(image: np.ndarray, result: dict[str, Any], min_height: int = MIN_OV
         mask = cv2.resize(result["mask"].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     rgb = overlay_mask(img, mask)
     _, thick = label_style(size[1])
+    measure.draw_measurements(rgb, [d["measurements"] for d in result["discs"] if d.get("measurements")], s,
+                              max(1, thick // 2))
     labels = []
     for d in result["discs"]:
         x0, y0, x1, y1 = (round(v * s) for v in d["crop_box"])
@@ -569,6 +594,9 @@ def _overlay(image: np.ndarray, result: dict[str, Any], min_height: int = MIN_OV
         text = d["level"] or ""
         if d["classified"]:
             text = f"{text} {d['class']} p(hern) {d['p_herniation']:.2f}".strip()
+        prot = (d.get("measurements") or {}).get("protrusion")
+        if prot is not None:
+            text = f"{text} prot {prot:.1f} {d['measurements']['unit']}".strip()
         labels.append(((x0, y0, x1, y1), text, colour))
     if result["status"] != STATUS_OK:
         labels.append(((0, 0, 0, 0), result["status"], (255, 255, 0)))
@@ -595,7 +623,8 @@ def study_findings(images: list[dict[str, Any]]) -> dict[str, Any]:
             if d["classified"]:
                 by_view[im["view"]].append(dict(d, image=im["image"], level=d["level"] or im.get("level") or ""))
     out: dict[str, Any] = {}
-    keep = ("level", "class", "probability", "p_herniation", "herniated", "probabilities", "box", "image")
+    keep = ("level", "class", "probability", "p_herniation", "herniated", "probabilities", "box", "image",
+            "measurements")
     for view, discs in by_view.items():
         if discs:
             out[view] = [{k: d[k] for k in keep if k in d} for d in best_per_level(discs).values()]
@@ -611,6 +640,27 @@ def _p_herniation_meaning(view: str, probabilities: dict[str, float]) -> str:
         return "p(" + ") + p(".join(HERNIATION_SIDES) + ")"
     negative = next((n for n in NEGATIVE_LABELS if n in probabilities), NEGATIVE_LABELS[0])
     return f"1 - p({negative})"
+
+
+def _measurement_lines(discs: Sequence[dict[str, Any]]) -> list[str]:
+    """Per sagittal level: protrusion, disc heights, DHI and canal diameters (see measurements.py)."""
+    rows = [d for d in discs if d.get("measurements")]
+    if not rows:
+        return []
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:g}"
+
+    lines = [f"Measurements from the segmentation, per level ({rows[0]['measurements']['unit']}; protrusion "
+             "beyond the vertebral bodies' posterior line, + = into the canal; disc height anterior/middle/posterior; "
+             "DHI; canal AP diameter at the disc):"]
+    for d in rows:
+        m = d["measurements"]
+        line = (f"  {d['level'] or UNKNOWN_LEVEL}: protrusion {fmt(m['protrusion'])}, height "
+                f"{fmt(m['disc_height_anterior'])}/{fmt(m['disc_height_middle'])}/{fmt(m['disc_height_posterior'])}, "
+                f"DHI {fmt(m['disc_height_index'])}, canal {fmt(m['canal_ap_disc'])}")
+        lines.append(line + (f" ({m['reason']})" if m.get("reason") else ""))
+    return lines
 
 
 def _report(study: str, doc: dict[str, Any]) -> str:
@@ -639,6 +689,7 @@ def _report(study: str, doc: dict[str, Any]) -> str:
                     line += (f" (class {d['class']}; class probabilities: "
                              + ", ".join(f"{k} {v:.2f}" for k, v in d["probabilities"].items()) + ")")
                 lines.append(line)
+    lines += _measurement_lines(f.get("sagittal") or [])
     if not f:
         lines.append("No disc was classified.")
     not_ok = [im for im in doc["images"] if im["status"] != STATUS_OK]
@@ -669,7 +720,8 @@ def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dic
     target.mkdir(parents=True, exist_ok=True)
     public = []
     for im in images:
-        entry = {k: im[k] for k in ("image", "view", "status", "reason", "size", "level") if im.get(k) is not None}
+        entry = {k: im[k] for k in ("image", "view", "status", "reason", "size", "level", "orientation")
+                 if im.get(k) is not None}
         entry["discs"] = im["discs"]
         if im.get("rejected"):  # segmented components left out as implausible discs (see find_discs)
             entry["rejected_components"] = im["rejected"]
@@ -857,6 +909,7 @@ def _stage_describe(
         for k, res in zip(ks, results, strict=True):
             img = batch.pixels[k]
             res["pixels"], res["size"] = img, list(img.shape[:2])
+            attach_measurements(res, seg.prep.classes, measure.spacing_from_dicom(items[k].dicom))
             batch.records[k] = res
     out = []
     for item, rec in zip(items, batch.records, strict=True):
@@ -891,7 +944,16 @@ def _status_key(status: str) -> str:
 
 
 FINDINGS_COLUMNS = ("study", "folder", "image", "view", "status", "reason", "level", "box", "crop_box", "area",
-                    "classified", "class", "probability", "p_herniation", "herniated")
+                    "classified", "class", "probability", "p_herniation", "herniated", "unit",
+                    *measure.VALUE_FIELDS, "protrusion_line", "measurement_reason")
+
+
+def _measurement_columns(disc: dict[str, Any] | None) -> dict[str, Any]:
+    m = (disc or {}).get("measurements") or {}
+    out = {k: m.get(k) for k in ("unit", *measure.VALUE_FIELDS, "protrusion_line") if m.get(k) is not None}
+    if m.get("reason"):
+        out["measurement_reason"] = m["reason"]
+    return out
 
 
 def pipelined(
@@ -964,7 +1026,8 @@ class _Writer:
             return
         self.csv.writerows(neutralise_rows(
             {"study": study, "folder": folder, "image": rec["image"], "view": rec["view"], "status": rec["status"],
-             "reason": rec.get("reason") or "", **(d or {})} for d in rec["discs"] or [None]))
+             "reason": rec.get("reason") or "", **(d or {}), **_measurement_columns(d)}
+            for d in rec["discs"] or [None]))
         images = self.open.setdefault(study, [])
         if rec.get("pixels") is not None:
             if self.drawn.get(study, 0) >= MAX_OVERLAY_IMAGES:

@@ -432,14 +432,14 @@ def measure_sagittal(
 # ---------------------------------------------------------------------------------------------------------
 # drawing
 # ---------------------------------------------------------------------------------------------------------
-LINE_COLOURS = {"posterior_line": (255, 255, 0), "protrusion": (255, 0, 255), "height": (255, 255, 255),
+LINE_COLOURS = {"posterior_line": (255, 128, 0), "protrusion": (255, 0, 255), "height": (255, 255, 255),
                 "canal_ap": (0, 200, 255)}
 
 
 def draw_measurements(rgb: np.ndarray, levels: Sequence[LevelMeasurement | dict[str, Any]], scale: float = 1.0,
                       thickness: int = 1) -> np.ndarray:
     """Draw the measured segments of ``levels`` on ``rgb`` (uint8 RGB, in place; ``scale``: its size over
-    the mask's): the posterior line (yellow), the protrusion (magenta, thicker), disc heights (white) and canal
+    the mask's): the posterior line (orange), the protrusion (magenta, thicker), disc heights (white) and canal
     diameters (cyan). Returns ``rgb``."""
     for m in levels:
         geo = m.geometry if isinstance(m, LevelMeasurement) else (m.get("geometry") or {})
