@@ -123,6 +123,53 @@ MEASUREMENT_POLICY = (
 )
 
 
+TRUTH_FINDING = "truth"  # the truth manifest's 0/1 level columns (herniation), as a finding of measurement_rows
+
+
+def measurement_rows(docs: Mapping[str, Mapping[str, Any]], levels: Sequence[str],
+                     truth: Mapping[str, Mapping[str, int]], gradings: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per (patient, level): the mean of each measurement over the study's sagittal images that
+    measured it (``docs``: patient -> findings.json), the truth's 0/1 at that level (``truth``) and, with
+    ``gradings``, that disc's graded findings (matched by patient and disc number, 1 = L5-S1)."""
+    from spinenet.pipeline.measurements import VALUE_FIELDS
+
+    graded: dict[tuple[str, int], dict[str, Any]] = {}
+    findings = sorted({f for _, f, _ in MEASUREMENT_PREDICTORS})
+    if gradings is not None:
+        from spinenet.data.gradings import read_gradings
+
+        table = read_gradings(gradings)
+        absent = [f for f in findings if f not in table.columns]
+        if absent:
+            raise DataError(f"--gradings {gradings}: no column(s) {absent} (columns: {list(table.columns)})")
+        for r in table.to_dict("records"):
+            graded[(str(r["patient_id"]), int(r["ivd_label"]))] = {
+                f: (None if r[f] is None or (isinstance(r[f], float) and math.isnan(r[f])) else int(r[f] > 0))
+                for f in findings}
+    from spinenet.data.gradings import DISC_NUMBER
+
+    rows = []
+    for pid, doc in docs.items():
+        per_level: dict[str, list[dict[str, Any]]] = {}
+        for im in doc.get("images") or []:
+            if im.get("view") != "sagittal":
+                continue
+            for d in im.get("discs") or []:
+                if d.get("measurements"):
+                    per_level.setdefault(d.get("level") or "", []).append(d["measurements"])
+        for lv in levels:
+            ms = per_level.get(lv, [])
+            row: dict[str, Any] = {"patient": pid, "level": lv, TRUTH_FINDING: truth[pid][lv],
+                                   "unit": ms[0]["unit"] if ms else None}
+            for k in VALUE_FIELDS:
+                vals = [float(m[k]) for m in ms if m.get(k) is not None]
+                row[k] = round(float(np.mean(vals)), 4) if vals else None
+            if gradings is not None:
+                row.update(graded.get((pid, DISC_NUMBER.get(lv, -1)), dict.fromkeys(findings)))
+            rows.append(row)
+    return rows
+
+
 def score_measurement(values: Sequence[float | None], labels: Sequence[int], patients: Sequence[str],
                       direction: int = 1, bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
     """AUROC of measurement ``values`` (times ``direction``) for 0/1 ``labels``, one entry per (patient,
@@ -383,8 +430,12 @@ def evaluate_findings(
     class_col: str | None = None,
     view: str = "sagittal",
     bootstrap: int = 2000,
+    disc_gradings: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score the findings under ``findings`` against ``truth``; returns the eval.json document."""
+    """Score the findings under ``findings`` against ``truth``; returns the eval.json document. Its
+    ``measurements`` score the sagittal measurements (:func:`measurement_rows`) against the truth's level
+    columns and, with per-disc ``disc_gradings`` (SPIDER's ``radiological_gradings.csv``), against herniation,
+    bulging and narrowing (:data:`MEASUREMENT_PREDICTORS`)."""
     if view not in EVAL_VIEWS:
         raise ConfigError(f"--view: choose one of {', '.join(EVAL_VIEWS)}, got {view!r}")
     levels = dict(levels) if levels is not None else parse_levels(DEFAULT_LEVELS)
@@ -452,6 +503,17 @@ def evaluate_findings(
         not_ok = unassessed_images(doc)
         if not_ok and len(not_ok) == len(doc.get("images") or []):
             unassessed.append({"patient": p, "study": study_of[p], "images": not_ok})
+    rows = measurement_rows({p: docs[study_of[p]] for p in evaluated}, names,
+                            {p: {lv: int(v) for lv, v in zip(names, row, strict=True)} for p, row in zip(evaluated, y, strict=True)},
+                            disc_gradings)
+    predictors = [(m, TRUTH_FINDING, d) for m, f, d in MEASUREMENT_PREDICTORS if f == "disc_herniation"]
+    if disc_gradings is not None:
+        predictors += list(MEASUREMENT_PREDICTORS)
+    units = sorted({r["unit"] for r in rows if r.get("unit")})
+    measured = {"policy": MEASUREMENT_POLICY, "units": units,
+                "gradings": str(disc_gradings) if disc_gradings else None,
+                "truth_finding": f"{TRUTH_FINDING}: the truth manifest's level columns",
+                "scores": score_measurements(rows, names, predictors, bootstrap) if units else {}}
     models = next((d.get("models") for d in docs.values() if d.get("models")), None)
     not_diagnosed = sorted(p for p in gradings if p not in study_of and p not in excluded_where)
     return {
@@ -467,7 +529,7 @@ def evaluate_findings(
         "exclusion": "patients in the train or val split of any --exclude-splits file are not evaluated",
         "not_found_policy": NOT_FOUND_POLICY, "ci_method": CI_METHOD,
         "per_level": per_level, "pooled": pooled, "four_way": four_way, "per_patient": per_patient,
-        "unreadable_findings": unreadable, "unassessed_studies": unassessed,
+        "unreadable_findings": unreadable, "unassessed_studies": unassessed, "measurements": measured,
     }
 
 
@@ -533,6 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a level and its 0/1 truth column (repeatable; default {' '.join(DEFAULT_LEVELS)})")
     p.add_argument("--class-col", help=f"image-level class column checked against the level columns "
                    f"(healthy / LEVEL / both; default {DEFAULT_CLASS_COL} when present)")
+    p.add_argument("--gradings", help="per-disc gradings (SPIDER radiological_gradings.csv: Patient, IVD label "
+                   "1 = L5-S1, ...): the measurements are scored for herniation, bulging and narrowing too")
     p.add_argument("--view", choices=EVAL_VIEWS, default="sagittal",
                    help="which findings to score (default sagittal)")
     add_wandb_arguments(p)
@@ -562,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     levels = parse_levels(args.level or DEFAULT_LEVELS)
     result = evaluate_findings(args.findings, args.truth, args.exclude_splits, args.patient_col, levels,
-                               args.class_col, args.view, args.bootstrap)
+                               args.class_col, args.view, args.bootstrap, args.gradings)
     out = Path(args.out) if args.out else Path(args.findings) / "eval.json"
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the JSON file to write")
@@ -570,6 +634,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     write_json(result, out)
     print(format_table(result))
+    if result["measurements"]["scores"]:
+        print(f"\nMeasurements from the segmentation as predictors ({', '.join(result['measurements']['units'])}; "
+              f"'{TRUTH_FINDING}' = the truth manifest's level columns):")
+        print(format_measurement_table(result["measurements"]["scores"], list(result["levels"])))
     print(f"\nevaluation written: {out}")
     for u in result["unassessed_studies"][:10]:
         print(f"no finding for study {u['study']}: "
