@@ -191,6 +191,7 @@ class _Measurer:
         self.unit = "mm" if spacing else "px"
         self.pixel = max(self.sx, self.sy)
         self.bodies = self._body_labels()
+        self.body_sizes = np.bincount(self.bodies.ravel())
 
     # pixel (x, y) <-> physical
     def points(self, binary: np.ndarray) -> np.ndarray:
@@ -236,7 +237,12 @@ class _Measurer:
         pick = side < 0 if above else side > 0
         if not pick.any():
             return None
-        label = np.bincount(self.bodies[ys[pick], xs[pick]]).argmax()
+        labels = self.bodies[ys[pick], xs[pick]]
+        # a speck of vertebra beside the disc (partial volume) is no body: at least half the disc's pixels
+        labels = labels[self.body_sizes[labels] >= 0.5 * disc.sum()]
+        if labels.size == 0:
+            return None
+        label = np.bincount(labels).argmax()
         pts = self.points(self.bodies == label)
         side = (pts - frame.centre) @ frame.n
         keep = side < 0 if above else side > 0
