@@ -84,17 +84,20 @@ def test_missing_vertebra_gives_none_with_a_reason():
     for m in res.levels:
         assert m.vertebra_height_above is None or m.vertebra_height_below is None
         assert m.reason and "no vertebral body" in m.reason
-        assert m.protrusion_line in ("wall above", "wall below")
+        assert m.protrusion_line in ("corner above", "corner below")
+        assert m.protrusion == pytest.approx(0, abs=1)  # flush with the corner of the one body left
     # a disc with no body at all: no posterior line, protrusion None, the reason says why
     lone = np.zeros((64, 64), np.int64)
     lone[30:36, 10:40] = 1
     lone[5:60, 44:50] = 3
-    only = measure_sagittal(lone).levels
+    assert measure_sagittal(lone).levels == []  # found alone, it is no plausible spine: no level named
+    assert "implausible for sagittal" in measure_sagittal(lone).reason
+    only = measure_sagittal(lone, discs=[("L5-S1", (10, 30, 40, 36))]).levels  # as diagnose would pass it
     assert len(only) == 1 and only[0].protrusion is None and only[0].disc_height_index is None
     assert "no vertebral body above or below" in only[0].reason
     assert only[0].disc_height_middle == pytest.approx(6)
     # no canal: orientation unknown, every value None, never a crash
-    none = measure_sagittal(np.where(lone == 3, 0, lone)).levels[0]
+    none = measure_sagittal(np.where(lone == 3, 0, lone), discs=[("L5-S1", (10, 30, 40, 36))]).levels[0]
     assert none.protrusion is None and none.disc_height_middle is None and "posterior side is unknown" in none.reason
 
 

@@ -10,7 +10,8 @@ and middle height for narrowing): AUROC per level and pooled, with a patient-lev
 No model is involved: this is what the measurements can do with a perfect segmenter. The slices were
 resampled (pixel spacing lost), so lengths are in pixels; the DHI is a ratio.
 
-``--draw DIR`` writes the measurement overlay of the first ``--draw-patients`` patients' middle slice.
+``--draw DIR`` writes the measurement overlay of the first ``--draw-patients`` patients' middle slice
+(``--draw-ids``: of these patients).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def measure_patients(root: Path, slices: int = 2, bootstrap: int = 2000,
             res = measure_sagittal(_class_mask(root / "seg_t2space" / rel))
             n_graded = max((d for p, d in graded if p == pid), default=0)
             checks.append({"patient": pid, "slice": int(sl), "discs": len(res.levels), "graded_discs": n_graded,
-                           "orientation": res.orientation})
+                           "orientation": res.orientation, "reason": res.reason})
             for m in res.levels:
                 per_slice.append({"patient": pid, "slice": int(sl), **m.as_dict(geometry=False)})
                 for k, v in m.values().items():
@@ -90,9 +91,9 @@ def measure_patients(root: Path, slices: int = 2, bootstrap: int = 2000,
             "scores": scores, "rows": rows, "slice_checks": checks, "per_slice": per_slice}
 
 
-def draw(root: Path, out: Path, patients: int) -> list[Path]:
-    """The measurement overlay (image, mask, measured segments, level and protrusion) of the middle slice
-    of the first ``patients`` patients, 2x enlarged, cropped to the spine."""
+def draw(root: Path, out: Path, patients: int, ids: Sequence[str] = ()) -> list[Path]:
+    """The measurement overlay (image, mask, measured segments, level, protrusion and DHI) of the middle
+    slice of the first ``patients`` patients (or of the patients ``ids``), 2x enlarged."""
     import cv2
     import pandas as pd
 
@@ -103,7 +104,8 @@ def draw(root: Path, out: Path, patients: int) -> list[Path]:
     df = pd.read_csv(root / "seg_t2space" / "manifest.csv", dtype={"patient_id": str})
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for pid, group in list(df.groupby("patient_id", sort=True))[:patients]:
+    groups = list(df.groupby("patient_id", sort=True))
+    for pid, group in [g for g in groups if g[0] in ids] if ids else groups[:patients]:
         row = group.sort_values("slice").iloc[len(group) // 2]
         mask = _class_mask(root / "seg_t2space" / row["mask"])
         image = read_image(root / "seg_t2space" / row["image"])
@@ -136,6 +138,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--out", help="write the figures, per-level rows and per-slice values as JSON")
     p.add_argument("--draw", help="folder for measurement overlays of a few patients")
     p.add_argument("--draw-patients", type=int, default=3)
+    p.add_argument("--draw-ids", default="", help="comma-separated patient ids to draw instead")
     args = p.parse_args(list(argv))
     if not args.spider:
         raise ConfigError("spinenet bench measurements: give --spider DIR or set SPIDER_DIR")
@@ -150,14 +153,18 @@ def main(argv: Sequence[str]) -> int:
     levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
     result = measure_patients(root, args.slices, args.bootstrap, levels, args.aggregate)
     agree = sum(c["discs"] == c["graded_discs"] for c in result["slice_checks"])
+    implausible = [c for c in result["slice_checks"] if c["reason"]]
     print(f"measurements on ground-truth masks: {result['patients']} patients, {args.slices} middle slice(s) each, "
           f"orientation(s) {', '.join(result['orientations'])}; disc count = graded disc count on {agree} of "
           f"{len(result['slice_checks'])} slices; lengths in {result['unit']}")
+    for c in implausible:
+        print(f"  not measured: patient {c['patient']} slice {c['slice']}: {c['reason']}")
     print(format_measurement_table(result["scores"], levels))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
         print(f"written: {args.out}")
     if args.draw:
-        for path in draw(root, Path(args.draw), args.draw_patients):
+        ids = [i.strip() for i in args.draw_ids.split(",") if i.strip()]
+        for path in draw(root, Path(args.draw), args.draw_patients, ids):
             print(f"overlay: {path}")
     return 0

@@ -29,12 +29,14 @@ How it is measured (per disc, in the disc's own frame):
   one adjacent body is in the mask (SPIDER's masks leave the sacrum out, so L5-S1 has no body below), that
   body's height alone (``reason`` says so).
 - **Posterior protrusion**: the posterior line joins the posterior-inferior corner of the body above and the
-  posterior-superior corner of the body below (the body pixels furthest along ``u + n`` and ``u - n``); the
+  posterior-superior corner of the body below (of each body's pixels within half the disc's mean thickness of
+  the disc, the most posterior along ``u``); the
   protrusion is the largest signed distance of a disc pixel between the two corners beyond that line (pixel
   centres; positive = into the canal, negative = the disc stays in front of it). Where one body is missing
-  (no sacrum in SPIDER's masks), the posterior wall of the other body (its two posterior corners), extended
-  across the disc, is the line (``protrusion_line``: ``corners``, ``wall above`` or ``wall below``; the reason
-  says so); with neither body, no protrusion.
+  (no sacrum in SPIDER's masks), the line runs through the other body's posterior corner at the disc,
+  perpendicular to the disc's axis (the disc's reach beyond that corner along ``u``; ``protrusion_line``:
+  ``corners``, ``corner above`` or ``corner below``; the reason says so). The other body's posterior wall
+  extended would not do: at L5-S1 it passes well behind the disc. With neither body, no protrusion.
 - **Canal antero-posterior diameter**: the canal's extent along ``u`` in a one-pixel band through the disc's
   centre (at the disc) and through the centroids of the bodies above and below (mid-vertebral).
 
@@ -63,8 +65,9 @@ VALUE_FIELDS = ("disc_height_anterior", "disc_height_middle", "disc_height_poste
                 "protrusion", "canal_ap_disc", "canal_ap_mid_above", "canal_ap_mid_below",
                 "vertebra_height_above", "vertebra_height_below")
 LINE_CORNERS = "corners"  # the posterior-inferior corner above to the posterior-superior corner below
-LINE_WALL_ABOVE = "wall above"  # no body below (SPIDER's masks leave the sacrum out): the wall above, extended
-LINE_WALL_BELOW = "wall below"
+# one body only (SPIDER's masks leave the sacrum out): through its posterior corner, perpendicular to the disc
+LINE_CORNER_ABOVE = "corner above"
+LINE_CORNER_BELOW = "corner below"
 DHI_FORMULA = ("DHI = 2 * mean(disc height anterior, middle, posterior) / (vertebral body height above + below); "
                "with one adjacent body in the mask, that body's height alone")
 
@@ -251,24 +254,37 @@ class _Measurer:
         pts = pts[keep]
         return pts if len(pts) >= 4 else None
 
-    def posterior_line(self, fr: _Frame, above: np.ndarray | None, below: np.ndarray | None
+    def corner(self, body: np.ndarray, disc: np.ndarray, fr: _Frame) -> np.ndarray:
+        """The body's posterior corner at the disc: the most posterior (along ``u``) of its endplate pixels,
+        those within half the disc's mean thickness of the disc (a diagonal extreme such as ``u + n`` picks
+        a point high on the posterior wall when the disc is tilted, as L5-S1 is)."""
+        area = float(disc.sum())
+        along = self.points(disc) @ fr.u
+        thickness = area * self.sx * self.sy / max(float(along.max() - along.min()) + self.pixel, self.pixel)
+        reach = max(ADJACENT_PX * self.pixel, 0.5 * thickness)
+        dist = cv2.distanceTransform((~disc).astype(np.uint8), cv2.DIST_L2, 5)
+        px = np.rint(body / [self.sx, self.sy]).astype(int)
+        near = dist[px[:, 1], px[:, 0]] * min(self.sx, self.sy) <= reach
+        pts = body[near] if near.any() else body
+        return pts[np.argmax(pts @ fr.u)]
+
+    def posterior_line(self, fr: _Frame, disc: np.ndarray, above: np.ndarray | None, below: np.ndarray | None
                        ) -> tuple[np.ndarray, np.ndarray, float, float, str] | None:
         """Two points ``a``, ``b`` of the posterior line, the span of the disc between them (as fractions of
         ``a -> b``: 0..1 between the corners) and which line it is."""
         if above is not None and below is not None:
-            a = above[np.argmax(above @ (fr.u + fr.n))]  # posterior-inferior corner of the body above
-            b = below[np.argmax(below @ (fr.u - fr.n))]  # posterior-superior corner of the body below
+            a = self.corner(above, disc, fr)  # posterior-inferior corner of the body above
+            b = self.corner(below, disc, fr)  # posterior-superior corner of the body below
             if np.linalg.norm(b - a) > 0:
                 return a, b, 0.0, 1.0, LINE_CORNERS
-        for body, kind in ((above, LINE_WALL_ABOVE), (below, LINE_WALL_BELOW)):
-            if body is None:
-                continue
-            top = body[np.argmax(body @ (fr.u - fr.n))]  # posterior-superior corner
-            bottom = body[np.argmax(body @ (fr.u + fr.n))]  # posterior-inferior corner
-            if np.linalg.norm(bottom - top) == 0:
-                continue
-            # the disc lies beyond the wall's lower end (body above) or before its upper end (body below)
-            return (top, bottom, 1.0, math.inf, kind) if kind == LINE_WALL_ABOVE else (top, bottom, -math.inf, 0.0, kind)
+        # one body: the line through its posterior corner at the disc, across the disc (along n). Its posterior
+        # wall extended is no good: at L5-S1 it passes well behind the disc (L5 leans back over the sacrum)
+        if above is not None:
+            a = self.corner(above, disc, fr)
+            return a, a + fr.n, -math.inf, math.inf, LINE_CORNER_ABOVE
+        if below is not None:
+            b = self.corner(below, disc, fr)
+            return b - fr.n, b, -math.inf, math.inf, LINE_CORNER_BELOW
         return None
 
     def measure(self, level: str, disc: np.ndarray, up: np.ndarray | None, down: np.ndarray | None) -> LevelMeasurement:
@@ -285,7 +301,7 @@ class _Measurer:
         geo = out.geometry
         # posterior line and protrusion
         limit = None
-        line = self.posterior_line(fr, above, below)
+        line = self.posterior_line(fr, disc, above, below)
         if line is None:
             why.append("no vertebral body above or below: no posterior line, protrusion or DHI")
         else:
@@ -310,9 +326,9 @@ class _Measurer:
                 geo["protrusion"] = [self.to_pixels(foot), self.to_pixels(tip)]
             limit = (a, m)
             if out.protrusion_line != LINE_CORNERS:
-                missing = "below" if out.protrusion_line == LINE_WALL_ABOVE else "above"
-                why.append(f"no vertebral body {missing}: protrusion measured from the posterior wall of the body "
-                           f"{'above' if missing == 'below' else 'below'}, extended")
+                missing = "below" if out.protrusion_line == LINE_CORNER_ABOVE else "above"
+                why.append(f"no vertebral body {missing}: protrusion measured beyond the posterior corner of the body "
+                           f"{'above' if missing == 'below' else 'below'}, along the disc's axis")
         # disc heights at 15/50/85% of its AP extent in front of the posterior line
         au = (pts - fr.centre) @ fr.u
         front = au if limit is None else au[((pts - limit[0]) @ limit[1]) <= 0]
@@ -376,15 +392,23 @@ def _mirror_box(box: Sequence[float], width: int) -> tuple[int, int, int, int]:
     return width - x1, y0, width - x0, y1
 
 
-def find_levels(mask: np.ndarray, classes: MaskClasses = MaskClasses(), min_area: int = 20) -> list[tuple[str, Box]]:
+def find_levels(mask: np.ndarray, classes: MaskClasses = MaskClasses(), min_area: int = 20
+                ) -> tuple[list[tuple[str, Box]], str | None]:
     """The discs of a sagittal mask with their level names, as ``spinenet diagnose`` finds them
     (:func:`~spinenet.roi.disc_boxes`, :func:`~spinenet.roi.plausible_sagittal_discs`, pieces of one disc
-    merged, :func:`~spinenet.roi.assign_levels`: bottom-up, the lowest disc is L5-S1)."""
-    from spinenet.pipeline.plausibility import merge_fragments
+    merged, :func:`~spinenet.roi.assign_levels`: bottom-up, the lowest disc is L5-S1), and why the mask is no
+    plausible sagittal spine (:func:`~spinenet.pipeline.plausibility.sagittal_implausibility`; then no
+    level is named and the list is empty), else None."""
+    from spinenet.pipeline.plausibility import merge_fragments, sagittal_implausibility
 
     boxes, _ = plausible_sagittal_discs(disc_boxes(mask, classes.disc, min_area))
     boxes = merge_fragments(boxes)
-    return list(zip(assign_levels(boxes), boxes, strict=True))
+    names = [""] * max(classes.disc, classes.vertebra, classes.canal, 0) + [""]
+    names[classes.disc], names[classes.vertebra], names[classes.canal] = "disc", "vertebra", "canal"
+    why = sagittal_implausibility(mask, boxes, names)
+    if why:
+        return [], why
+    return list(zip(assign_levels(boxes), boxes, strict=True)), None
 
 
 def measure_sagittal(
@@ -397,11 +421,14 @@ def measure_sagittal(
 
     ``spacing``: ``(row_mm, col_mm)``; without it every length is in pixels. ``discs``: ``(level, box)`` per
     disc, boxes ``(x0, y0, x1, y1)`` in the mask's own orientation (as ``diagnose`` found and named them);
-    default: :func:`find_levels`. A disc is the disc components whose centroid lies in its box."""
+    default: :func:`find_levels` (a mask that is no plausible sagittal spine then gets no level, and
+    ``reason`` says why). A disc is the disc components whose centroid lies in its box."""
     mask = np.asarray(mask)
     unit = "mm" if spacing else "px"
     if discs is None:
-        discs = find_levels(mask, classes)
+        discs, implausible = find_levels(mask, classes)
+        if implausible:
+            return SliceMeasurements(unit, None, [], f"implausible for sagittal: {implausible}")
     named = [(lv, b.as_tuple() if isinstance(b, Box) else tuple(b)) for lv, b in discs]
     if mask.ndim != 2:
         return SliceMeasurements(unit, None, [LevelMeasurement(lv, unit, reason="not a 2-D mask") for lv, _ in named],
