@@ -58,6 +58,15 @@ def test_known_protrusion_and_disc_height(k):
     assert low.canal_ap_disc == pytest.approx(8 - max(0, k - 2), abs=1) and low.canal_ap_mid_above == pytest.approx(8)
 
 
+def test_a_detached_fragment_counts_for_the_disc_it_reaches():
+    mask = spine()
+    top = 6 + 16 + DISC_ROWS + 16  # the lower disc's first row
+    mask[top + 2 : top + 4, 52:56] = 1  # a sequestered piece 2 px behind the disc (x <= 49), in the canal
+    res = measure_sagittal(mask)
+    assert len(res.levels) == 2  # the piece is a speck, not a level
+    assert res.levels[1].protrusion == pytest.approx(55 - 49, abs=1) and res.levels[0].protrusion == pytest.approx(0, abs=1)
+
+
 def test_spacing_gives_millimetres():
     res = measure_sagittal(spine(protrusion=4), spacing=(0.5, 0.25))  # rows 0.5 mm, columns 0.25 mm
     low = res.levels[1]

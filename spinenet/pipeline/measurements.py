@@ -444,12 +444,24 @@ def measure_sagittal(
         named = [(lv, _mirror_box(b, width)) for lv, b in named]
     measurer = _Measurer(mask, spacing, classes, mirrored)
     n_comp, comp, _, centroids = cv2.connectedComponentsWithStats((mask == classes.disc).astype(np.uint8), 8)
-    discs_px = []
+    discs_px, taken = [], set()
     for _, b in named:
         x0, y0, x1, y1 = b[:4]
         inside = [k for k in range(1, n_comp)
                   if x0 <= centroids[k][0] < x1 and y0 <= centroids[k][1] < y1]
+        taken.update(inside)
         discs_px.append(np.isin(comp, inside) if inside else np.zeros(mask.shape, bool))
+    # a piece of disc no box holds (a herniated fragment left out of the levels as a speck) joins the one disc
+    # it reaches (within 2 * ADJACENT_PX px: a thin tail of it may be lost to partial volume): the protrusion
+    k = 4 * ADJACENT_PX + 1
+    grown = [cv2.dilate(d.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool) for d in discs_px]
+    for c in range(1, n_comp):
+        if c in taken:
+            continue
+        piece = comp == c
+        touching = [i for i, g in enumerate(grown) if (g & piece).any()]
+        if len(touching) == 1:
+            discs_px[touching[0]] |= piece
     centres = [measurer.points(d).mean(0) if d.any() else None for d in discs_px]
     order = sorted(range(len(named)), key=lambda i: (named[i][1][1] + named[i][1][3]) / 2)  # top to bottom
     rank = {i: r for r, i in enumerate(order)}
