@@ -22,6 +22,14 @@ metrics without those levels.
 
 The pooled intervals treat the two levels of a patient as independent (Wilson); the AUROC bootstrap
 resamples patients, so it keeps them together.
+
+**Measurements** (``measurements`` in eval.json): the sagittal measurements diagnose took from the mask
+(:mod:`spinenet.pipeline.measurements`; a level's value is the mean over the study's sagittal images) scored
+as predictors, AUROC per level and pooled with a patient-level bootstrap interval (:func:`score_measurements`):
+the protrusion and the canal diameter at the disc against the truth's level columns (``truth``), and with
+``--gradings`` (per-disc, SPIDER's ``radiological_gradings.csv``) :data:`MEASUREMENT_PREDICTORS`: protrusion
+for herniation and bulging, DHI and middle disc height for narrowing. A level without the measurement is left
+out of that score and counted as ``missing``.
 """
 
 from __future__ import annotations
