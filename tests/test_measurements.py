@@ -190,3 +190,24 @@ def test_diagnose_and_findings_eval_report_measurements(tmp_path, capsys):
     assert herniation["positives"] == int(df.herniation_L4L5.sum() + df.herniation_L5S1.sum()) > 0
     assert herniation["auroc"] is not None and herniation["auroc"] > 0.5  # the phantom's bulge protrudes
     assert "protrusion->disc_bulging" in result["scores"] and "disc_height_index->disc_narrowing" in result["scores"]
+
+
+def test_diagnose_takes_the_dicom_pixel_spacing():
+    from spinenet.pipeline.diagnose import attach_measurements
+    from spinenet.pipeline.measurements import spacing_from_dicom
+
+    assert spacing_from_dicom({"PixelSpacing": [0.5, 0.25]}) == (0.5, 0.25)
+    assert spacing_from_dicom({}) is None and spacing_from_dicom({"PixelSpacing": ["x", 1]}) is None
+    mask = spine(protrusion=4)
+    names = ["background", "disc", "vertebra", "canal"]
+    discs = [{"level": "L4-L5", "box": [20, 22, 50, 28]}, {"level": "L5-S1", "box": [20, 44, 54, 50]}]  # as diagnose found them
+    record = {"view": "sagittal", "mask": mask, "discs": discs}
+    attach_measurements(record, names, spacing_from_dicom({"PixelSpacing": [0.5, 0.25]}))
+    low = record["discs"][1]["measurements"]
+    assert low["unit"] == "mm" and low["protrusion"] == pytest.approx(1.0, abs=0.25)
+    assert low["disc_height_middle"] == pytest.approx(DISC_ROWS * 0.5) and record["orientation"] == ANTERIOR_LEFT
+    # a segmenter without a canal class: nothing measured, and the reason says so
+    record = {"view": "sagittal", "mask": mask, "discs": [dict(d) for d in discs]}
+    attach_measurements(record, names[:3], None)
+    assert record["discs"][0]["measurements"]["protrusion"] is None
+    assert "lack disc, vertebra or canal" in record["discs"][0]["measurements"]["reason"]
