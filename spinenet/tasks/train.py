@@ -166,6 +166,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_module(cfg, datamodule.class_names, datamodule.label_names)
+    model.training_data = _training_data(datamodule)  # recorded in the model contract of every checkpoint
     if resume is not None:
         check_weights_fit(resume, model, ckpt_path)
         del resume
@@ -255,6 +256,15 @@ def _splits_summary(splits: dict[str, list[str]] | None, output_dir: Path) -> di
         ids = sorted(map(str, ids))
         out[name] = {"patients": len(ids), "sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]}
     return out
+
+
+def _training_data(datamodule) -> dict[str, Any]:
+    """The training data's fingerprint for the model contract: the manifest's SHA-256 and, per split, its
+    patient count and a fingerprint of its patient list (no ids)."""
+    splits = {k: v for k, v in _splits_summary(datamodule.splits, Path(".")).items() if k != "file"}
+    manifest = datamodule.spec.manifest_path
+    return {"manifest": manifest.name, "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
+            "splits": splits}
 
 
 def _log_run_summary(loggers: list, metrics: dict[str, Any]) -> None:
