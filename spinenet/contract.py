@@ -342,6 +342,11 @@ class ModelContract:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         if self.task is TaskKind.CLASSIFICATION and self.crop is None:
             raise ConfigError("a classifier's contract needs its crop recipe")
+        if self.task is TaskKind.CLASSIFICATION and not self.heads and len(self.classes) >= 2:
+            # a single-task classifier: one head over its labels, named by the manifest column it learnt
+            column = self.schema.label_col
+            kind = "binary" if len(self.classes) == 2 else "multiclass"
+            object.__setattr__(self, "heads", (Head(str(column or "label"), kind, self.classes, column),))
 
     # -- preprocessing: the one way an image becomes the model's input
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Any, list[tuple[int, int, int, int]]]:
@@ -401,12 +406,7 @@ class ModelContract:
         classes = tuple(str(c) for c in (ds.get(task.names_key) or []))
         spec = InputSpec.from_data_config(data)
         synth = data.get("synthesize") or {}
-        heads: tuple[Head, ...] = ()
-        if task is TaskKind.CLASSIFICATION and classes:
-            kind = "binary" if len(classes) == 2 else "multiclass"
-            heads = (Head(name=str(ds.get("label_col") or "label"), kind=kind, classes=classes,
-                          column=ds.get("label_col")),)
-        return cls(task=task, classes=classes, input=spec, schema=DataSchema.from_dataset_config(ds), heads=heads,
+        return cls(task=task, classes=classes, input=spec, schema=DataSchema.from_dataset_config(ds),
                    crop=_crop_recipe(data, spec.image_size) if task is TaskKind.CLASSIFICATION else None,
                    view=synth.get("view") if isinstance(synth, Mapping) else None,
                    level_offsets=level_offsets, training_data=training_data)

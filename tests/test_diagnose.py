@@ -212,7 +212,10 @@ def make_checkpoint(path: Path, overrides: list[str]) -> Path:
     torch.manual_seed(0)
     module = build_module(cfg, list(ds.get("class_names") or []), list(ds.get("label_names") or []))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": module.state_dict(), "spinenet": to_plain_dict(cfg)}, path)
+    module.run_config = to_plain_dict(cfg)
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)  # the run config and the model contract, as training writes them
+    torch.save(ckpt, path)
     return path
 
 

@@ -90,6 +90,27 @@ def test_default_export_is_onnx_alone_with_a_named_batch_axis_and_no_warning(exp
     assert load_model(out / "segmenter.json")[0].kind == "onnx"
 
 
+def test_an_export_from_before_contracts_still_loads(exported, tmp_path):
+    """Version-1 sidecars held a ``preprocessing`` record; they load with the same contract."""
+    import shutil
+
+    root, ckpts = exported
+    folder = shutil.copytree(root / "cls_export", tmp_path / "old")
+    side = json.loads((folder / "classifier.json").read_text())
+    contract = side.pop("contract")
+    side["version"] = 1
+    side["preprocessing"] = {"task": contract["task"], "classes": contract["classes"], **contract["input"],
+                             "crop": {**contract["crop"], "size": list(contract["crop"]["size"])},
+                             "view": contract["view"], "level_offsets": contract["level_offsets"]}
+    (folder / "classifier.json").write_text(json.dumps(side))
+    old, old_contract = load_model(folder / "classifier.onnx")
+    current = load_model(root / "cls_export" / "classifier.onnx")[1]
+    # what a version-1 sidecar held (the data schema and training fingerprint came with contracts)
+    assert old_contract.signature() == current.signature() and old_contract.crop == current.crop
+    assert old_contract.heads[0].classes == current.classes and old_contract.training_data is None
+    assert old_contract.crop.levels == ("L4-L5", "L5-S1") and old.kind == "onnx"
+
+
 def test_missing_onnx_exporter_is_a_one_line_error(exported, tmp_path, monkeypatch, capsys):
     def no_onnxscript(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript")
