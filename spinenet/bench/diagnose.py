@@ -30,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spinenet.bench import smoke
-from spinenet.contract import CropRecipe, InputSpec, ModelContract
+from spinenet.contract import CropRecipe, InputSpec, ModelContract, TaskKind
 from spinenet.loading import Predictor
 from spinenet.pipeline.diagnose import diagnose_images, folder_items, run
 
@@ -143,9 +143,9 @@ def main(argv: Sequence[str] = ()) -> int:
     folder = Path(tmp.name) / "slices"
     images, masks = _phantom(args.distinct, 256, 0, folder, args.images)
     items = folder_items(folder)
-    seg_prep = ModelContract("segmentation", ("background", "disc", "vertebra", "canal"), InputSpec((256, 256)))
+    seg_prep = ModelContract(TaskKind.SEGMENTATION, ("background", "disc", "vertebra", "canal"), InputSpec((256, 256)))
     crop = CropRecipe(size=(64, 64), margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=("L4-L5", "L5-S1"))
-    cls_prep = ModelContract("classification", ("healthy", "L4-L5", "L5-S1"), InputSpec((64, 64)), crop=crop)
+    cls_prep = ModelContract(TaskKind.CLASSIFICATION, ("healthy", "L4-L5", "L5-S1"), InputSpec((64, 64)), crop=crop)
     # channels-last, as `spinenet diagnose` runs a checkpoint (--no-channels-last here to compare)
     torch_seg = Predictor(unet, seg_prep, Path("unet_sustersic"), dev, channels_last=channels_last)
     torch_cls = Predictor(discnet, cls_prep, Path("discnet"), dev, channels_last=channels_last)
