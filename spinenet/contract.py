@@ -287,6 +287,10 @@ class Head:
     kind: str
     classes: tuple[str, ...]
     column: str | None = None  # the manifest column it was trained on
+    # fitted on the validation split after training (spinenet.calibration): probabilities are
+    # softmax(logits / temperature); a binary head calls the positive class at p >= threshold (None: arg-max)
+    temperature: float = 1.0
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -296,6 +300,10 @@ class Head:
             raise ConfigError(f"head {self.name!r}: needs at least 2 classes, got {list(self.classes)}")
         if self.kind == "binary" and len(self.classes) != 2:
             raise ConfigError(f"head {self.name!r}: a binary head has 2 classes, got {list(self.classes)}")
+        if not float(self.temperature) > 0:
+            raise ConfigError(f"head {self.name!r}: temperature must be > 0, got {self.temperature!r}")
+        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
+            raise ConfigError(f"head {self.name!r}: threshold must be in [0, 1], got {self.threshold!r}")
 
 
 @dataclass(frozen=True)
@@ -335,6 +343,7 @@ class ModelContract:
     # logits (an exported file holds the net alone)
     level_offsets: dict[str, list[float]] | None = None
     training_data: dict[str, Any] | None = None  # manifest SHA-256 and split sizes/fingerprints; no ids
+    calibration: dict[str, Any] | None = None  # how heads' temperatures and thresholds were fitted
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -353,6 +362,24 @@ class ModelContract:
         """Images (float in [0, 1], as ``read_image`` returns them) -> the batch the model takes, and per image
         the region ``(y0, y1, x0, x1)`` it occupies in it (:meth:`InputSpec.batch`)."""
         return self.input.batch(images)
+
+    # -- outputs: calibrated probabilities and decisions (single-head classifiers)
+    def probabilities(self, logits: Any) -> Any:
+        """Class probabilities ``(N, K)`` of logits (or an ensemble's log-probabilities): the softmax at the
+        head's fitted temperature."""
+        import torch
+
+        t = self.heads[0].temperature if self.heads else 1.0
+        return torch.softmax(logits.float() / t, dim=1)
+
+    def decide(self, probabilities: Sequence[float]) -> int:
+        """The class index called for one row of :meth:`probabilities`: a binary head's threshold, else
+        the arg-max."""
+        p = np.asarray(probabilities, float)
+        threshold = self.heads[0].threshold if self.heads else None
+        if threshold is not None and len(p) == 2:
+            return int(p[1] >= threshold)
+        return int(p.argmax())
 
     # -- what must agree between models used together (ensemble members, a segmenter and its mask reader)
     def signature(self) -> dict[str, Any]:
@@ -387,7 +414,8 @@ class ModelContract:
                                      if schema.get("mask_values") else None}),
                 heads=tuple(Head(**h) for h in doc.get("heads") or ()),
                 crop=CropRecipe(**crop) if crop else None, view=doc.get("view"),
-                level_offsets=doc.get("level_offsets"), training_data=doc.get("training_data"), version=version)
+                level_offsets=doc.get("level_offsets"), training_data=doc.get("training_data"),
+                calibration=doc.get("calibration"), version=version)
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise DataError(f"{source}: its model contract is not valid ({exc})") from None
 
@@ -422,6 +450,11 @@ class ModelContract:
 
     def with_level_offsets(self, table: dict[str, list[float]] | None) -> ModelContract:
         return replace(self, level_offsets=table)
+
+    def without_calibration(self) -> ModelContract:
+        """The contract before calibration (e.g. of an ensemble: its members' temperatures do not carry over)."""
+        heads = tuple(replace(h, temperature=1.0, threshold=None) for h in self.heads)
+        return replace(self, heads=heads, calibration=None)
 
 
 __all__ = [

@@ -99,7 +99,7 @@ def save_artifact(path: str | Path, members: Sequence[Any], weights: Sequence[fl
     doc = {"format": ENSEMBLE_FORMAT, "version": VERSION, "members": entries, **info}
     contract = getattr(members[0], "contract", None) if members else None
     if contract is not None:  # what the ensemble expects and outputs: its members' common contract
-        doc[CONTRACT_KEY] = contract.with_level_offsets(None).to_dict()
+        doc[CONTRACT_KEY] = contract.with_level_offsets(None).without_calibration().to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -203,7 +203,7 @@ def load_ensemble(path: str | Path, verify: bool = True):
     wrapper.run_config = OmegaConf.to_container(saved, resolve=True)
     wrapper.eval()
     table = getattr(wrapper, "level_offset_table", None)
-    contract = members[0].contract.with_level_offsets(table() if callable(table) else None)
+    contract = members[0].contract.without_calibration().with_level_offsets(table() if callable(table) else None)
     log.info(
         "ensemble %s: %d member(s) with weights %s",
         path,

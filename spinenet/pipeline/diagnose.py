@@ -103,7 +103,7 @@ def classify_crops(
         chunk = [c.astype(np.float32) / 255.0 for c in crops[i : i + batch_size]]
         x, _ = classifier.contract.preprocess(chunk)
         lv = None if levels is None else list(levels[i : i + batch_size])
-        out.append(torch.softmax(classifier(x, lv).float(), dim=1).numpy())
+        out.append(classifier.contract.probabilities(classifier(x, lv)).numpy())  # at its fitted temperature
     return np.concatenate(out)
 
 
@@ -224,7 +224,7 @@ def describe_images(
             if not d["classified"]:
                 continue
             p = next(probs)
-            k = int(p.argmax())
+            k = classifier.contract.decide(p)  # a binary classifier's validation-chosen threshold, else arg-max
             d["probabilities"] = {n: round(float(v), 4) for n, v in zip(labels, p, strict=True)}
             d["class"], d["probability"] = labels[k], round(float(p[k]), 4)
             d["p_herniation"] = round(herniation_probability(view, d["probabilities"]), 4)

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from spinenet.checkpoints import check_resume_checkpoint, check_weights_fit
+from spinenet.contract import TaskKind
 from spinenet.ddp import DDP_CONFIG_ENV, is_ddp_worker
 from spinenet.errors import ConfigError
 from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
@@ -220,6 +221,14 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         test = _test_single_process(cfg, model, datamodule, tested, loggers)
         if test is None:  # a DDP worker
             return {}
+    calibration = None
+    if TaskKind.parse(cfg.get("task", "segmentation")) is TaskKind.CLASSIFICATION and cfg.get("calibrate", True):
+        from spinenet.calibration import calibrate_checkpoints  # lazy: matplotlib
+
+        # before the checkpoints' SHA-256 below: the fit is written into them
+        calibration = calibrate_checkpoints([tested or best or last_ckpt, best, last_ckpt],
+                                            datamodule.val_dataloader(),
+                                            datamodule.test_dataloader() if test else None, output_dir / "plots")
     best_score = float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None
     if best_score is None and cfg.get("monitor"):  # no checkpoint monitors it: the last validation value
         best_score = val.get(str(cfg.monitor).split("/", 1)[-1])
@@ -243,6 +252,8 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         "test": test,
         # the test split's full report (classification: per class, confusion matrix, bootstrap intervals)
         "per_class": getattr(model, "test_results", None) if test else None,
+        # classifiers: temperature and threshold fitted on validation per checkpoint, and how they do on test
+        "calibration": calibration,
         "wandb_dir": next((lg.run_dir for lg in loggers if getattr(lg, "run_dir", None)), None),
     }
 
