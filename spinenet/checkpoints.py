@@ -2,7 +2,7 @@
 
 Below :mod:`spinenet.tasks.train`, :mod:`spinenet.tasks.evaluate` and :mod:`spinenet.ensemble` (it needs only
 :mod:`spinenet.tasks.common` to rebuild a module): they read run checkpoints through here, and
-:func:`spinenet.tasks.evaluate.model_from_checkpoint` (which also opens ensemble files) sits above all of them.
+:func:`spinenet.loading.load_model` (which also opens ensemble and exported files) sits above all of them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from spinenet.contract import ModelContract, TaskKind
 from spinenet.errors import ConfigError, DataError
 from spinenet.tasks.common import build_module
 from spinenet.utils.safe_io import load_checkpoint
@@ -55,9 +56,12 @@ def check_resume_checkpoint(path: str | Path, task: str) -> dict[str, Any]:
         ckpt = load_run_checkpoint(path)
     except DataError as exc:
         raise ConfigError(f"ckpt_path: {exc}") from None
-    saved_task = str(ckpt["spinenet"].get("task", "segmentation"))
-    if saved_task != task:
-        raise ConfigError(f"ckpt_path: checkpoint {path} is a {saved_task} checkpoint; this run trains {task}")
+    try:
+        saved_task = ModelContract.of_checkpoint(ckpt, path).task
+    except DataError as exc:
+        raise ConfigError(f"ckpt_path: {exc}") from None
+    if saved_task is not TaskKind.parse(task):
+        raise ConfigError(f"ckpt_path: checkpoint {path} is a {saved_task.value} checkpoint; this run trains {task}")
     if "optimizer_states" not in ckpt or "loops" not in ckpt:
         raise ConfigError(f"ckpt_path: checkpoint {path} holds weights only (no optimizer or loop state); "
                           "training can resume only from a checkpoint that spinenet train wrote")
@@ -81,9 +85,11 @@ def check_weights_fit(ckpt: dict[str, Any], module: torch.nn.Module, path: str |
                           f"or input?): weights {', '.join(p for p in parts if p)}")
 
 
-def load_run_model(path: str | Path) -> tuple[L.LightningModule, DictConfig]:
-    """Rebuild a run checkpoint's module from the config stored in it, then load the weights (eval mode)."""
+def load_run_model(path: str | Path) -> tuple[L.LightningModule, DictConfig, ModelContract]:
+    """Rebuild a run checkpoint's module from the config stored in it, then load the weights (eval mode);
+    with the run config and the model contract the checkpoint holds (its level offsets read from the weights)."""
     ckpt = load_run_checkpoint(path)
+    contract = ModelContract.of_checkpoint(ckpt, path)
     saved = OmegaConf.create(ckpt["spinenet"])
     # the checkpoint holds every weight: never reload pretrained files (they may have moved)
     for key in ("encoder_weights", "pretrained_path"):
@@ -93,4 +99,5 @@ def load_run_model(path: str | Path) -> tuple[L.LightningModule, DictConfig]:
     module = build_module(saved, list(data.get("class_names") or []), list(data.get("label_names") or []))
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
-    return module, saved
+    table = getattr(module, "level_offset_table", None)
+    return module, saved, contract.with_level_offsets(table() if callable(table) else None)

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from spinenet.contract import margin_pair, margin_setting
 from spinenet.data.io import image_size, read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, load_manifest, not_utf8_message
 from spinenet.data.phantom import MASK_GRAY_STEP, classes_for, generate_on_first_use
@@ -120,27 +121,6 @@ def disc_boxes(mask: np.ndarray, disc_class: int = 1, min_area: int = 20) -> lis
 def _edge(value: float, up: bool) -> int:
     value = round(value, 6)  # 0.1 * 40 / 2 must be 2, not 2.0000000000000004 rounded up to 3
     return math.ceil(value) if up else math.floor(value)
-
-
-def margin_pair(margin: float | Sequence[float]) -> tuple[float, float]:
-    """``margin`` as (width, height) growth: one number for both, or ``[width, height]``; checked >= 0."""
-    if isinstance(margin, int | float):
-        pair = (float(margin), float(margin))
-    else:
-        values = [float(v) for v in margin]
-        if len(values) != 2:
-            raise ConfigError(f"roi.margin must be a number or [width, height], got {list(margin)!r}")
-        pair = (values[0], values[1])
-    if min(pair) < 0:
-        raise ConfigError(f"roi.margin must be >= 0, got {margin}")
-    return pair
-
-
-def margin_setting(margin: float | Sequence[float]) -> float | list[float]:
-    """A checked margin as it is stored (configs, summary.json): one number, or ``[width, height]`` when the
-    two differ."""
-    mx, my = margin_pair(margin)
-    return mx if mx == my else [mx, my]
 
 
 def enlarge_box(box: Box, margin: float | Sequence[float] = 0.10, image_shape: Sequence[int] | None = None) -> Box:
@@ -835,45 +815,25 @@ def phantom_crops_on_first_use(root: Path, synth: Mapping, crops: Mapping, manif
 def segmenter_mask_source(checkpoint: str | Path, device: str = "cpu") -> tuple[MaskSource, list[str]]:
     """A ``mask_source`` for :func:`crop_dataset` that predicts masks with a trained segmenter.
 
-    The checkpoint's own data settings are applied (channels, CLAHE, ``image_size``, ``resize_mode``); the
-    logits are mapped back onto the source image (undoing the padding of ``resize_mode=pad``) and upsampled
-    bilinearly before the arg-max. Returns the source and the segmenter's class names.
+    Any model file :func:`spinenet.loading.load_model` opens (checkpoint, ensemble, export). Its contract's
+    preprocessing is applied (channels, CLAHE, image size, resize mode); the logits are mapped back onto the
+    source image (undoing the padding of ``resize_mode=pad``) and upsampled bilinearly before the arg-max
+    (:func:`spinenet.contract.masks_from_logits`). Returns the source and the segmenter's class names.
     """
     import torch  # lazy: start-up (spinenet roi without --segmenter needs no torch)
-    import torch.nn.functional as F
 
-    from spinenet.data.transforms import apply_clahe, build_transforms  # lazy: start-up (albumentations)
-    from spinenet.tasks.evaluate import model_from_checkpoint  # lazy: start-up (lightning, hydra)
+    from spinenet.contract import TaskKind, masks_from_logits
+    from spinenet.loading import load_model  # lazy: start-up (lightning, hydra)
 
-    module, saved = model_from_checkpoint(checkpoint)
-    if saved.get("task", "segmentation") != "segmentation":
-        raise ConfigError(f"--segmenter {checkpoint}: a {saved.get('task')} checkpoint, not a segmenter")
-    module = module.to(device)
-    data = saved.data
-    size = tuple(int(v) for v in data.image_size)
-    in_channels, enhance = int(data.get("in_channels", 1)), data.get("clahe")
-    transform = build_transforms(size, train=False, resize_mode=data.get("resize_mode", "resize"))
-    class_names = [str(c) for c in data.dataset.get("class_names") or []]
+    model, contract = load_model(checkpoint, device)
+    if contract.task is not TaskKind.SEGMENTATION:
+        raise ConfigError(f"--segmenter {checkpoint}: a {contract.task} model, not a segmenter")
+    class_names = list(contract.classes)
 
     def predict(image: np.ndarray, row: Mapping[str, Any]) -> np.ndarray:
-        img = np.asarray(image, np.float32)
-        if in_channels == 3 and img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=-1)
-        elif in_channels == 1 and img.ndim == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-        if enhance:
-            img = apply_clahe(img, **enhance)
-        h, w = img.shape[:2]
-        # a mask of ones marks where the image lands after resizing (and padding)
-        out = transform(image=img, mask=np.ones((h, w), np.uint8))
-        x = np.asarray(out["image"], np.float32)
-        x = x[None, None] if x.ndim == 2 else x.transpose(2, 0, 1)[None]
+        x, regions = contract.preprocess([image])
         with torch.no_grad():
-            logits = module(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float()
-        ys, xs = np.nonzero(np.asarray(out["mask"]))
-        logits = logits[..., ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits.argmax(1)[0].cpu().numpy()
+            return masks_from_logits(model(x), [image], regions)[0]
 
     return predict, class_names
 

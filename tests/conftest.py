@@ -59,3 +59,11 @@ def tiny_train_overrides(phantom_root: Path, view: str = "sagittal") -> list[str
         "extras.print_config=false",
         "callbacks.progress_bar=null",
     ]
+
+
+def module_and_config(path):
+    """The LightningModule and run config of a checkpoint or ensemble, through the one loader."""
+    from spinenet.loading import load_model
+
+    model, _ = load_model(path)
+    return model.module, model.config

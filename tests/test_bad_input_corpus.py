@@ -577,7 +577,7 @@ def torchscript_without_flag(a: Assets, tmp: Path) -> Call:
 
 
 def sidecar_sha_mismatch(a: Assets, tmp: Path) -> Call:
-    from spinenet.pipeline.models import EXPORT_FORMAT
+    from spinenet.loading import EXPORT_FORMAT
 
     src, export = scans(a, tmp), tmp / "export"
     export.mkdir()

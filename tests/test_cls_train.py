@@ -303,9 +303,9 @@ def test_sustersic_pipeline_segment_crop_classify(tiny_phantom, compose_cfg, tmp
     assert cls_splits == seg_splits
     assert set(pd.read_csv(run / "predictions.csv").patient_id.astype(str)) <= set(seg_splits["test"])
     # the classifier checkpoint rebuilds from itself alone
-    from spinenet.tasks.evaluate import model_from_checkpoint
+    from tests.conftest import module_and_config
 
-    module, saved = model_from_checkpoint(metrics["best_checkpoint"])
+    module, saved = module_and_config(metrics["best_checkpoint"])
     assert saved.task == "classification" and module.label_names == cfg.data.dataset.label_names
 
 

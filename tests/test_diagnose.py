@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from spinenet.cli import main as cli_main
+from spinenet.contract import CropRecipe, InputSpec, ModelContract
 from spinenet.data.io import read_image, read_mask
 from spinenet.errors import ConfigError
+from spinenet.loading import Predictor
 from spinenet.pipeline.combine import combine
 from spinenet.pipeline.diagnose import Item, diagnose_images, run
-from spinenet.pipeline.models import CropSettings, Predictor, Preprocessing
 from spinenet.roi import assign_levels, crop_roi, disc_boxes, enlarge_box
 from tests.conftest import SPIDER, requires_spider
 
@@ -43,10 +44,10 @@ def stub_segmenter(pairs: list[tuple[np.ndarray, np.ndarray]], classes: int = 4,
         return torch.nn.functional.one_hot(torch.stack(masks), classes).permute(0, 3, 1, 2).float() * 10
 
     names = ["background", "disc", "vertebra", "canal"][:classes]
-    return Predictor(net, Preprocessing("segmentation", [size, size], classes=names), Path("stub_seg"))
+    return Predictor(net, ModelContract("segmentation", names, InputSpec((size, size))), Path("stub_seg"))
 
 
-def oracle_classifier(answers: dict[bytes, str], labels: list[str], crop: CropSettings) -> Predictor:
+def oracle_classifier(answers: dict[bytes, str], labels: list[str], crop: CropRecipe) -> Predictor:
     """Answers ``answers[crop]``; any crop it was not told about is an error (wrong box or recipe)."""
 
     def net(x: torch.Tensor) -> torch.Tensor:
@@ -55,11 +56,11 @@ def oracle_classifier(answers: dict[bytes, str], labels: list[str], crop: CropSe
             out[i, labels.index(answers[_key(xi)])] = 5.0
         return out
 
-    prep = Preprocessing("classification", list(crop.size), classes=labels, crop=crop)
+    prep = ModelContract("classification", labels, InputSpec(crop.size), crop=crop)
     return Predictor(net, prep, Path("stub_cls"))
 
 
-def _expected_crop(image, box, crop: CropSettings) -> bytes:
+def _expected_crop(image, box, crop: CropRecipe) -> bytes:
     roi = enlarge_box(box, crop.margin, image.shape)
     return _key(torch.from_numpy(crop_roi(image, roi, crop.size, crop.clahe).astype(np.float32) / 255.0)[None])
 
@@ -80,7 +81,7 @@ def _slice_with_discs(n: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("n", [4, 7])
 def test_levels_named_bottom_up_and_only_trained_levels_classified(n):
     image, mask = _slice_with_discs(n)
-    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=["L4-L5", "L5-S1"])
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=["L4-L5", "L5-S1"])
     boxes = disc_boxes(mask)
     names = assign_levels(boxes)
     answers = {_expected_crop(image, b, crop): "healthy" for b, lv in zip(boxes, names, strict=True)
@@ -150,8 +151,8 @@ def phantom_study(tmp_path_factory):
 
 
 def test_phantom_study_gives_its_finding(phantom_study, tmp_path):
-    crop_sag = CropSettings(size=[64, 64], margin=0.1, clahe=CLAHE, levels=["L4-L5", "L5-S1"])
-    crop_ax = CropSettings(size=[64, 64], margin=0.1, clahe=CLAHE)
+    crop_sag = CropRecipe(size=[64, 64], margin=0.1, clahe=CLAHE, levels=["L4-L5", "L5-S1"])
+    crop_ax = CropRecipe(size=[64, 64], margin=0.1, clahe=CLAHE)
     s_img, s_mask = phantom_study["sagittal"]
     a_img, a_mask = phantom_study["axial"]
     boxes = disc_boxes(s_mask)
@@ -211,7 +212,10 @@ def make_checkpoint(path: Path, overrides: list[str]) -> Path:
     torch.manual_seed(0)
     module = build_module(cfg, list(ds.get("class_names") or []), list(ds.get("label_names") or []))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": module.state_dict(), "spinenet": to_plain_dict(cfg)}, path)
+    module.run_config = to_plain_dict(cfg)
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)  # the run config and the model contract, as training writes them
+    torch.save(ckpt, path)
     return path
 
 
@@ -287,7 +291,7 @@ def test_crop_recipe_of_third_party_crops_reaches_diagnosis():
     """Crops made elsewhere (SPIDER's) have no summary.json: the data config's crop_recipe says how to crop."""
     from omegaconf import OmegaConf
 
-    from spinenet.pipeline.models import preprocessing_from_config
+    from spinenet.contract import ModelContract
 
     saved = OmegaConf.create(
         {
@@ -300,16 +304,16 @@ def test_crop_recipe_of_third_party_crops_reaches_diagnosis():
             },
         }
     )
-    crop = preprocessing_from_config(saved).crop
+    crop = ModelContract.from_run_config(saved).crop
     # crops are cut at their own size and resized by the classifier's preprocessing, as in training
-    assert crop.margin == [0.05, 0.8] and crop.clahe is None and crop.size is None
-    assert crop.levels == ["L4-L5", "L5-S1"] and crop.source == "data.crop_recipe"
+    assert crop.margin == (0.05, 0.8) and crop.clahe is None and crop.size is None
+    assert crop.levels == ("L4-L5", "L5-S1") and crop.source == "data.crop_recipe"
     saved.data.crop_recipe = {"margin": 0.1, "pad": 3}
     with pytest.raises(ConfigError, match=r"data.crop_recipe: unknown key\(s\) \['pad'\]"):
-        preprocessing_from_config(saved)
+        ModelContract.from_run_config(saved)
     # without a recipe or summary.json: the Šušteršič defaults (10 %, CLAHE 2.0 / 4x4)
     del saved.data["crop_recipe"]
-    crop = preprocessing_from_config(saved).crop
+    crop = ModelContract.from_run_config(saved).crop
     assert crop.margin == 0.1 and crop.clahe == {"clip": 2.0, "tiles": [4, 4]} and crop.source == "default"
 
 
@@ -321,7 +325,7 @@ def test_implausible_components_are_left_out_and_listed_in_findings(tmp_path):
     image, mask = _slice_with_discs(4)
     mask[112:126, 60:64] = 1  # 4 px wide, 14 px tall, below the lowest disc
     image = (0.2 + 0.6 * (mask == 1)).astype(np.float32)
-    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
     answers = {_expected_crop(image, b, crop): "healthy" for b in disc_boxes(mask)}
     seg = stub_segmenter([(image, mask)], size=128)
     (res,) = diagnose_images([image], "sagittal", seg, oracle_classifier(answers, SAG_LABELS, crop))
@@ -337,10 +341,10 @@ def test_each_disc_reaches_the_classifier_with_its_level():
     """A classifier with a level prior gets every crop's named level, in batch order: an offset that makes
     one level's discs herniated must flag exactly that level."""
     image, mask = _slice_with_discs(5)
-    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
     answers = {_expected_crop(image, b, crop): "healthy" for b in disc_boxes(mask)}
     cls = oracle_classifier(answers, SAG_LABELS, crop)
-    cls.prep.level_offsets = {"L4-L5": [0.0, 20.0, 0.0], "*": [0.0, 0.0, 0.0]}
+    cls.contract = cls.contract.with_level_offsets({"L4-L5": [0.0, 20.0, 0.0], "*": [0.0, 0.0, 0.0]})
     seg = stub_segmenter([(image, mask)], size=128)
     (res,) = diagnose_images([image], "sagittal", seg, cls, batch_size=1)
     assert {d["level"]: d["class"] for d in res["discs"]} == {
@@ -349,10 +353,10 @@ def test_each_disc_reaches_the_classifier_with_its_level():
 
 def test_an_axial_slice_reaches_the_classifier_with_its_given_level():
     image, mask = _slice_with_discs(1)
-    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
     (box,) = disc_boxes(mask)
     cls = oracle_classifier({_expected_crop(image, box, crop): "healthy"}, AX_LABELS, crop)
-    cls.prep.level_offsets = {"L4-L5": [0.0, 0.0, 0.0, 20.0, 0.0], "*": [0.0] * 5}
+    cls.contract = cls.contract.with_level_offsets({"L4-L5": [0.0, 0.0, 0.0, 20.0, 0.0], "*": [0.0] * 5})
     seg = stub_segmenter([(image, mask)], size=128)
     got = [diagnose_images([image], "axial", seg, cls, image_levels=[lv])[0]["discs"][0]["class"]
            for lv in ("L4-L5", "L5-S1", None)]
@@ -427,12 +431,12 @@ def test_a_dicom_slice_without_pixel_data_is_listed(phantom_study, checkpoints, 
 
 
 def _stub_run(tmp_path, items, pairs, classes=4):
-    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
 
     def net(x):
         return torch.zeros((len(x), len(SAG_LABELS)))
 
-    cls = Predictor(net, Preprocessing("classification", [32, 32], classes=SAG_LABELS, crop=crop), Path("c"))
+    cls = Predictor(net, ModelContract("classification", SAG_LABELS, InputSpec((32, 32)), crop=crop), Path("c"))
     seg = stub_segmenter(pairs, classes=classes, size=128)
     return run(items, {"sagittal": seg}, {"sagittal": cls}, tmp_path / "out", batch_size=2, progress=False)
 
@@ -597,9 +601,9 @@ def test_pipeline_keeps_input_order_and_study_grouping(phantom_study, tmp_path):
     study[9] = study[2]  # one study of two images that are not consecutive
     items = [Item(study[k], f"{k:02d}.png", "sagittal", lambda im=im: im) for k, im in enumerate(images)]
     items.insert(5, _stub_item_missing())
-    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
     cls = Predictor(lambda x: torch.zeros((len(x), len(SAG_LABELS))),
-                    Preprocessing("classification", [32, 32], classes=SAG_LABELS, crop=crop), Path("c"))
+                    ModelContract("classification", SAG_LABELS, InputSpec((32, 32)), crop=crop), Path("c"))
     seg = _jittered(stub_segmenter([(im, s_mask) for im in images], size=128), seed=0)
     out = tmp_path / "out"
     summary = run(items, {"sagittal": seg}, {"sagittal": _jittered(cls, seed=1)}, out, batch_size=2,
@@ -631,9 +635,9 @@ def test_pipeline_writes_studies_before_reading_the_rest(phantom_study, tmp_path
         return images[k]
 
     items = [Item(f"p{k:02d}", f"p{k:02d}.png", "sagittal", lambda k=k: load(k)) for k in range(24)]
-    crop = CropSettings(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
     cls = Predictor(lambda x: torch.zeros((len(x), len(SAG_LABELS))),
-                    Preprocessing("classification", [32, 32], classes=SAG_LABELS, crop=crop), Path("c"))
+                    ModelContract("classification", SAG_LABELS, InputSpec((32, 32)), crop=crop), Path("c"))
     seg = stub_segmenter([(im, s_mask) for im in images], size=128)
     batch, window, threads = 2, 2, 1
     summary = run(items, {"sagittal": seg}, {"sagittal": cls}, out, batch_size=batch, progress=False,

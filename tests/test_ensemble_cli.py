@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from spinenet.contract import ModelContract
 from spinenet.ensemble import members as members_mod
 from spinenet.ensemble.artifact import EnsembleNet, is_ensemble, save_artifact
 from spinenet.ensemble.cli import EnsembleRequest, build_parser, main, run_ensemble
@@ -26,9 +27,9 @@ from spinenet.ensemble.members import (
     split_size_warnings,
 )
 from spinenet.errors import ConfigError, DataError
-from spinenet.tasks.evaluate import evaluate, model_from_checkpoint
+from spinenet.tasks.evaluate import evaluate
 from spinenet.utils.safe_io import load_tensors
-from tests.conftest import REPO, tiny_train_overrides
+from tests.conftest import REPO, module_and_config, tiny_train_overrides
 from tests.wandb_offline import offline_runs
 
 
@@ -44,7 +45,10 @@ def _member(name: str, classes=("background", "disc"), size=(64, 64), task="segm
             "dataset": {key: list(classes), "mask_values": [0, 255]},
         },
     }
-    return Member(name=name, checkpoint=Path(f"/nowhere/{name}.ckpt"), config=config, sha256=name)
+    if task == "classification":
+        config["data"]["crop_recipe"] = {"margin": 0.1}
+    return Member(name=name, checkpoint=Path(f"/nowhere/{name}.ckpt"), config=config, sha256=name,
+                  contract=ModelContract.from_run_config(config))
 
 
 def test_members_with_other_classes_or_sizes_are_refused():
@@ -248,11 +252,11 @@ def test_ensemble_cli_report_cache_and_artifact(tiny_sweep, tmp_path, monkeypatc
 def test_ensemble_prediction_is_weighted_average_of_members(tiny_sweep, tmp_path):
     members = resolve_members([tiny_sweep / "0", tiny_sweep / "1"])
     path = save_artifact(tmp_path / "ens.json", members, [2.0, 6.0])  # unnormalised: same as 0.25 / 0.75
-    module, saved = model_from_checkpoint(path)
+    module, saved = module_and_config(path)
     assert is_ensemble(module) and isinstance(module.net, EnsembleNet)
     assert type(module).__name__ == "SegmentationModule" and saved.ensemble.weights == [2.0, 6.0]
-    m0, _ = model_from_checkpoint(members[0].checkpoint)
-    m1, _ = model_from_checkpoint(members[1].checkpoint)
+    m0, _ = module_and_config(members[0].checkpoint)
+    m1, _ = module_and_config(members[1].checkpoint)
     dm = build_datamodule(members[0].config, tiny_sweep / "0" / "splits.json")
     x = next(iter(dm.split_dataloader("val")))["image"]
     with torch.no_grad():
@@ -272,7 +276,7 @@ def test_ensemble_prediction_is_weighted_average_of_members(tiny_sweep, tmp_path
     with moved.open("ab") as f:
         f.write(b"\0")
     with pytest.raises(DataError, match="has changed"):
-        model_from_checkpoint(changed)
+        module_and_config(changed)
 
 
 @pytest.mark.slow
@@ -373,9 +377,9 @@ def test_classification_ensemble_and_eval(tiny_phantom, compose_cfg, tmp_path):
     assert torch.allclose(tensors["probs"].sum(1), torch.ones(tensors["probs"].shape[0]), atol=1e-5)
 
     members = resolve_members(runs)
-    module, _ = model_from_checkpoint(save_artifact(tmp_path / "mixed.json", members, [0.25, 0.75]))
+    module, _ = module_and_config(save_artifact(tmp_path / "mixed.json", members, [0.25, 0.75]))
     assert type(module).__name__ == "ClassificationModule" and is_ensemble(module)
-    m0, m1 = (model_from_checkpoint(m.checkpoint)[0] for m in members)
+    m0, m1 = (module_and_config(m.checkpoint)[0] for m in members)
     x = torch.rand(3, 1, 64, 64)
     with torch.no_grad():
         expected = 0.25 * torch.softmax(m0(x), 1) + 0.75 * torch.softmax(m1(x), 1)

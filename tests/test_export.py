@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from spinenet.cli import main as cli_main
+from spinenet.loading import Predictor, load_model
 from spinenet.pipeline.export import ATOL, RTOL
-from spinenet.pipeline.models import Predictor, load_predictor, prepare_inputs
 from tests.test_diagnose import CLS_OVERRIDES, SEG_OVERRIDES, make_checkpoint
 
 pytest.importorskip("onnxruntime", reason="ONNX numeric checks need onnxruntime (pip install '.[onnx]')")
@@ -41,8 +41,8 @@ def test_exported_models_match_the_checkpoint(exported, key, name):
     side = json.loads((folder / f"{name}.json").read_text())
     assert side["format"] == "spinenet-export" and side["files"] == {"torchscript": f"{name}.pt",
                                                                      "onnx": f"{name}.onnx"}
-    prep = side["preprocessing"]
-    assert prep["image_size"] == [64, 64] and prep["in_channels"] == 1
+    prep = side["contract"]
+    assert prep["version"] == 1 and prep["input"]["image_size"] == [64, 64] and prep["input"]["in_channels"] == 1
     if key == "cls":
         assert prep["classes"] == ["healthy", "L4-L5", "L5-S1"]
         assert prep["crop"]["levels"] == ["L4-L5", "L5-S1"] and prep["crop"]["margin"] == 0.1
@@ -50,22 +50,22 @@ def test_exported_models_match_the_checkpoint(exported, key, name):
     else:
         assert prep["classes"] == ["background", "disc", "vertebra", "canal"]
     assert side["verification"]["onnx_checker"] == "passed"
-    ref = load_predictor(ckpts[key])
+    ref = load_model(ckpts[key])[0]
     # structured images, not only the random inputs the export checked, at a batch size not traced
     rng = np.random.default_rng(0)
     images = [cv2.GaussianBlur(rng.random((64, 64)).astype(np.float32), (7, 7), 2) for _ in range(5)]
-    x, _ = prepare_inputs(images, ref.prep)
+    x, _ = ref.contract.preprocess(images)
     expected = ref(x)
     # checkpoints run channels-last (faster on CPU) and give what the plain layout gives
-    plain = Predictor(copy.deepcopy(ref.net).to(memory_format=torch.contiguous_format), ref.prep, ref.source)
+    plain = Predictor(copy.deepcopy(ref.net).to(memory_format=torch.contiguous_format), ref.contract, ref.source)
     assert ref.channels_last and not plain.channels_last
     torch.testing.assert_close(plain(x), expected, atol=ATOL, rtol=RTOL)
     for suffix in (".pt", ".onnx"):
-        got = load_predictor(folder / f"{name}{suffix}", allow_torchscript=True)(x)
+        got = load_model(folder / f"{name}{suffix}", allow_torchscript=True)[0](x)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
     # the sidecar JSON opens the ONNX file (TorchScript is code: only when allowed, see test_model_trust.py)
-    assert load_predictor(folder / f"{name}.json").kind == "onnx"
+    assert load_model(folder / f"{name}.json")[0].kind == "onnx"
 
 
 def test_default_export_is_onnx_alone_with_a_named_batch_axis_and_no_warning(exported, tmp_path, caplog):
@@ -87,7 +87,28 @@ def test_default_export_is_onnx_alone_with_a_named_batch_axis_and_no_warning(exp
     shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in [*model.graph.input, *model.graph.output]}
     assert shapes == {"input": ["batch", 1, 64, 64], "logits": ["batch", 4, 64, 64]}
-    assert load_predictor(out / "segmenter.json").kind == "onnx"
+    assert load_model(out / "segmenter.json")[0].kind == "onnx"
+
+
+def test_an_export_from_before_contracts_still_loads(exported, tmp_path):
+    """Version-1 sidecars held a ``preprocessing`` record; they load with the same contract."""
+    import shutil
+
+    root, ckpts = exported
+    folder = shutil.copytree(root / "cls_export", tmp_path / "old")
+    side = json.loads((folder / "classifier.json").read_text())
+    contract = side.pop("contract")
+    side["version"] = 1
+    side["preprocessing"] = {"task": contract["task"], "classes": contract["classes"], **contract["input"],
+                             "crop": {**contract["crop"], "size": list(contract["crop"]["size"])},
+                             "view": contract["view"], "level_offsets": contract["level_offsets"]}
+    (folder / "classifier.json").write_text(json.dumps(side))
+    old, old_contract = load_model(folder / "classifier.onnx")
+    current = load_model(root / "cls_export" / "classifier.onnx")[1]
+    # what a version-1 sidecar held (the data schema and training fingerprint came with contracts)
+    assert old_contract.signature() == current.signature() and old_contract.crop == current.crop
+    assert old_contract.heads[0].classes == current.classes and old_contract.training_data is None
+    assert old_contract.crop.levels == ("L4-L5", "L5-S1") and old.kind == "onnx"
 
 
 def test_missing_onnx_exporter_is_a_one_line_error(exported, tmp_path, monkeypatch, capsys):
@@ -149,12 +170,12 @@ def test_onnxruntime_engine_gives_the_masks_and_probabilities_of_pytorch(exporte
     header = manifest.read_text().splitlines()[0].split(",")
     images = [read_image(manifest.parent / r[header.index("image")]) for r in rows]
     masks = [read_mask(manifest.parent / r[header.index("mask")], [0, 85, 170, 255]) for r in rows]
-    seg = load_predictor(ckpts["seg"])
+    seg = load_model(ckpts["seg"])[0]
     fast_seg = onnxruntime_predictor(seg)
     assert fast_seg.kind == "onnx" and seg.kind == "module"
     for a, b in zip(segment(images, seg), segment(images, fast_seg), strict=True):
         assert a.shape == b.shape and (a == b).mean() > 0.999  # arg-max ties may flip a pixel
-    cls = load_predictor(ckpts["cls"])
+    cls = load_model(ckpts["cls"])[0]
     crops = [crop_roi(img, enlarge_box(box, 0.1, img.shape), (64, 64))
              for img, mask in zip(images, masks, strict=True) for box in disc_boxes(mask, min_area=4)]
     assert len(crops) >= 6

@@ -209,10 +209,11 @@ def _key(x: torch.Tensor) -> bytes:
 
 
 def test_phantom_diagnose_then_findings_eval(tmp_path, capsys):
+    from spinenet.contract import CropRecipe, InputSpec, ModelContract
     from spinenet.data.io import read_image, read_mask
     from spinenet.data.phantom import generate_phantom
+    from spinenet.loading import Predictor
     from spinenet.pipeline.diagnose import manifest_items, run
-    from spinenet.pipeline.models import CropSettings, Predictor, Preprocessing
     from spinenet.roi import assign_levels, crop_roi, disc_boxes, enlarge_box
 
     manifest = generate_phantom(tmp_path / "ph", view="sagittal", patients=6, seed=3, size=128,
@@ -220,7 +221,7 @@ def test_phantom_diagnose_then_findings_eval(tmp_path, capsys):
     import pandas as pd
 
     rows = pd.read_csv(manifest, dtype=str).to_dict("records")
-    crop = CropSettings(size=[64, 64], margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=list(LEVELS))
+    crop = CropRecipe(size=[64, 64], margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=list(LEVELS))
     masks, answers = {}, {}
     flipped = rows[1]["patient_id"]  # its herniated level is answered "0": one false negative
     blank = rows[5]["patient_id"]    # the segmenter finds no disc: both levels not found
@@ -248,9 +249,9 @@ def test_phantom_diagnose_then_findings_eval(tmp_path, capsys):
             out[i, int(answers[_key(xi)])] = 5.0
         return out
 
-    seg = Predictor(seg_net, Preprocessing("segmentation", [128, 128],
-                                           classes=["background", "disc", "vertebra", "canal"]), Path("seg"))
-    cls = Predictor(cls_net, Preprocessing("classification", [64, 64], classes=["0", "1"], crop=crop), Path("cls"))
+    seg = Predictor(seg_net, ModelContract("segmentation", ["background", "disc", "vertebra", "canal"],
+                                           InputSpec((128, 128))), Path("seg"))
+    cls = Predictor(cls_net, ModelContract("classification", ["0", "1"], InputSpec((64, 64)), crop=crop), Path("cls"))
     out = tmp_path / "findings"
     run(manifest_items(manifest, study_col="patient_id"), {"sagittal": seg}, {"sagittal": cls}, out, batch_size=4, progress=False)
 

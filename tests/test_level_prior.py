@@ -11,7 +11,7 @@ from torch import nn
 from spinenet.cli import main as cli_main
 from spinenet.errors import ConfigError, DataError
 from spinenet.lit.classification import ClassificationModule
-from spinenet.pipeline.models import load_predictor, prepare_inputs
+from spinenet.loading import load_model
 from tests.test_diagnose import CLS_OVERRIDES, make_checkpoint
 
 LEVELS = ["L5-S1", "L4-L5"]
@@ -146,17 +146,17 @@ def _checkpoint_with_offsets(folder, net: str = "discnet"):
 def test_checkpoint_and_exported_files_apply_the_same_level_offsets(tmp_path, net):
     pytest.importorskip("onnxruntime")
     ckpt = _checkpoint_with_offsets(tmp_path, net)
-    ref = load_predictor(ckpt)
-    assert ref.prep.level_offsets == {"L5-S1": [2.0, -1, 0], "L4-L5": [0, 1.5, -2], "*": [-3.0, 0, 1]}
+    ref = load_model(ckpt)[0]
+    assert ref.contract.level_offsets == {"L5-S1": [2.0, -1, 0], "L4-L5": [0, 1.5, -2], "*": [-3.0, 0, 1]}
     assert cli_main(["export", str(ckpt), "--out", str(tmp_path / "out"), "--format", "onnx", "torchscript"]) == 0
     rng = np.random.default_rng(0)
-    x, _ = prepare_inputs([rng.random((64, 64)).astype(np.float32) for _ in range(3)], ref.prep)
+    x, _ = ref.contract.preprocess([rng.random((64, 64)).astype(np.float32) for _ in range(3)])
     levels = ["L4-L5", "T12-L1", "L5-S1"]
     expected = ref(x, levels)
     torch.testing.assert_close(expected - ref(x), torch.tensor([[0, 1.5, -2], [-3.0, 0, 1], [2.0, -1, 0]]),
                                atol=1e-5, rtol=0)
     for name in ("classifier.pt", "classifier.onnx"):
-        got = load_predictor(tmp_path / "out" / name, allow_torchscript=True)(x, levels)
+        got = load_model(tmp_path / "out" / name, allow_torchscript=True)[0](x, levels)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -164,7 +164,7 @@ def test_onnxruntime_engine_keeps_the_offsets_of_a_checkpoint(tmp_path):
     pytest.importorskip("onnxruntime")
     from spinenet.pipeline.export import onnxruntime_predictor
 
-    ref = load_predictor(_checkpoint_with_offsets(tmp_path))
+    ref = load_model(_checkpoint_with_offsets(tmp_path))[0]
     fast = onnxruntime_predictor(ref)
     x = torch.rand(2, 1, 64, 64)
     torch.testing.assert_close(fast(x, ["L5-S1", ""]), ref(x, ["L5-S1", ""]), atol=1e-4, rtol=1e-4)

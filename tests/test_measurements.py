@@ -136,10 +136,10 @@ def test_diagnose_and_findings_eval_report_measurements(tmp_path, capsys):
     """The sagittal phantom (herniated at L5-S1) through diagnose (ground-truth masks as the segmenter) writes
     the measurement columns; findings-eval scores the protrusion against the truth and the gradings."""
     from spinenet.cli import main as cli_main
+    from spinenet.contract import CropRecipe
     from spinenet.data.io import read_image, read_mask
     from spinenet.data.phantom import generate_phantom
     from spinenet.pipeline.diagnose import Item, run
-    from spinenet.pipeline.models import CropSettings
     from tests.test_diagnose import oracle_classifier, stub_segmenter
 
     manifest = generate_phantom(tmp_path / "ph", view="sagittal", patients=6, seed=2, size=128,
@@ -152,7 +152,7 @@ def test_diagnose_and_findings_eval_report_measurements(tmp_path, capsys):
         img = read_image(manifest.parent / r.image)
         pairs.append((img, read_mask(manifest.parent / r.mask, [0, 85, 170, 255])))
         items.append(Item(r.patient_id, r.image, "sagittal", lambda img=img: img))
-    crop = CropSettings(size=[32, 32], margin=0.1, clahe=None, levels=["L4-L5", "L5-S1"])
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=None, levels=["L4-L5", "L5-S1"])
 
     class Anything(dict):  # the classifier's answer does not matter here
         def __missing__(self, key):

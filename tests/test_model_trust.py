@@ -21,7 +21,7 @@ from spinenet.cli import main as cli_main
 from spinenet.ensemble.artifact import load_ensemble, save_artifact
 from spinenet.ensemble.members import _run_checkpoint, resolve_members
 from spinenet.errors import ConfigError, DataError
-from spinenet.pipeline.models import load_predictor
+from spinenet.loading import load_model
 from spinenet.tasks.train import train
 from spinenet.utils.safe_io import file_sha256
 from tests.conftest import tiny_train_overrides
@@ -100,26 +100,26 @@ def test_torchscript_is_refused_without_the_flag_and_nothing_in_it_runs(export_d
     assert str(hostile) in line and "--allow-torchscript" in line and "not opened" in line
     assert "HOSTILE" not in out + err and not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="allow_torchscript=True"):
-        load_predictor(hostile)
+        load_model(hostile)[0]
     # eval and ensemble take checkpoints only: the TorchScript file is refused there too, unopened
     with pytest.raises(DataError, match="TorchScript file .* NOT executed"):
         load_run_checkpoint(hostile)
     assert "HOSTILE" not in "".join(capfd.readouterr())
 
     # what the flag means: the file's own code runs as it loads, and its forward is whatever it says
-    p = load_predictor(hostile, allow_torchscript=True)
+    p = load_model(hostile, allow_torchscript=True)[0]
     assert "HOSTILE CODE RAN AT LOAD" in capfd.readouterr().out
     assert torch.all(p(torch.rand(1, 1, 64, 64)) == 42.0)
 
 
 def test_the_flag_loads_a_genuine_export_with_a_warning(export_dir, caplog):
     with caplog.at_level(logging.WARNING):
-        p = load_predictor(export_dir / "segmenter.pt", allow_torchscript=True)
+        p = load_model(export_dir / "segmenter.pt", allow_torchscript=True)[0]
     assert p.kind == "torchscript" and p(torch.rand(2, 1, 64, 64)).shape == (2, 4, 64, 64)
     (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "TorchScript files can run arbitrary operations; load only files you trust" in msg
     # the sidecar JSON opens the ONNX file: it runs ONNX operators only
-    assert load_predictor(export_dir / "segmenter.json").kind == "onnx"
+    assert load_model(export_dir / "segmenter.json")[0].kind == "onnx"
 
 
 @pytest.mark.parametrize("name", ["segmenter.onnx", "segmenter.pt"])
@@ -129,7 +129,7 @@ def test_a_modified_exported_file_is_refused(export_dir, tmp_path, capfd, name):
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     (folder / name).write_bytes(bytes(data))
     with pytest.raises(DataError) as err:
-        load_predictor(folder / name, allow_torchscript=True)
+        load_model(folder / name, allow_torchscript=True)[0]
     assert str(err.value) == (f"model file {folder / name} does not match the SHA-256 in its sidecar "
                               f"{folder / 'segmenter.json'} (modified or replaced)")
     # through the CLI: one line, exit 2
@@ -145,7 +145,7 @@ def test_an_older_sidecar_without_hashes_loads_with_a_warning(export_dir, tmp_pa
     del side["sha256"]
     (folder / "segmenter.json").write_text(json.dumps(side))
     with caplog.at_level(logging.WARNING):
-        p = load_predictor(folder / "segmenter.onnx")
+        p = load_model(folder / "segmenter.onnx")[0]
     assert p.kind == "onnx"
     (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "records no SHA-256" in msg and "segmenter.onnx" in msg
@@ -226,7 +226,7 @@ def test_a_saved_ensemble_verifies_each_member(seg_ckpts, tmp_path):
     path = save_artifact(tmp_path / "ens.json", members, [1.0, 1.0])
     doc = json.loads(path.read_text())
     assert [m["sha256"] for m in doc["members"]] == [file_sha256(c) for c in seg_ckpts]
-    module, _ = load_ensemble(path)
+    module, _, _ = load_ensemble(path)
     assert len(module.net.members) == 2
     # an entry without its SHA-256 (hand-edited) is refused, not loaded unverified
     del doc["members"][1]["sha256"]

@@ -30,8 +30,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spinenet.bench import smoke
+from spinenet.contract import CropRecipe, InputSpec, ModelContract, TaskKind
+from spinenet.loading import Predictor
 from spinenet.pipeline.diagnose import diagnose_images, folder_items, run
-from spinenet.pipeline.models import CropSettings, Predictor, Preprocessing
 
 
 def _phantom(n: int, size: int, seed: int, folder: Path, copies: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -60,9 +61,9 @@ class _Oracle(Predictor):
     """
 
     def __init__(self, inner: Predictor, pairs):
-        super().__init__(inner.net, inner.prep, inner.source, inner.device)
+        super().__init__(inner.net, inner.contract, inner.source, inner.device)
         self.inner, self.kind = inner, inner.kind
-        classes = len(inner.prep.classes)
+        classes = len(inner.contract.classes)
         # made once, so that the lookup costs the timed pass next to nothing
         self.table = {hash(img.tobytes()): 10 * torch.nn.functional.one_hot(torch.from_numpy(m).long(), classes)
                       .permute(2, 0, 1).float() for img, m in pairs}
@@ -142,9 +143,9 @@ def main(argv: Sequence[str] = ()) -> int:
     folder = Path(tmp.name) / "slices"
     images, masks = _phantom(args.distinct, 256, 0, folder, args.images)
     items = folder_items(folder)
-    seg_prep = Preprocessing("segmentation", [256, 256], classes=["background", "disc", "vertebra", "canal"])
-    crop = CropSettings(size=[64, 64], margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=["L4-L5", "L5-S1"])
-    cls_prep = Preprocessing("classification", [64, 64], classes=["healthy", "L4-L5", "L5-S1"], crop=crop)
+    seg_prep = ModelContract(TaskKind.SEGMENTATION, ("background", "disc", "vertebra", "canal"), InputSpec((256, 256)))
+    crop = CropRecipe(size=(64, 64), margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=("L4-L5", "L5-S1"))
+    cls_prep = ModelContract(TaskKind.CLASSIFICATION, ("healthy", "L4-L5", "L5-S1"), InputSpec((64, 64)), crop=crop)
     # channels-last, as `spinenet diagnose` runs a checkpoint (--no-channels-last here to compare)
     torch_seg = Predictor(unet, seg_prep, Path("unet_sustersic"), dev, channels_last=channels_last)
     torch_cls = Predictor(discnet, cls_prep, Path("discnet"), dev, channels_last=channels_last)

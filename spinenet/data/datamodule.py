@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from spinenet.contract import InputSpec
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, check_dataset, load_manifest, raise_if_bad
 from spinenet.data.phantom import generate_on_first_use
 from spinenet.data.splits import check_splits, load_splits, patient_labels, save_splits, split_patients
-from spinenet.data.transforms import apply_clahe, build_transforms, content_box
+from spinenet.data.transforms import build_transforms, content_box
 from spinenet.errors import ConfigError, DataError
 from spinenet.roi import phantom_crops_on_first_use
 from spinenet.utils.callbacks import seed_everything_for_epoch
@@ -58,26 +59,27 @@ def _to_dict(obj: Any) -> Any:
 
 
 class _ImageSet(Dataset):
-    """Rows of a manifest; reads, enhances and transforms one image (and its mask) per item."""
+    """Rows of a manifest; reads one image (and its mask) per item and prepares it as the model's contract
+    says (:meth:`spinenet.contract.InputSpec.prepare`, the one preprocessing)."""
 
     def __init__(
         self,
         rows: pd.DataFrame,
         spec: DatasetSpec,
+        input_spec: InputSpec,
         transform,
-        in_channels: int,
-        clahe: Mapping | None,
         with_mask: bool,
         label_swap_on_flip: Mapping[int, int] | None = None,
-        native: tuple[Sequence[int], str] | None = None,
+        native: bool = False,
     ):
         self.rows = rows.reset_index(drop=True)
-        self.spec, self.transform, self.in_channels = spec, transform, in_channels
+        # transform: a training pipeline with augmentation; None: the contract's evaluation transform
+        self.spec, self.input_spec, self.transform = spec, input_spec, transform
         self.seed, self.epoch = 0, 0  # set by the DataModule / EpochShuffleSampler
-        self.clahe, self.with_mask = clahe, with_mask
+        self.with_mask = with_mask
         self.label_swap_on_flip = label_swap_on_flip
-        # (image_size, resize_mode) of the evaluation transforms: each sample then also carries its mask at
-        # the image's own size and where the image lies in the model-size array, for native-resolution metrics
+        # evaluation: each sample then also carries its mask at the image's own size and where the image lies
+        # in the model-size array, for native-resolution metrics
         self.native = native
 
     def __len__(self) -> int:
@@ -85,26 +87,25 @@ class _ImageSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows.iloc[index]
-        # albumentations keeps its own RNG: seed it from (seed, epoch, image), so augmentation is reproducible
-        # whatever ran before (a resumed run replays exactly) and differs from epoch to epoch
-        self.transform.set_random_seed((self.seed * 1_000_003 + self.epoch * 100_003 + index) % 2**31)
-        image = read_image(row["image_path"], channels=self.in_channels)
-        if self.clahe:
-            image = apply_clahe(image, **self.clahe)
+        if self.transform is not None:
+            # albumentations keeps its own RNG: seed it from (seed, epoch, image), so augmentation is
+            # reproducible whatever ran before (a resumed run replays exactly) and differs between epochs
+            self.transform.set_random_seed((self.seed * 1_000_003 + self.epoch * 100_003 + index) % 2**31)
+        image = read_image(row["image_path"], channels=self.input_spec.in_channels)
         sample: dict[str, Any] = {"index": index}
         if self.with_mask:
             mask = read_mask(row["mask_path"], self.spec.mask_values)
-            out = self.transform(image=image, mask=mask)
+            img, out = self.input_spec.prepare(image, mask, self.transform)
             sample["mask"] = torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long)
-            if self.native is not None:
+            if self.native:
                 small = np.uint8 if len(self.spec.mask_values) <= 256 else np.int64
                 sample["native_mask"] = torch.from_numpy(mask.astype(small))
-                sample["native_box"] = torch.tensor(content_box(mask.shape, *self.native), dtype=torch.long)
+                sample["native_box"] = torch.tensor(
+                    content_box(mask.shape, self.input_spec.image_size, self.input_spec.resize_mode),
+                    dtype=torch.long)
         else:
-            out = self.transform(image=image)
-        img = np.asarray(out["image"], dtype=np.float32)
-        img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
-        sample["image"] = torch.from_numpy(np.ascontiguousarray(img))
+            img, out = self.input_spec.prepare(image, None, self.transform)
+        sample["image"] = torch.from_numpy(img)
         if "label_idx" in self.rows.columns:
             label = int(row["label_idx"])
             if self.label_swap_on_flip and _was_flipped(out):
@@ -195,21 +196,19 @@ class SpineDataModule(L.LightningDataModule):
         self.extra_specs = self._extra_specs(_to_dict(dataset), _to_dict(extra_train))
         self.image_size = tuple(int(s) for s in _to_dict(image_size))
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.in_channels = int(in_channels)
-        if self.in_channels not in (1, 3):
-            raise ConfigError(f"data.in_channels must be 1 or 3, got {in_channels}")
+        # what the model trained here will expect (checked now, not in a worker process)
+        self.input_spec = InputSpec(self.image_size, int(in_channels), str(resize_mode), _to_dict(clahe) or None)
+        self.in_channels = self.input_spec.in_channels
         self.split_cfg = {"ratios": (0.8, 0.1, 0.1), "seed": 0, "folds": None, "fold": 0, "file": None}
         self.split_cfg.update(_to_dict(split) or {})
         self.augment = _to_dict(augment) or {}
-        self.clahe = _to_dict(clahe) or None
-        self.resize_mode = resize_mode
+        self.clahe = self.input_spec.clahe
+        self.resize_mode = self.input_spec.resize_mode
         self.synthesize = _to_dict(synthesize) or None
         self.output_dir = Path(output_dir) if output_dir else None
         if check not in CHECK_LEVELS:
             raise ConfigError(f"extras.data_check must be one of {list(CHECK_LEVELS)}, got {check!r}")
         self.check, self.pin_memory, self.seed = check, pin_memory, int(seed)
-        # fail on a bad resize mode or size now, not in a worker process
-        build_transforms(self.image_size, train=False, resize_mode=resize_mode)
         self.frame: pd.DataFrame | None = None
         self.splits: dict[str, list[str]] | None = None
         self.datasets: dict[str, Dataset] = {}
@@ -347,11 +346,9 @@ class SpineDataModule(L.LightningDataModule):
 
     def make_dataset(self, rows: pd.DataFrame, train: bool, native: bool = False) -> Dataset:
         """``native``: samples also carry what native-resolution metrics need (masks only, never training)."""
-        transform = build_transforms(
-            self.image_size, train, self.augment if train else None, self.resize_mode
-        )
-        geometry = (self.image_size, self.resize_mode) if native and not train and self.with_mask else None
-        return _ImageSet(rows, self.spec, transform, self.in_channels, self.clahe, self.with_mask, native=geometry)
+        transform = build_transforms(self.image_size, True, self.augment, self.resize_mode) if train else None
+        return _ImageSet(rows, self.spec, self.input_spec, transform, self.with_mask,
+                         native=native and not train and self.with_mask)
 
     # -- loaders --------------------------------------------------------------------------------------
     def per_device_batch_size(self) -> int:
@@ -470,9 +467,7 @@ class ClassificationDataModule(SpineDataModule):
         self.label_swap = {names.index(a): names.index(b) for a, b in flip_swap.items()}
 
     def make_dataset(self, rows: pd.DataFrame, train: bool, native: bool = False) -> Dataset:
-        transform = build_transforms(
-            self.image_size, train, self.augment if train else None, self.resize_mode
-        )
+        transform = build_transforms(self.image_size, True, self.augment, self.resize_mode) if train else None
         if train and self.label_swap:
             # replay tells whether the flip was applied, so the label can follow the image
             import albumentations as A
@@ -481,9 +476,8 @@ class ClassificationDataModule(SpineDataModule):
         return _ImageSet(
             rows,
             self.spec,
+            self.input_spec,
             transform,
-            self.in_channels,
-            self.clahe,
             with_mask=False,
             label_swap_on_flip=self.label_swap if train else None,
         )

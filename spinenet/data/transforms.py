@@ -30,6 +30,15 @@ def apply_clahe(image: np.ndarray, clip: float = 2.0, tiles: Sequence[int] = (4,
     return out.astype(np.float32) / 255.0
 
 
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """A float image with ``channels`` (1: gray ``(H, W)``; 3: ``(H, W, 3)``): gray repeated, color to gray."""
+    if channels == 3 and image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=-1)
+    if channels == 1 and image.ndim == 3:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.shape[-1] == 3 else image[..., 0]
+    return image
+
+
 def _size(image_size: Sequence[int]) -> tuple[int, int]:
     if len(image_size) != 2 or min(image_size) < 8:
         raise ConfigError(f"data.image_size must be [height, width] with both >= 8, got {list(image_size)}")

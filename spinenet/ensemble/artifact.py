@@ -28,6 +28,7 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from spinenet.checkpoints import ENSEMBLE_FORMAT, is_ensemble_artifact, load_run_model
+from spinenet.contract import CONTRACT_KEY, ModelContract
 from spinenet.ensemble.members import Member, check_compatible, member_probabilities
 from spinenet.errors import ConfigError, DataError
 from spinenet.tasks.common import build_module
@@ -96,6 +97,9 @@ def save_artifact(path: str | Path, members: Sequence[Any], weights: Sequence[fl
             }
         )
     doc = {"format": ENSEMBLE_FORMAT, "version": VERSION, "members": entries, **info}
+    contract = getattr(members[0], "contract", None) if members else None
+    if contract is not None:  # what the ensemble expects and outputs: its members' common contract
+        doc[CONTRACT_KEY] = contract.with_level_offsets(None).without_calibration().to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -140,7 +144,7 @@ def _member_path(entry: dict[str, Any], artifact: Path) -> Path:
 
 
 def load_ensemble(path: str | Path, verify: bool = True):
-    """``(module, saved_config)`` like :func:`~spinenet.tasks.evaluate.model_from_checkpoint`, for an ensemble.
+    """``(module, saved_config, contract)`` like :func:`~spinenet.checkpoints.load_run_model`, for an ensemble.
 
     ``verify`` checks every member file against the SHA-256 recorded when the weights were chosen.
     ``saved_config`` is the first member's run config with an ``ensemble`` entry describing the artifact.
@@ -159,17 +163,21 @@ def load_ensemble(path: str | Path, verify: bool = True):
                 "weights were chosen (SHA-256 differs); rebuild the ensemble with spinenet ensemble"
             )
         # a member is a run checkpoint (an ensemble file named as a member loads as before, recursively)
-        module, cfg = load_ensemble(ckpt) if is_ensemble_artifact(ckpt) else load_run_model(ckpt)
+        module, cfg, contract = load_ensemble(ckpt) if is_ensemble_artifact(ckpt) else load_run_model(ckpt)
         members.append(
             Member(
                 name=str(entry.get("name") or ckpt.stem),
                 checkpoint=ckpt,
                 config=OmegaConf.to_container(cfg, resolve=True),
                 sha256=entry.get("sha256", ""),
+                contract=contract,
             )
         )
         modules.append(module)
-    check_compatible(members)
+    signature = check_compatible(members)
+    if CONTRACT_KEY in doc and ModelContract.from_dict(doc[CONTRACT_KEY], path).signature() != signature:
+        raise DataError(f"ensemble file {path}: its members no longer match the contract it records "
+                        "(input or classes differ); rebuild the ensemble with spinenet ensemble")
     saved = OmegaConf.create(members[0].config)
     for key in (
         "encoder_weights",
@@ -194,10 +202,12 @@ def load_ensemble(path: str | Path, verify: bool = True):
         }
     wrapper.run_config = OmegaConf.to_container(saved, resolve=True)
     wrapper.eval()
+    table = getattr(wrapper, "level_offset_table", None)
+    contract = members[0].contract.without_calibration().with_level_offsets(table() if callable(table) else None)
     log.info(
         "ensemble %s: %d member(s) with weights %s",
         path,
         len(used),
         [round(float(e["weight"]), 4) for e in used],
     )
-    return wrapper, saved
+    return wrapper, saved, contract

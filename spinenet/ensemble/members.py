@@ -40,6 +40,7 @@ import torch
 from omegaconf import OmegaConf
 
 from spinenet.checkpoints import is_ensemble_artifact, load_run_checkpoint, load_run_model
+from spinenet.contract import ModelContract, TaskKind
 from spinenet.errors import ConfigError, DataError
 from spinenet.sweeps import collect_trials
 from spinenet.utils.safe_io import file_sha256, load_tensors, save_tensors
@@ -59,6 +60,7 @@ class Member:
     checkpoint: Path
     config: dict[str, Any]
     sha256: str
+    contract: ModelContract
     run_dir: Path | None = None
     source: str = "checkpoint"  # checkpoint | run | sweep
     description: str = ""  # its run's overrides that the other members do not share
@@ -67,14 +69,12 @@ class Member:
     duplicates: list[str] = field(default_factory=list)  # members given again with the same file: counted once
 
     @property
-    def task(self) -> str:
-        return str(self.config.get("task", "segmentation"))
+    def task(self) -> TaskKind:
+        return self.contract.task
 
     @property
     def classes(self) -> list[str]:
-        ds = self.config.get("data", {}).get("dataset", {})
-        key = "class_names" if self.task == "segmentation" else "label_names"
-        return [str(c) for c in (ds.get(key) or [])]
+        return list(self.contract.classes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,6 +131,7 @@ def member_from_checkpoint(
         checkpoint=path,
         config=dict(ckpt["spinenet"]),
         sha256=sha256,
+        contract=ModelContract.of_checkpoint(ckpt, path),
         run_dir=run_dir,
         source=source,
         rank_score=rank_score,
@@ -352,32 +353,13 @@ def resolve_members(
 
 
 # --------------------------------------------------------------------------------------------- compatibility
-def input_signature(config: dict[str, Any]) -> dict[str, Any]:
-    """What a member's input and output look like; members of one ensemble must agree on all of it."""
-    data = config.get("data", {}) or {}
-    ds = data.get("dataset", {}) or {}
-    task = str(config.get("task", "segmentation"))
-    sig = {
-        "task": task,
-        "classes": list(ds.get("class_names") or [])
-        if task == "segmentation"
-        else list(ds.get("label_names") or []),
-        "image_size": [int(s) for s in data.get("image_size", [])],
-        "in_channels": int(data.get("in_channels", 1)),
-        "resize_mode": data.get("resize_mode", "resize"),
-        "clahe": data.get("clahe"),
-    }
-    if task == "segmentation":
-        sig["mask_values"] = list(ds.get("mask_values") or [])
-    return sig
-
-
 def check_compatible(members: Sequence[Member]) -> dict[str, Any]:
-    """The members' common :func:`input_signature`; ConfigError listing every difference otherwise."""
-    first = input_signature(members[0].config)
+    """The members' common contract signature (:meth:`~spinenet.contract.ModelContract.signature`: task,
+    classes, input, mask values); ConfigError listing every difference otherwise."""
+    first = members[0].contract.signature()
     problems = []
     for m in members[1:]:
-        sig = input_signature(m.config)
+        sig = m.contract.signature()
         for key, value in first.items():
             if sig.get(key) != value:
                 problems.append(f"{key}: {members[0].name} has {value!r}, {m.name} has {sig.get(key)!r}")
@@ -386,8 +368,6 @@ def check_compatible(members: Sequence[Member]) -> dict[str, Any]:
             "ensemble members must see the same input and predict the same classes; they differ in "
             + "; ".join(problems)
         )
-    if first["task"] not in ("segmentation", "classification"):
-        raise ConfigError(f"unknown task {first['task']!r} in {members[0].checkpoint}")
     if len(first["classes"]) < 2:
         raise ConfigError(f"member {members[0].name}: its checkpoint names {len(first['classes'])} classes")
     return first
@@ -544,7 +524,7 @@ def collect_predictions(
     """
     say = progress or log.info
     signature = check_compatible(members)
-    seg = signature["task"] == "segmentation"
+    seg = TaskKind(signature["task"]).per_pixel
     dm = build_datamodule(members[0].config, split_file, data_root, batch_size, num_workers)
     device = torch.device(device)
     cache_root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else None
@@ -655,7 +635,8 @@ def split_size_warnings(pred: SplitPredictions, classes: Sequence[str], task: st
             f"the {pred.split} split has {pred.n} images from {n_pat} patient(s), fewer than {MIN_VAL_IMAGES}"
         )
     present = class_counts(pred, len(classes), task)
-    what, first = ("images showing", 1) if task == "segmentation" else ("examples of", 0)
+    kind = TaskKind(task)
+    what, first = ("images showing" if kind.per_pixel else "examples of"), kind.first_reported_class
     few = [
         f"{classes[c]} ({present[c]})" for c in range(first, len(classes)) if present[c] < MIN_CLASS_EXAMPLES
     ]
@@ -669,7 +650,7 @@ def split_size_warnings(pred: SplitPredictions, classes: Sequence[str], task: st
 def class_counts(pred: SplitPredictions, n_classes: int, task: str) -> list[int]:
     """Examples per class (classification) or images where each class occurs (segmentation)."""
     y = pred.targets
-    if task == "segmentation":
+    if TaskKind(task).per_pixel:
         return [int((y == c).flatten(1).any(1).sum()) for c in range(n_classes)]
     return [int((y == c).sum()) for c in range(n_classes)]
 

@@ -42,6 +42,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from spinenet.data.datamodule import MISSING_LEVELS_MESSAGE
 from spinenet.errors import ConfigError
+from spinenet.lit.contract_io import WritesContract
 from spinenet.metrics.classification import (
     ClassificationMetrics,
     accuracy,
@@ -76,7 +77,7 @@ def _headline(report: dict[str, Any]) -> dict[str, float]:
     }
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(WritesContract, L.LightningModule):
     """Trains ``net`` with ``loss`` on ``batch["image"]`` → ``batch["label"]``.
 
     ``loss``: a loss module, or a factory (Hydra ``_partial_: true`` of ``spinenet.losses.build_loss``) that
@@ -458,8 +459,6 @@ class ClassificationModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"},
         }
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["spinenet"] = self.run_config
 
 
 __all__ = ["ClassificationModule"]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from spinenet.lit.contract_io import WritesContract
 from spinenet.metrics.segmentation import (
     EMPTY_CLASS_POLICY,
     MODEL_RES_SUFFIX,
@@ -25,7 +26,7 @@ from spinenet.utils.overlay import comparison_grid, save_png
 log = logging.getLogger(__name__)
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(WritesContract, L.LightningModule):
     """Trains ``net`` with ``loss``; logs loss and per-class Dice/IoU on train, val and test.
 
     ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``) that get the parameters /
@@ -147,5 +148,3 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"}}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["spinenet"] = self.run_config

@@ -4,7 +4,7 @@ Sagittal: the segmenter's disc mask gives one box per disc; levels are named bot
 L5-S1, :func:`spinenet.roi.assign_levels`); each disc the classifier was trained on (its crop set's
 ``levels``, e.g. L4-L5 and L5-S1; all discs when not recorded) is cropped and enhanced exactly as the
 classifier's training crops were (box + margin, optional square, crop size, CLAHE: from the classifier's
-saved data config, see :mod:`spinenet.pipeline.models`) and classified. Axial: the largest disc contour is
+model contract, see :mod:`spinenet.contract`) and classified. Axial: the largest disc contour is
 cropped and classified (healthy / bulge / central / left / right). Studies holding both views are combined
 per level (:mod:`spinenet.pipeline.combine`).
 
@@ -45,9 +45,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from spinenet.contract import TaskKind, masks_from_logits
 from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, DataError
+from spinenet.loading import Predictor, load_model
 from spinenet.pipeline import measurements as measure
 from spinenet.pipeline.combine import (
     UNKNOWN_LEVEL,
@@ -56,7 +57,6 @@ from spinenet.pipeline.combine import (
     herniation_probability,
     is_herniated,
 )
-from spinenet.pipeline.models import Predictor, load_predictor, prepare_inputs
 from spinenet.pipeline.plausibility import axial_implausibility, merge_fragments, sagittal_implausibility
 from spinenet.roi import (
     Box,
@@ -85,34 +85,14 @@ DISCLAIMER = "Research software: not a medical device; findings need a radiologi
 # ---------------------------------------------------------------------------------------------------------
 def segment(images: Sequence[np.ndarray], segmenter: Predictor) -> list[np.ndarray]:
     """Class-id masks at each image's own size: logits mapped back (padding undone), bilinear, arg-max."""
-    x, regions = prepare_inputs(images, segmenter.prep)
+    x, regions = segmenter.contract.preprocess(images)
     return masks_from_logits(segmenter(x), images, regions)
-
-
-def masks_from_logits(
-    logits: torch.Tensor, images: Sequence[np.ndarray], regions: Sequence[tuple[int, int, int, int]]
-) -> list[np.ndarray]:
-    """The arg-max mask of each image from its logits in the model input's ``region`` (see :func:`segment`)."""
-    masks = []
-    for img, lg, (y0, y1, x0, x1) in zip(images, logits, regions, strict=True):
-        h, w = img.shape[:2]
-        lg = lg[None, :, y0:y1, x0:x1]
-        if lg.shape[-2:] != (h, w):
-            lg = F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False)
-        masks.append(channel_argmax(lg[0]))
-    return masks
-
-
-def channel_argmax(logits: torch.Tensor) -> np.ndarray:
-    """``logits.argmax(0)`` for (C, H, W) in NumPy: torch's strided reduction over a small C took 12 ms per
-    256x256 image on CPU (a quarter of the U-Net's own time), NumPy's takes under 3 ms."""
-    return np.argmax(logits.numpy(), axis=0)
 
 
 def _disc_class(segmenter: Predictor, disc_class: int | None) -> int:
     if disc_class is not None:
         return disc_class
-    return segmenter.prep.classes.index("disc") if "disc" in segmenter.prep.classes else 1
+    return segmenter.contract.classes.index("disc") if "disc" in segmenter.contract.classes else 1
 
 
 def classify_crops(
@@ -121,13 +101,13 @@ def classify_crops(
     """Probabilities (N, K) of uint8 crops, preprocessed as the classifier's data module did; ``levels``
     (each crop's disc level, "" when unknown) feed a classifier's level prior."""
     if not crops:
-        return np.zeros((0, len(classifier.prep.classes)), np.float32)
+        return np.zeros((0, len(classifier.contract.classes)), np.float32)
     out = []
     for i in range(0, len(crops), batch_size):
         chunk = [c.astype(np.float32) / 255.0 for c in crops[i : i + batch_size]]
-        x, _ = prepare_inputs(chunk, classifier.prep)
+        x, _ = classifier.contract.preprocess(chunk)
         lv = None if levels is None else list(levels[i : i + batch_size])
-        out.append(torch.softmax(classifier(x, lv).float(), dim=1).numpy())
+        out.append(classifier.contract.probabilities(classifier(x, lv)).numpy())  # at its fitted temperature
     return np.concatenate(out)
 
 
@@ -158,7 +138,7 @@ def find_discs(
     components that cannot be discs (left out before levels are named), and why the segmentation is
     implausible for ``view`` (then no disc is returned: no level is named on a slice that is not a spine in
     that view; ``mask_classes``: the segmenter's class names, see :mod:`spinenet.pipeline.plausibility`)."""
-    crop = classifier.prep.crop
+    crop = classifier.contract.crop
     assert crop is not None
     boxes, rejected, implausible = checked_disc_boxes(mask, view, disc_class, min_area, mask_classes)
     if implausible:
@@ -181,9 +161,9 @@ def check_models(view: str, segmenter: Predictor, classifier: Predictor) -> None
     """A clear error for a view that is not known or models of the wrong task."""
     if view not in VIEWS:
         raise ConfigError(f"--view: choose one of {', '.join(VIEWS)}, got {view!r}")
-    if segmenter.task != "segmentation":
+    if segmenter.task is not TaskKind.SEGMENTATION:
         raise ConfigError(f"--segmenter {segmenter.source.name}: a {segmenter.task} model, not a segmenter")
-    if classifier.task != "classification":
+    if classifier.task is not TaskKind.CLASSIFICATION:
         raise ConfigError(f"--classifier {classifier.source.name}: a {classifier.task} model, not a classifier")
 
 
@@ -206,7 +186,7 @@ def diagnose_images(
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        x, regions = prepare_inputs(chunk, segmenter.prep)
+        x, regions = segmenter.contract.preprocess(chunk)
         given = list(image_levels[start : start + batch_size]) if image_levels else None
         results += describe_images(chunk, segmenter(x), regions, view, segmenter, classifier, batch_size,
                                    disc_class, min_area, given)
@@ -230,13 +210,13 @@ def describe_images(
     """What follows the segmenter, for one batch: masks, disc boxes, plausibility, levels, crops, classifier
     (the records of :func:`diagnose_images`)."""
     dc = _disc_class(segmenter, disc_class)
-    labels = classifier.prep.classes
+    labels = classifier.contract.classes
     masks = masks_from_logits(logits, images, regions)
     per_image, crops, levels = [], [], []
     given = list(image_levels) if image_levels else [None] * len(images)
     for img, mask, known in zip(images, masks, given, strict=True):
         discs, c, dropped, implausible = find_discs(img, mask, view, classifier, dc, min_area,
-                                                    segmenter.prep.classes)
+                                                    segmenter.contract.classes)
         per_image.append((discs, dropped, implausible))
         crops += c
         # sagittal discs are named bottom-up; an axial slice's level comes with the input (--level-col)
@@ -248,7 +228,7 @@ def describe_images(
             if not d["classified"]:
                 continue
             p = next(probs)
-            k = int(p.argmax())
+            k = classifier.contract.decide(p)  # a binary classifier's validation-chosen threshold, else arg-max
             d["probabilities"] = {n: round(float(v), 4) for n, v in zip(labels, p, strict=True)}
             d["class"], d["probability"] = labels[k], round(float(p[k]), 4)
             d["p_herniation"] = round(herniation_probability(view, d["probabilities"]), 4)
@@ -849,8 +829,8 @@ def _stage_prepare(items: Sequence[Item], segmenters: dict[str, Predictor]) -> _
         batch.groups.setdefault(item.view, []).append(k)
     for view, ks in batch.groups.items():
         try:
-            batch.inputs[view], batch.regions[view] = prepare_inputs([batch.pixels[k] for k in ks],
-                                                                     segmenters[view].prep)
+            batch.inputs[view], batch.regions[view] = segmenters[view].contract.preprocess(
+                [batch.pixels[k] for k in ks])
         except ConfigError:
             raise
         except Exception:  # noqa: BLE001 - found and reported per image in _stage_describe
@@ -909,7 +889,7 @@ def _stage_describe(
         for k, res in zip(ks, results, strict=True):
             img = batch.pixels[k]
             res["pixels"], res["size"] = img, list(img.shape[:2])
-            attach_measurements(res, seg.prep.classes, measure.spacing_from_dicom(items[k].dicom))
+            attach_measurements(res, seg.contract.classes, measure.spacing_from_dicom(items[k].dicom))
             batch.records[k] = res
     out = []
     for item, rec in zip(items, batch.records, strict=True):
@@ -1143,7 +1123,7 @@ def _models_by_view(values: Sequence[str], view: str, what: str, device: str,
             v, path = view, value
         if v not in VIEWS:
             raise ConfigError(f"--{what} {value}: the view before '=' must be one of {', '.join(VIEWS)}")
-        out[v] = load_predictor(path, device, allow_torchscript)
+        out[v] = load_model(path, device, allow_torchscript)[0]
     return out
 
 

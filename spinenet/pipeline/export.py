@@ -2,8 +2,8 @@
 
 Written to ``DIR``: ``<name>.onnx`` (exported with ``torch.export``, i.e. ``torch.onnx.export(dynamo=True)``;
 opset 18, dynamic batch axis; input ``input`` (B, C, H, W) float32, output ``logits``) and ``<name>.json``, the
-sidecar: the preprocessing the model expects (:class:`~spinenet.pipeline.models.Preprocessing`: image size,
-channels, resize mode, CLAHE, classes, and for classifiers the crop recipe), the files and their SHA-256
+sidecar: the model contract (:class:`~spinenet.contract.ModelContract`: image size, channels, resize mode,
+CLAHE, classes, and for classifiers the crop recipe), the files and their SHA-256
 (checked whenever an exported file is loaded), and the verification below. ``<name>`` is ``segmenter`` or ``classifier`` unless ``--name`` is given. ``spinenet diagnose`` runs
 from these files.
 
@@ -29,13 +29,16 @@ from typing import Any
 
 import torch
 
+from spinenet.contract import CONTRACT_KEY, InputSpec, TaskKind
 from spinenet.errors import ConfigError, DataError
-from spinenet.pipeline.models import (
+from spinenet.loading import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     TORCHSCRIPT_SUFFIXES,
+    OnnxPredictor,
     Predictor,
-    load_predictor,
+    load_model,
+    onnx_session,
     open_torchscript,
 )
 from spinenet.utils.outdir import prepare_output_dir
@@ -50,10 +53,10 @@ ATOL, RTOL = 1e-4, 1e-4
 ONNX_OPSET = 18
 
 
-def _inputs(prep, batch: int, seed: int) -> torch.Tensor:
+def _inputs(spec: InputSpec, batch: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    h, w = prep.image_size
-    return torch.rand(batch, prep.in_channels, h, w, generator=g)
+    h, w = spec.image_size
+    return torch.rand(batch, spec.in_channels, h, w, generator=g)
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, bool]:
@@ -67,7 +70,7 @@ def verify(reference: Predictor, exported: Predictor, batches: Sequence[int] = (
     tolerance (``atol + rtol * |reference|``)."""
     worst = 0.0
     for i, b in enumerate(batches):
-        x = _inputs(reference.prep, b, seed=i)
+        x = _inputs(reference.contract.input, b, seed=i)
         diff, ok = _max_diff(reference(x), exported(x))
         worst = max(worst, diff)
         if not ok:
@@ -106,15 +109,13 @@ def onnxruntime_predictor(reference: Predictor) -> Predictor:
     against ``reference`` like an exported file; nothing is written."""
     if reference.kind != "module":
         return reference  # already an exported file
-    from spinenet.pipeline.models import OnnxPredictor, onnx_session
-
     net = reference.net.net if hasattr(reference.net, "net") else reference.net
     if getattr(net, "takes_levels", False):
         raise ConfigError(f"--engine onnxruntime: {reference.source.name} is an ensemble of classifiers with a "
                           "level prior, which runs in PyTorch only; use --engine torch")
-    program = _onnx_program(net.eval().cpu(), _inputs(reference.prep, 2, seed=7))
+    program = _onnx_program(net.eval().cpu(), _inputs(reference.contract.input, 2, seed=7))
     session = onnx_session(program.model_proto.SerializeToString(), "cpu", "--engine onnxruntime")
-    fast = OnnxPredictor(session, reference.prep, reference.source, "cpu")
+    fast = OnnxPredictor(session, reference.contract, reference.source, "cpu")
     verify(reference, fast)
     return fast
 
@@ -133,10 +134,10 @@ def export_model(
     checkpoint = Path(checkpoint)
     if checkpoint.suffix.lower() in (*TORCHSCRIPT_SUFFIXES, ".onnx"):  # refused before a TorchScript file is opened
         raise ConfigError(f"{checkpoint}: export a .ckpt checkpoint or an ensemble .json, not an exported file")
-    ref = load_predictor(checkpoint)
+    ref, contract = load_model(checkpoint)
     if ref.kind != "module":
         raise ConfigError(f"{checkpoint}: export a .ckpt checkpoint or an ensemble .json, not an exported file")
-    name = name or ("segmenter" if ref.task == "segmentation" else "classifier")
+    name = name or ("segmenter" if contract.task is TaskKind.SEGMENTATION else "classifier")
     out = Path(out_dir)
     targets = [out / f"{name}.json"] + [out / f"{name}{'.pt' if f == 'torchscript' else '.onnx'}" for f in formats]
     prepare_output_dir(out, [(checkpoint, "checkpoint")], overwrite, command="export", clear=())
@@ -147,7 +148,7 @@ def export_model(
         raise ConfigError(f"{checkpoint}: an ensemble of classifiers with a level prior (model.level_prior) "
                           "cannot be exported as one file; export its members, or use the .json with diagnose")
     net = net.eval()
-    example = _inputs(ref.prep, 2, seed=7)
+    example = _inputs(ref.contract.input, 2, seed=7)
     files: dict[str, str] = {}
     checks: dict[str, Any] = {"atol": ATOL, "rtol": RTOL, "inputs": "uniform random, batch 1 and 3"}
     # the sidecar must exist before the exported files can be loaded back for the check
@@ -159,12 +160,12 @@ def export_model(
             "version": EXPORT_VERSION,
             "source": checkpoint.name,
             "source_sha256": file_sha256(checkpoint),
-            "preprocessing": ref.prep.to_dict(),
+            CONTRACT_KEY: contract.to_dict(),
             "files": files,
-            # checked before an exported file is opened (spinenet.pipeline.models): a modified file is refused
+            # checked before an exported file is opened (spinenet.loading): a modified file is refused
             "sha256": {f: file_sha256(out / f) for f in files.values()},
             "verification": checks,
-            "input": {"name": "input", "shape": ["batch", ref.prep.in_channels, *ref.prep.image_size],
+            "input": {"name": "input", "shape": ["batch", contract.input.in_channels, *contract.input.image_size],
                       "dtype": "float32", "range": [0.0, 1.0]},
             "output": {"name": "logits", "kind": "log-probabilities" if "ensemble" in str(type(net)).lower()
                        else "logits"},
@@ -195,7 +196,7 @@ def export_model(
             checks["onnx_max_abs_diff"] = None
             checks["onnx_skipped"] = "onnxruntime not installed: numeric check skipped (onnx.checker passed)"
         else:
-            checks["onnx_max_abs_diff"] = verify(ref, load_predictor(path))
+            checks["onnx_max_abs_diff"] = verify(ref, load_model(path)[0])
     write_sidecar()
     return sidecar
 

@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from spinenet.config import to_plain_dict
+from spinenet.contract import TaskKind
 from spinenet.errors import ConfigError
 
 log = logging.getLogger("spinenet")
@@ -47,10 +48,8 @@ def build_module(cfg: DictConfig, class_names: list[str], label_names: list[str]
         "scheduler": optional_partial(cfg.get("scheduler")),
         "monitor": cfg.get("monitor", "val/loss"),
     }
-    if cfg.get("task", "segmentation") == "segmentation":
-        kwargs["class_names"] = class_names
-    else:
-        kwargs["label_names"] = label_names
+    task = TaskKind.parse(cfg.get("task", "segmentation"))
+    kwargs[task.names_key] = class_names if task is TaskKind.SEGMENTATION else label_names
     module = hydra.utils.instantiate(cfg.model, **kwargs)
     # set afterwards: passed to instantiate, its _target_ keys would be instantiated too
     module.run_config = to_plain_dict(cfg)

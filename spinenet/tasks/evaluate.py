@@ -29,23 +29,12 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from spinenet.checkpoints import is_ensemble_artifact, load_run_model
 from spinenet.data.manifest import KINDS, DataReport, DatasetSpec, check_dataset
-from spinenet.ensemble.artifact import load_ensemble
 from spinenet.errors import ConfigError, DataError
+from spinenet.loading import load_model
 from spinenet.tasks.common import jsonable, write_json
 
 log = logging.getLogger("spinenet")
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, DictConfig]:
-    """Rebuild the trained module from the config stored in its checkpoint, then load the weights.
-
-    An ensemble file written by ``spinenet ensemble`` loads as one module whose net averages its members.
-    """
-    if is_ensemble_artifact(path):
-        return load_ensemble(path)
-    return load_run_model(path)
 
 
 # what the model expects of its input: the checkpoint's unless named on the command line
@@ -157,18 +146,21 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     """Metrics of ``cfg.ckpt_path`` on a data set; ``overrides``: the command line (default: Hydra's)."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    module, saved = model_from_checkpoint(cfg.ckpt_path)
-    task = saved.get("task", "segmentation")
+    model, contract = load_model(cfg.ckpt_path)
+    module, saved, task = model.module, model.config, contract.task
     overrides = command_line_overrides() if overrides is None else list(overrides)
-    data = eval_data_config(cfg.data, saved.data, overrides)
-    if list(data["image_size"]) != list(saved.data.image_size):
-        _check_input_size(module.net, data["image_size"], data["in_channels"], saved.data.image_size)
-    trained_classes = list(saved.data.dataset.get("class_names") or saved.data.dataset.get("label_names") or [])
+    # the input preparation is the contract's (the rest of the data settings: the run's, for its split)
+    prepared = contract.input
+    trained = OmegaConf.merge(saved.data, {"image_size": list(prepared.image_size), "in_channels": prepared.in_channels,
+                                           "resize_mode": prepared.resize_mode, "clahe": prepared.clahe})
+    data = eval_data_config(cfg.data, trained, overrides)
+    if list(data["image_size"]) != list(prepared.image_size):
+        _check_input_size(module.net, data["image_size"], data["in_channels"], prepared.image_size)
+    trained_classes = list(contract.classes)
     dataset = data["dataset"]
-    given = list(dataset.get("class_names") or []) if task == "segmentation" else list(dataset.get("label_names") or [])
+    given = list(dataset.get(task.names_key) or [])
     if given and given != trained_classes:
-        names = "class_names" if task == "segmentation" else "label_names"
-        raise ConfigError(f"data.dataset.{names} {given} differ from the checkpoint's {trained_classes}")
+        raise ConfigError(f"data.dataset.{task.names_key} {given} differ from the checkpoint's {trained_classes}")
     spec = DatasetSpec.from_config(dataset)
     if not spec.manifest_path.is_file():
         named, group = _named_data(overrides)
@@ -193,7 +185,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
         "data_root": str(datamodule.spec.root),
         "split": cfg.get("split", "test"),
         "images": len(loader.dataset),
-        "task": task,
+        "task": task.value,
         "run_dir": str(output_dir),
         "test": {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
         "per_class": jsonable(results),

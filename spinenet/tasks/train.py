@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from spinenet.checkpoints import check_resume_checkpoint, check_weights_fit
+from spinenet.contract import TaskKind
 from spinenet.ddp import DDP_CONFIG_ENV, is_ddp_worker
 from spinenet.errors import ConfigError
 from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
@@ -166,6 +167,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_module(cfg, datamodule.class_names, datamodule.label_names)
+    model.training_data = _training_data(datamodule)  # recorded in the model contract of every checkpoint
     if resume is not None:
         check_weights_fit(resume, model, ckpt_path)
         del resume
@@ -219,6 +221,14 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         test = _test_single_process(cfg, model, datamodule, tested, loggers)
         if test is None:  # a DDP worker
             return {}
+    calibration = None
+    if TaskKind.parse(cfg.get("task", "segmentation")) is TaskKind.CLASSIFICATION and cfg.get("calibrate", True):
+        from spinenet.calibration import calibrate_checkpoints  # lazy: matplotlib
+
+        # before the checkpoints' SHA-256 below: the fit is written into them
+        calibration = calibrate_checkpoints([tested or best or last_ckpt, best, last_ckpt],
+                                            datamodule.val_dataloader(),
+                                            datamodule.test_dataloader() if test else None, output_dir / "plots")
     best_score = float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None
     if best_score is None and cfg.get("monitor"):  # no checkpoint monitors it: the last validation value
         best_score = val.get(str(cfg.monitor).split("/", 1)[-1])
@@ -242,6 +252,8 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         "test": test,
         # the test split's full report (classification: per class, confusion matrix, bootstrap intervals)
         "per_class": getattr(model, "test_results", None) if test else None,
+        # classifiers: temperature and threshold fitted on validation per checkpoint, and how they do on test
+        "calibration": calibration,
         "wandb_dir": next((lg.run_dir for lg in loggers if getattr(lg, "run_dir", None)), None),
     }
 
@@ -255,6 +267,15 @@ def _splits_summary(splits: dict[str, list[str]] | None, output_dir: Path) -> di
         ids = sorted(map(str, ids))
         out[name] = {"patients": len(ids), "sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]}
     return out
+
+
+def _training_data(datamodule) -> dict[str, Any]:
+    """The training data's fingerprint for the model contract: the manifest's SHA-256 and, per split, its
+    patient count and a fingerprint of its patient list (no ids)."""
+    splits = {k: v for k, v in _splits_summary(datamodule.splits, Path(".")).items() if k != "file"}
+    manifest = datamodule.spec.manifest_path
+    return {"manifest": manifest.name, "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
+            "splits": splits}
 
 
 def _log_run_summary(loggers: list, metrics: dict[str, Any]) -> None:
