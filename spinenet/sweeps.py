@@ -67,6 +67,15 @@ def run_trial(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | Non
         (output_dir / TRIAL_FILE).write_text(json.dumps(record, indent=2))
 
 
+SHOWN_TEST = ("dice_mean_fg", "miou", "accuracy", "balanced_accuracy", "auroc", "f1_macro")  # in summary.md
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    if not isinstance(mean, float) or not math.isfinite(mean):
+        return ""
+    return f"{mean:.4f} ± {sd:.4f}" if isinstance(sd, float) and math.isfinite(sd) else f"{mean:.4f}"
+
+
 def _flatten(prefix: str, d: dict) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in d.items() if not isinstance(v, dict | list)}
 
@@ -95,6 +104,33 @@ def collect_trials(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# overrides that repeat a setting rather than change it: a sweep over them is summarised per setting as mean and
+# spread (one small test split says little; the brief compares settings over 5 split seeds or folds)
+REPLICATE_KEYS = ("data.split.seed", "data.split.fold", "seed")
+
+
+def by_setting(table: pd.DataFrame, monitor: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """Per setting (the overrides other than :data:`REPLICATE_KEYS`): the number of successful trials and the
+    mean and sample SD of the monitor and every test metric; empty when no replicate key was swept."""
+    replicate = [f"override:{k}" for k in REPLICATE_KEYS if f"override:{k}" in table.columns
+                 and table[f"override:{k}"].nunique() > 1]
+    if table.empty or not replicate:
+        return pd.DataFrame(), []
+    ok = table[table["status"] == "ok"]
+    setting = [c for c in table.columns if c.startswith("override:") and c not in replicate]
+    metrics = [c for c in ok.columns if (c == monitor or c.startswith("test/")) and pd.api.types.is_numeric_dtype(ok[c])]
+    rows = []
+    for key, part in (ok.groupby(setting, dropna=False, sort=False) if setting else [((), ok)]):
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = {c.removeprefix("override:"): v for c, v in zip(setting, key, strict=True)}
+        row["trials"] = len(part)
+        for m in metrics:
+            row[f"{m} mean"] = part[m].mean()
+            row[f"{m} sd"] = part[m].std(ddof=1) if len(part) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows), [c.removeprefix("override:") for c in replicate]
+
+
 def write_summary(sweep_dir: Path, monitor: str | None, mode: str = "max") -> tuple[pd.DataFrame, Path]:
     """``summary.csv`` and ``summary.md`` in the sweep folder, sorted by ``monitor`` (failed trials last)."""
     table = collect_trials(sweep_dir)
@@ -103,8 +139,8 @@ def write_summary(sweep_dir: Path, monitor: str | None, mode: str = "max") -> tu
     csv = Path(sweep_dir) / "summary.csv"
     neutralise_frame(table).to_csv(csv, index=False)
     shown = [c for c in table.columns if c.startswith("override:") or c in ("trial", "status", monitor)]
-    shown += [c for c in table.columns if c.startswith("test/") and c.split("/", 1)[1] in
-              ("dice_mean_fg", "miou", "accuracy", "balanced_accuracy", "auroc", "f1_macro") and c not in shown]
+    shown += [c for c in table.columns if c.startswith("test/") and c.split("/", 1)[1] in SHOWN_TEST
+              and c not in shown]
     lines = [f"# Sweep {md_text(Path(sweep_dir).name)}", "", f"Sorted by {md_code(monitor)} ({mode}). {len(table)} trials, "
              f"{int((table.get('status', pd.Series()) == 'failed').sum())} failed.", ""]
     if not table.empty:
@@ -116,6 +152,18 @@ def write_summary(sweep_dir: Path, monitor: str | None, mode: str = "max") -> tu
             cells = [f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else ("" if v is None or
                      (isinstance(v, float) and not math.isfinite(v)) else str(v)) for v in r]
             lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
+        grouped, over = by_setting(table, monitor)
+        if not grouped.empty:
+            neutralise_frame(grouped).to_csv(Path(sweep_dir) / "summary_by_setting.csv", index=False)
+            lines += ["", f"## Mean ± SD over {', '.join(md_code(k) for k in over)}", ""]
+            cols = [c for c in grouped.columns if not c.endswith((" mean", " sd"))]
+            stats = [c.removesuffix(" mean") for c in grouped.columns if c.endswith(" mean")
+                     and (c.startswith(str(monitor)) or c.split("/", 1)[-1].removesuffix(" mean") in SHOWN_TEST)]
+            lines.append("| " + " | ".join(md_text(c) for c in cols + stats) + " |")
+            lines.append("|" + "---|" * (len(cols) + len(stats)))
+            for _, r in grouped.iterrows():
+                cells = [str(r[c]) for c in cols] + [_mean_sd(r[f"{m} mean"], r[f"{m} sd"]) for m in stats]
+                lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
         failed = table[table["status"] == "failed"]
         if len(failed):
             lines += ["", "## Failed trials", ""] + [f"- trial {r.trial}: {md_text(r.error)}" for r in failed.itertuples()]

@@ -194,3 +194,19 @@ def test_rare_findings_are_stratified_by_the_most_severe_label():
         assert any(severe[p] == 1 for p in members), name
     with pytest.raises(ConfigError, match="split.stratify must be one of majority, most_severe"):
         patient_labels(rows_p, rows_l, rule="any")
+
+
+def test_test_folds_score_every_patient_once_with_validation_from_the_rest():
+    ids = [f"p{i:02d}" for i in range(30)]
+    labels = [i % 3 for i in range(30)]
+    tested = []
+    for k in range(5):
+        s = split_patients(ids, labels, ratios=(0.8, 0.1, 0.1), seed=0, folds=5, fold=k, fold_split="test")
+        assert len(s["test"]) == 6 and len(s["val"]) == 3 and len(s["train"]) == 21
+        assert not set(s["test"]) & set(s["val"]) and not set(s["train"]) & (set(s["val"]) | set(s["test"]))
+        # stratified: each test fold holds every label
+        assert {labels[ids.index(p)] for p in s["test"]} == {0, 1, 2}
+        tested += s["test"]
+    assert sorted(tested) == ids
+    with pytest.raises(ConfigError, match=r"split.fold_split must be one of \['val', 'test'\], got 'train'"):
+        split_patients(ids, labels, folds=5, fold=0, fold_split="train")

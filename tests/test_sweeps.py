@@ -59,3 +59,49 @@ def test_two_trials_through_local_submitit(tiny_phantom, tmp_path):
     assert (table["status"] == "ok").all()
     assert table["val/dice_mean_fg"].notna().all()
     assert list((sweep / ".submitit").iterdir()), "jobs went through the submitit executor"
+
+
+def test_summary_gives_mean_and_spread_per_setting_over_split_seeds(tmp_path):
+    """A sweep over settings x split seeds: summary_by_setting.csv and summary.md give, per setting, the
+    mean and SD over the seeds (what settings are compared by), not one split's luck."""
+    import json
+
+    import pandas as pd
+
+    from spinenet.sweeps import write_summary
+
+    scores = {("unet", 0): 0.80, ("unet", 1): 0.90, ("unet", 2): 0.85, ("fpn", 0): 0.70, ("fpn", 1): 0.74,
+              ("fpn", 2): None}  # fpn on seed 2 failed
+    for i, ((net, seed), dice) in enumerate(scores.items()):
+        trial = tmp_path / str(i)
+        (trial / ".hydra").mkdir(parents=True)
+        (trial / ".hydra" / "overrides.yaml").write_text(f"- model.net.name={net}\n- data.split.seed={seed}\n")
+        (trial / "trial.json").write_text(json.dumps({"status": "ok" if dice is not None else "failed",
+                                                      "error": "" if dice is not None else "RuntimeError: x"}))
+        if dice is not None:
+            (trial / "metrics.json").write_text(json.dumps({"val": {"dice_mean_fg": dice},
+                                                            "test": {"dice_mean_fg": dice - 0.05}}))
+    write_summary(tmp_path, "val/dice_mean_fg", "max")
+    grouped = pd.read_csv(tmp_path / "summary_by_setting.csv").set_index("model.net.name")
+    assert grouped.loc["unet", "trials"] == 3 and grouped.loc["fpn", "trials"] == 2
+    assert grouped.loc["unet", "test/dice_mean_fg mean"] == pytest.approx(0.80)
+    assert grouped.loc["unet", "test/dice_mean_fg sd"] == pytest.approx(0.05)
+    assert grouped.loc["fpn", "val/dice_mean_fg mean"] == pytest.approx(0.72)
+    md = (tmp_path / "summary.md").read_text()
+    assert "Mean ± SD over `data.split.seed`" in md and "0.8000 ± 0.0500" in md
+
+
+def test_no_per_setting_summary_without_replicates(tmp_path):
+    import json
+
+    from spinenet.sweeps import write_summary
+
+    for i, net in enumerate(("unet", "fpn")):
+        trial = tmp_path / str(i)
+        (trial / ".hydra").mkdir(parents=True)
+        (trial / ".hydra" / "overrides.yaml").write_text(f"- model.net.name={net}\n")
+        (trial / "trial.json").write_text(json.dumps({"status": "ok"}))
+        (trial / "metrics.json").write_text(json.dumps({"val": {"dice_mean_fg": 0.5}, "test": {}}))
+    write_summary(tmp_path, "val/dice_mean_fg", "max")
+    assert not (tmp_path / "summary_by_setting.csv").exists()
+    assert "Mean ± SD" not in (tmp_path / "summary.md").read_text()

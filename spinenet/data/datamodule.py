@@ -199,7 +199,8 @@ class SpineDataModule(L.LightningDataModule):
         # what the model trained here will expect (checked now, not in a worker process)
         self.input_spec = InputSpec(self.image_size, int(in_channels), str(resize_mode), _to_dict(clahe) or None)
         self.in_channels = self.input_spec.in_channels
-        self.split_cfg = {"ratios": (0.8, 0.1, 0.1), "seed": 0, "folds": None, "fold": 0, "file": None}
+        self.split_cfg = {"ratios": (0.8, 0.1, 0.1), "seed": 0, "folds": None, "fold": 0, "fold_split": "val",
+                          "file": None}
         self.split_cfg.update(_to_dict(split) or {})
         self.augment = _to_dict(augment) or {}
         self.clahe = self.input_spec.clahe
@@ -287,6 +288,7 @@ class SpineDataModule(L.LightningDataModule):
                 seed=int(self.split_cfg["seed"]),
                 folds=self.split_cfg.get("folds"),
                 fold=int(self.split_cfg.get("fold", 0)),
+                fold_split=str(self.split_cfg.get("fold_split", "val")),
             )
         check_splits(splits, frame[pcol])
         return splits

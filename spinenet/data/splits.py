@@ -174,6 +174,9 @@ def _groups(patients: list[str], labels: list[Hashable] | None) -> list[list[str
     return [by[k] for k in sorted(by)]
 
 
+FOLD_SPLITS = ("val", "test")  # which split fold k of split.folds is
+
+
 def split_patients(
     patients: Sequence[str],
     labels: Sequence[Hashable] | None = None,
@@ -181,6 +184,7 @@ def split_patients(
     seed: int = 0,
     folds: int | None = None,
     fold: int = 0,
+    fold_split: str = "val",
 ) -> dict[str, list[str]]:
     """Split patient ids into ``{"train", "val", "test"}`` (each sorted).
 
@@ -193,6 +197,11 @@ def split_patients(
     With ``folds=k``: the test split (``ratios[2]``) is held out first, the remaining patients are dealt into
     k folds (stratified by label), and fold ``fold`` is the validation split, the other folds train
     (``ratios[1]`` is not used). Over ``fold = 0..k-1`` every non-test patient is validated exactly once.
+
+    With ``folds=k`` and ``fold_split="test"`` (cross-validated test scores): all patients are dealt into k
+    folds, fold ``fold`` is the test split, and the validation split (``ratios[1]`` of all patients) is drawn
+    from the other folds (``ratios[2]`` is not used). Over ``fold = 0..k-1`` every patient is tested exactly
+    once, by a model that never saw it.
     """
     r = _check_ratios(ratios)
     ids = [str(p) for p in patients]
@@ -209,6 +218,8 @@ def split_patients(
             raise ConfigError(f"split.folds must be an integer >= 2 or null, got {folds!r}")
         if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
             raise ConfigError(f"split.fold must be in 0..{folds - 1} for split.folds={folds}, got {fold!r}")
+    if fold_split not in FOLD_SPLITS:
+        raise ConfigError(f"split.fold_split must be one of {list(FOLD_SPLITS)}, got {fold_split!r}")
     order = sorted(range(len(ids)), key=lambda i: ids[i])  # input order must not change the split
     ids = [ids[i] for i in order]
     labs = [labels[i] for i in order] if labels is not None else None
@@ -226,6 +237,8 @@ def split_patients(
         parts = _split_groups(groups, [sizes[s] for s in SPLITS], rng)
         return {name: sorted(part) for name, part in zip(SPLITS, parts, strict=True)}
 
+    if fold_split == "test":
+        return _test_folds(groups, n, r, folds, fold, rng)
     rest_n = n - n_test
     sizes = {"train+val": rest_n, "test": n_test}
     if r[2] > 0 and n_test <= 0:
@@ -246,6 +259,22 @@ def split_patients(
     dealt = _deal_folds([g for g in rest_groups if g], folds, rng)
     val = dealt[fold]
     train = [p for i, f in enumerate(dealt) if i != fold for p in f]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def _test_folds(groups: list[list[str]], n: int, r: tuple[float, float, float], folds: int, fold: int,
+                rng: np.random.Generator) -> dict[str, list[str]]:
+    """``fold_split="test"``: fold ``fold`` of all patients is the test split; validation comes from the rest."""
+    if n < folds:
+        raise _empty_split("test", n, r, {"patients": n}, f" and only {n} patients for {folds} folds")
+    dealt = _deal_folds([g for g in groups if g], folds, rng)
+    test = dealt[fold]
+    rest = {p for i, f in enumerate(dealt) if i != fold for p in f}
+    rest_groups = [[p for p in g if p in rest] for g in groups]
+    n_val = _round(n * r[1])
+    if r[1] > 0 and (n_val <= 0 or n_val >= len(rest)):
+        raise _empty_split("val", n, r, {"test": len(test), "train+val": len(rest)})
+    train, val = _split_groups([g for g in rest_groups if g], [len(rest) - n_val, n_val], rng)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
