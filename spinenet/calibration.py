@@ -110,6 +110,23 @@ def calibrate_head(logits: torch.Tensor, labels: torch.Tensor) -> HeadCalibratio
     return HeadCalibration(t, threshold, THRESHOLD_RULE, note, val)
 
 
+def given_calibration(setting: dict[str, Any]) -> HeadCalibration:
+    """``calibrate={temperature: T, threshold: t}``: values chosen elsewhere (the folds of a cross-validation),
+    checked like fitted ones."""
+    from spinenet.errors import ConfigError
+
+    unknown = sorted(set(setting) - {"temperature", "threshold"})
+    if unknown or "temperature" not in setting:
+        raise ConfigError(f"calibrate: true, false or {{temperature: T, threshold: t}}; got {setting!r}")
+    t, threshold = setting["temperature"], setting.get("threshold")
+    if not isinstance(t, int | float) or not t > 0:
+        raise ConfigError(f"calibrate.temperature must be a number > 0, got {t!r}")
+    if threshold is not None and (not isinstance(threshold, int | float) or not 0 <= threshold <= 1):
+        raise ConfigError(f"calibrate.threshold must be in [0, 1] or null, got {threshold!r}")
+    return HeadCalibration(float(t), None if threshold is None else float(threshold), "given", None,
+                           {"images": 0})
+
+
 def decisions(probs: torch.Tensor, threshold: float | None) -> torch.Tensor:
     """Class index per row: positive (1) when its probability reaches ``threshold`` (binary), else arg-max."""
     if threshold is None or probs.shape[1] != 2:
@@ -191,8 +208,9 @@ def write_into_checkpoint(path: Path, fit: HeadCalibration) -> None:
     if not contract or not contract.get("heads"):
         raise ValueError(f"{path}: no model contract with a head to calibrate")
     contract["heads"][0].update(temperature=fit.temperature, threshold=fit.threshold)
-    contract["calibration"] = {"split": "val", "method": "temperature scaling",
-                               "threshold_rule": fit.threshold_rule, "note": fit.note, **fit.val}
+    contract["calibration"] = {"split": "val" if fit.threshold_rule != "given" else None,
+                               "method": "temperature scaling", "threshold_rule": fit.threshold_rule,
+                               "note": fit.note, **fit.val}
     tmp = path.with_name(path.name + ".calibrating")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)

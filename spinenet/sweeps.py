@@ -100,6 +100,10 @@ def collect_trials(sweep_dir: Path) -> pd.DataFrame:
             row.update(_flatten("test", metrics.get("test", {})))
             row["best_score"] = metrics.get("best_score")
             row["best_checkpoint"] = metrics.get("best_checkpoint")
+            # what a release model trained on every patient takes from cross-validation (conf/release/)
+            row["best_epoch"] = metrics.get("best_epoch")
+            fit = (metrics.get("calibration") or {}).get(Path(str(metrics.get("tested_checkpoint"))).name) or {}
+            row["temperature"], row["threshold"] = fit.get("temperature"), fit.get("threshold")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -107,6 +111,7 @@ def collect_trials(sweep_dir: Path) -> pd.DataFrame:
 # overrides that repeat a setting rather than change it: a sweep over them is summarised per setting as mean and
 # spread (one small test split says little; the brief compares settings over 5 split seeds or folds)
 REPLICATE_KEYS = ("data.split.seed", "data.split.fold", "seed")
+RELEASE_KEYS = ("best_epoch", "temperature", "threshold")  # per setting: what release=all_patients takes
 
 
 def by_setting(table: pd.DataFrame, monitor: str | None) -> tuple[pd.DataFrame, list[str]]:
@@ -118,7 +123,8 @@ def by_setting(table: pd.DataFrame, monitor: str | None) -> tuple[pd.DataFrame, 
         return pd.DataFrame(), []
     ok = table[table["status"] == "ok"]
     setting = [c for c in table.columns if c.startswith("override:") and c not in replicate]
-    metrics = [c for c in ok.columns if (c == monitor or c.startswith("test/")) and pd.api.types.is_numeric_dtype(ok[c])]
+    metrics = [c for c in ok.columns if (c in (monitor, *RELEASE_KEYS) or c.startswith("test/"))
+               and pd.api.types.is_numeric_dtype(ok[c]) and ok[c].notna().any()]
     rows = []
     for key, part in (ok.groupby(setting, dropna=False, sort=False) if setting else [((), ok)]):
         key = key if isinstance(key, tuple) else (key,)
@@ -156,9 +162,12 @@ def write_summary(sweep_dir: Path, monitor: str | None, mode: str = "max") -> tu
         if not grouped.empty:
             neutralise_frame(grouped).to_csv(Path(sweep_dir) / "summary_by_setting.csv", index=False)
             lines += ["", f"## Mean ± SD over {', '.join(md_code(k) for k in over)}", ""]
-            cols = [c for c in grouped.columns if not c.endswith((" mean", " sd"))]
+            # the settings that differ, and the figures summary.md shows (the CSV has every one)
+            cols = [c for c in grouped.columns if not c.endswith((" mean", " sd"))
+                    and (c == "trials" or grouped[c].astype(str).nunique() > 1)]
             stats = [c.removesuffix(" mean") for c in grouped.columns if c.endswith(" mean")
-                     and (c.startswith(str(monitor)) or c.split("/", 1)[-1].removesuffix(" mean") in SHOWN_TEST)]
+                     and (c.startswith(str(monitor)) or c.removesuffix(" mean") in RELEASE_KEYS
+                          or c.split("/", 1)[-1].removesuffix(" mean") in SHOWN_TEST)]
             lines.append("| " + " | ".join(md_text(c) for c in cols + stats) + " |")
             lines.append("|" + "---|" * (len(cols) + len(stats)))
             for _, r in grouped.iterrows():

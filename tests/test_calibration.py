@@ -97,3 +97,35 @@ def test_training_calibrates_the_checkpoints_it_keeps(compose_cfg, tmp_path):
     _, contract = load_model(tested)
     assert contract.heads[0].temperature == pytest.approx(cal["temperature"])
     assert json.loads((run / "metrics.json").read_text())["calibration"][tested.name]["temperature"] == cal["temperature"]
+
+
+@pytest.mark.slow
+def test_release_model_trains_on_every_patient_with_the_given_calibration(compose_cfg, tmp_path):
+    """release=all_patients: no validation or test split, the cross-validated calibration written in."""
+    from spinenet.tasks.train import train
+    from tests.test_cls_train import tiny_cls_overrides
+
+    cfg = compose_cfg(["experiment=cls/sayed2025", *tiny_cls_overrides(tmp_path / "data"), "release=all_patients", "debug=limit",
+                       "trainer.max_epochs=2", "calibrate={temperature: 1.7, threshold: 0.3}"])
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    import pandas as pd
+
+    patients = pd.read_csv(Path(cfg.data.dataset.root) / "manifest.csv")["patient_id"].astype(str)
+    assert splits["val"] == [] and splits["test"] == [] and splits["train"] == sorted(set(patients))
+    assert metrics["test"] == {} and metrics["best_checkpoint"] is None and metrics["epochs"] == 2
+    last = run / "checkpoints" / "last.ckpt"
+    head = torch.load(last, map_location="cpu", weights_only=True)[CONTRACT_KEY]["heads"][0]
+    assert head["temperature"] == 1.7 and head["threshold"] == 0.3
+    assert metrics["calibration"]["last.ckpt"]["threshold_rule"] == "given"
+
+
+def test_a_bad_given_calibration_is_named():
+    from spinenet.calibration import given_calibration
+    from spinenet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="calibrate.temperature must be a number > 0, got -1"):
+        given_calibration({"temperature": -1})
+    with pytest.raises(ConfigError, match=r"calibrate: true, false or \{temperature: T, threshold: t\}"):
+        given_calibration({"temp": 1.0})

@@ -407,8 +407,15 @@ class SpineDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self._split_turned_off("val"):
+            return []  # split.ratios turned validation off (release=all_patients): Lightning skips it
         return self._loader("val", shuffle=False)
+
+    def _split_turned_off(self, name: str) -> bool:
+        ratios = self.split_cfg.get("ratios") or (0.8, 0.1, 0.1)
+        return (not self.split_cfg.get("file") and not self.split_cfg.get("folds")
+                and float(ratios[SPLITS.index(name)]) == 0.0)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

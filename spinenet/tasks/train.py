@@ -221,14 +221,8 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         test = _test_single_process(cfg, model, datamodule, tested, loggers)
         if test is None:  # a DDP worker
             return {}
-    calibration = None
-    if TaskKind.parse(cfg.get("task", "segmentation")) is TaskKind.CLASSIFICATION and cfg.get("calibrate", True):
-        from spinenet.calibration import calibrate_checkpoints  # lazy: matplotlib
-
-        # before the checkpoints' SHA-256 below: the fit is written into them
-        calibration = calibrate_checkpoints([tested or best or last_ckpt, best, last_ckpt],
-                                            datamodule.val_dataloader(),
-                                            datamodule.test_dataloader() if test else None, output_dir / "plots")
+    # before the checkpoints' SHA-256 below: a calibration is written into them
+    calibration = _calibrate(cfg, datamodule, [tested or best or last_ckpt, best, last_ckpt], bool(test), output_dir)
     best_score = float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None
     if best_score is None and cfg.get("monitor"):  # no checkpoint monitors it: the last validation value
         best_score = val.get(str(cfg.monitor).split("/", 1)[-1])
@@ -246,6 +240,8 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         # SHA-256 by file name of the checkpoints above: spinenet ensemble checks a member against it
         "checkpoint_sha256": {Path(c).name: file_sha256(c) for c in (best, last_ckpt) if c and Path(c).is_file()},
         "epochs": trainer.current_epoch,
+        # the epoch (0-based) of the best checkpoint: over cross-validation folds, the release model's schedule
+        "best_epoch": _checkpoint_epoch(best),
         "classes": datamodule.class_names or datamodule.label_names,
         "empty_class_policy": getattr(model, "averaging_note", None),
         "val": val,
@@ -256,6 +252,35 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         "calibration": calibration,
         "wandb_dir": next((lg.run_dir for lg in loggers if getattr(lg, "run_dir", None)), None),
     }
+
+
+def _calibrate(cfg: DictConfig, datamodule, checkpoints: list[str | None], tested: bool,
+               output_dir: Path) -> dict[str, Any] | None:
+    """Classifiers: ``calibrate: true`` fits a temperature and threshold on validation for each checkpoint kept;
+    ``calibrate: {temperature, threshold}`` writes those values (a release model without a validation split)."""
+    setting = cfg.get("calibrate", True)
+    if TaskKind.parse(cfg.get("task", "segmentation")) is not TaskKind.CLASSIFICATION or not setting:
+        return None
+    from spinenet import calibration  # lazy: matplotlib
+
+    kept = [c for c in dict.fromkeys(checkpoints) if c]
+    if OmegaConf.is_dict(setting) or isinstance(setting, dict):
+        given = calibration.given_calibration(OmegaConf.to_container(setting) if OmegaConf.is_dict(setting) else setting)
+        for path in kept:
+            calibration.write_into_checkpoint(Path(path), given)
+        return {Path(p).name: {"temperature": given.temperature, "threshold": given.threshold,
+                               "threshold_rule": given.threshold_rule} for p in kept}
+    return calibration.calibrate_checkpoints(kept, datamodule.val_dataloader(),
+                                             datamodule.test_dataloader() if tested else None, output_dir / "plots")
+
+
+def _checkpoint_epoch(path: str | None) -> int | None:
+    if not path:
+        return None
+    from spinenet.checkpoints import load_run_checkpoint
+
+    epoch = load_run_checkpoint(path).get("epoch")
+    return int(epoch) if epoch is not None else None
 
 
 def _splits_summary(splits: dict[str, list[str]] | None, output_dir: Path) -> dict[str, Any]:
