@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from spinenet.utils.markdown import md_code, md_text
 from spinenet.utils.safe_csv import neutralise_frame
 
-log = logging.getLogger("spinenet")
+log = logging.getLogger(__name__)
 
 TRIAL_FILE = "trial.json"
 # filled by the callback in the process that launched the sweep; read by the CLI for its exit code

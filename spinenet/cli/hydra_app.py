@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 from spinenet.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SpinenetError
 
-log = logging.getLogger("spinenet")
+log = logging.getLogger(__name__)
 
 CONFIG_NAMES = {"train": "train", "eval": "eval"}
 # Set while a command runs: the folder it was started in. Sweep trials in other processes (joblib, submitit)

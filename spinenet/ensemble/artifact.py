@@ -34,7 +34,7 @@ from spinenet.errors import ConfigError, DataError
 from spinenet.tasks.common import build_module
 from spinenet.utils.safe_io import file_sha256
 
-log = logging.getLogger("spinenet")
+log = logging.getLogger(__name__)
 
 VERSION = 1
 # log(0) would be -inf, and -inf * 0 inside a focal or Dice loss is NaN; the floor is far below any float32

@@ -45,7 +45,7 @@ from spinenet.errors import ConfigError, DataError
 from spinenet.sweeps import collect_trials
 from spinenet.utils.safe_io import file_sha256, load_tensors, save_tensors
 
-log = logging.getLogger("spinenet")
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "spinenet-member-predictions"
 CACHE_VERSION = 1

@@ -16,7 +16,7 @@ from spinenet.config import to_plain_dict
 from spinenet.contract import TaskKind
 from spinenet.errors import ConfigError
 
-log = logging.getLogger("spinenet")
+log = logging.getLogger(__name__)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

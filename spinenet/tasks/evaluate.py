@@ -34,7 +34,7 @@ from spinenet.errors import ConfigError, DataError
 from spinenet.loading import load_model
 from spinenet.tasks.common import jsonable, write_json
 
-log = logging.getLogger("spinenet")
+log = logging.getLogger(__name__)
 
 
 # what the model expects of its input: the checkpoint's unless named on the command line

@@ -20,7 +20,7 @@ from spinenet.errors import ConfigError
 from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
 from spinenet.utils.safe_io import file_sha256
 
-log = logging.getLogger("spinenet")
+log = logging.getLogger(__name__)
 
 TEST_CKPTS = ("best", "last")  # which weights test=true tests
 

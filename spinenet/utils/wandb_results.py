@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("spinenet")
+log = logging.getLogger(__name__)
 
 
 def add_wandb_arguments(parser) -> None:
