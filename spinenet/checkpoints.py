@@ -49,7 +49,7 @@ def load_run_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def check_resume_checkpoint(path: str | Path, task: str) -> dict[str, Any]:
+def check_resume_checkpoint(path: str | Path, task: TaskKind) -> dict[str, Any]:
     """The checkpoint ``spinenet train ckpt_path=...`` resumes from, checked before fit: readable, weights-only,
     a spinenet training checkpoint of ``task`` with its optimizer state. :class:`ConfigError` naming it otherwise."""
     try:
@@ -60,7 +60,7 @@ def check_resume_checkpoint(path: str | Path, task: str) -> dict[str, Any]:
         saved_task = ModelContract.of_checkpoint(ckpt, path).task
     except DataError as exc:
         raise ConfigError(f"ckpt_path: {exc}") from None
-    if saved_task is not TaskKind.parse(task):
+    if saved_task is not task:
         raise ConfigError(f"ckpt_path: checkpoint {path} is a {saved_task.value} checkpoint; this run trains {task}")
     if "optimizer_states" not in ckpt or "loops" not in ckpt:
         raise ConfigError(f"ckpt_path: checkpoint {path} holds weights only (no optimizer or loop state); "

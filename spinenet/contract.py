@@ -57,6 +57,11 @@ class TaskKind(StrEnum):
         except ValueError:
             raise ConfigError(f"{where}: unknown task {value!r}; valid: {[k.value for k in cls]}") from None
 
+    @classmethod
+    def of_config(cls, cfg: Any) -> TaskKind:
+        """The task kind a run config trains (its ``task`` key; segmentation when absent, as in old runs)."""
+        return cls.parse(cfg.get("task", "segmentation") if cfg is not None else "segmentation")
+
     @property
     def names_key(self) -> str:
         """The data set setting that names the outputs: ``class_names`` (mask classes) or ``label_names``."""
@@ -428,7 +433,7 @@ class ModelContract:
     ) -> ModelContract:
         """The contract of a model trained with run config ``cfg`` (a checkpoint's ``spinenet`` entry)."""
         cfg = _plain(cfg)
-        task = TaskKind.parse(cfg.get("task", "segmentation"))
+        task = TaskKind.of_config(cfg)
         data = cfg["data"]
         ds = data.get("dataset") or {}
         classes = tuple(str(c) for c in (ds.get(task.names_key) or []))

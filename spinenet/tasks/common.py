@@ -48,7 +48,7 @@ def build_module(cfg: DictConfig, class_names: list[str], label_names: list[str]
         "scheduler": optional_partial(cfg.get("scheduler")),
         "monitor": cfg.get("monitor", "val/loss"),
     }
-    task = TaskKind.parse(cfg.get("task", "segmentation"))
+    task = TaskKind.of_config(cfg)
     kwargs[task.names_key] = class_names if task is TaskKind.SEGMENTATION else label_names
     module = hydra.utils.instantiate(cfg.model, **kwargs)
     # set afterwards: passed to instantiate, its _target_ keys would be instantiated too

@@ -149,7 +149,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     output_dir, ckpt_path = _resolve_resume(cfg, output_dir)
     # a bad ckpt_path (empty, text, pickle payload, another task) fails here with its name, not inside fit()
-    resume = check_resume_checkpoint(ckpt_path, str(cfg.get("task", "segmentation"))) if ckpt_path else None
+    resume = check_resume_checkpoint(ckpt_path, TaskKind.of_config(cfg)) if ckpt_path else None
     test_ckpt = str(cfg.get("test_ckpt", "best"))
     if test_ckpt not in TEST_CKPTS:
         raise ConfigError(f"test_ckpt must be one of {list(TEST_CKPTS)}, got {test_ckpt!r}")
@@ -228,7 +228,7 @@ def _test_and_collect(cfg: DictConfig, trainer: L.Trainer, model, datamodule, lo
         best_score = val.get(str(cfg.monitor).split("/", 1)[-1])
     return {
         "run_dir": str(output_dir),
-        "task": cfg.get("task", "segmentation"),
+        "task": TaskKind.of_config(cfg).value,
         "monitor": cfg.get("monitor"),
         # the monitored validation value at the best checkpoint: what a sweeper optimises (never a test value)
         "best_score": best_score,
@@ -259,7 +259,7 @@ def _calibrate(cfg: DictConfig, datamodule, checkpoints: list[str | None], teste
     """Classifiers: ``calibrate: true`` fits a temperature and threshold on validation for each checkpoint kept;
     ``calibrate: {temperature, threshold}`` writes those values (a release model without a validation split)."""
     setting = cfg.get("calibrate", True)
-    if TaskKind.parse(cfg.get("task", "segmentation")) is not TaskKind.CLASSIFICATION or not setting:
+    if TaskKind.of_config(cfg) is not TaskKind.CLASSIFICATION or not setting:
         return None
     from spinenet import calibration  # lazy: matplotlib
 
