@@ -41,9 +41,12 @@ def test_temperature_recovers_the_one_that_generated_the_labels(true_t):
 def test_youden_threshold_and_one_class_validation():
     p = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.7, 0.9])
     y = np.array([0, 0, 0, 1, 1, 1, 1])
-    assert choose_threshold(p, y) == (0.35, None)  # every positive called, no negative
-    threshold, why = choose_threshold(p, np.zeros(7, int))
-    assert threshold is None and "one class only" in why
+    assert choose_threshold(p, y, min_per_class=1) == (0.35, None)  # every positive called, no negative
+    threshold, why = choose_threshold(p, np.zeros(7, int), min_per_class=1)
+    assert threshold is None and "holds 0 positive and 7 negative" in why
+    # with the default minimum, 4 positives are too few to choose a threshold on
+    threshold, why = choose_threshold(p, y)
+    assert threshold is None and "fewer than 10 of one class: arg-max kept" in why
     called = decisions(torch.tensor([[0.7, 0.3], [0.6, 0.4]]), 0.35)
     assert called.tolist() == [0, 1]
 
