@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("spinenet.cli.hydra_app:train_main", "fit a model and test it (Hydra overrides; -m for sweeps)"),
     "eval": ("spinenet.cli.hydra_app:eval_main", "metrics of a checkpoint or saved ensemble on a data set"),
     "data": ("spinenet.cli.data:main", "make, check or import data sets (synth | check | import | grade-crops)"),
-    "roi": ("spinenet.roi:main", "crop discs (from masks, a segmenter or a box CSV) into a crop data set"),
+    "roi": ("spinenet.cli.roi:main", "crop discs (from masks, a segmenter or a box CSV) into a crop data set"),
     "diagnose": ("spinenet.pipeline.diagnose:main", "per-level findings of scans: segment, crop, classify, report"),
     "findings-eval": ("spinenet.pipeline.findings_eval:main", "score diagnose findings against per-level gradings"),
     "ensemble": ("spinenet.ensemble.cli:main", "weighted-average ensembles: weights on validation, scores on test"),

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from spinenet.errors import ConfigError, DataError
-from spinenet.roi import LUMBAR_LEVELS, THORACIC_LEVELS
+from spinenet.roi.levels import LUMBAR_LEVELS, THORACIC_LEVELS
 
 # disc number counted from the bottom (SPIDER's "IVD label"), by the level names spinenet roi gives
 DISC_NUMBER = {name: i + 1 for i, name in enumerate(LUMBAR_LEVELS + THORACIC_LEVELS)}

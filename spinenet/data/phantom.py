@@ -1171,7 +1171,7 @@ def generate_on_first_use(root: Path, synth: Mapping, manifest: str = "manifest.
 
     Written into a temporary sibling and renamed into place under a lock (``build_atomically``): a killed run
     leaves no half-written ``root``, a partial one left by older versions is regenerated, and runs started
-    together wait for one generation. Its disc crops: :func:`spinenet.roi.phantom_crops_on_first_use`.
+    together wait for one generation. Its disc crops: :func:`spinenet.roi.phantom.phantom_crops_on_first_use`.
     """
     log.info("generating the synthetic phantom in %s", root)
     return build_atomically(
