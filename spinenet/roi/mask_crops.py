@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from spinenet.data.manifest import DatasetSpec, load_manifest
 from spinenet.errors import ConfigError, DataError
 from spinenet.roi.geometry import (
     DEFAULT_CLAHE,
+    Box,
     clahe_operator,
     crop_roi,
     disc_boxes,
@@ -95,29 +97,26 @@ def crop_dataset(
         raise ConfigError(f"roi.view: choose one of {', '.join(VIEWS)}, got {view!r}")
     spec = dataset_spec(spec)
     size_t = size_pair(size)
-    if clahe is not None:
-        clahe_operator(clahe)  # fail on a bad setting before any file is written
-    if isinstance(mask_source, str):
-        if mask_source != "gt":
-            raise ConfigError(f"roi.mask_source: 'gt' or a segmenter callable, got {mask_source!r}")
-        if not spec.mask_col or not spec.mask_values:
-            raise ConfigError("roi.mask_source=gt needs dataset.mask_col and dataset.mask_values")
+    _check_settings(spec, clahe, mask_source)
     df = load_manifest(spec)
     inputs = [(spec.root, "data root"), (spec.manifest_path, "manifest"), *inputs]
     stage, made = stage_output(out_dir, overwrite, inputs)
     try:
         writer = CropWriter(stage, out_dir)
-        drop = {
-            spec.image_col,
-            spec.mask_col,
-            spec.patient_col,
-            "image_path",
-            "mask_path",
-            "label_idx",
-            "csv_line",
-        }
-        carried = [c for c in df.columns if c not in drop]
-        keep = set(levels) if levels is not None else None
+        recipe = _Recipe(
+            spec=spec,
+            view=view,
+            size=size_t,
+            margin=margin,
+            clahe=clahe,
+            mask_source=mask_source,
+            disc_class=disc_class,
+            min_area=min_area,
+            keep=set(levels) if levels is not None else None,
+            upper_levels=upper_levels,
+            square=square,
+            carried=_carried_columns(df, spec),
+        )
         n_read = 0
         for rec in with_progress(df.to_dict("records"), total=len(df), desc="cropping discs", enabled=progress):
             try:
@@ -126,54 +125,7 @@ def crop_dataset(
                 writer.fail(int(rec["csv_line"]), str(rec[spec.image_col]), str(exc))
                 continue
             n_read += 1
-            boxes = disc_boxes(mask, disc_class, min_area)
-            pid, source = str(rec[spec.patient_col]), str(rec[spec.image_col])
-            if not boxes:
-                writer.missing.append(
-                    {
-                        "patient_id": pid,
-                        "source_image": source,
-                        "reason": f"no disc contour of >= {min_area} pixels (class {disc_class}, "
-                        f"mask from {'gt' if isinstance(mask_source, str) else 'segmenter'})",
-                    }
-                )
-                continue
-            if view == "axial":
-                chosen = [max(boxes, key=lambda b: b.area)]
-                names = [str(rec["level"]) if "level" in rec and not pd.isna(rec["level"]) else ""]
-            else:
-                chosen = boxes
-                if callable(mask_source):
-                    # as `spinenet diagnose`: one false component below L5-S1 renames every disc above it
-                    chosen, rejected = plausible_sagittal_discs(boxes)
-                    writer.rejected += [{"patient_id": pid, "source_image": source, **r} for r in rejected]
-                names = assign_levels(chosen, upper_levels)
-            stem = Path(source).stem
-            for idx, (box, level) in enumerate(zip(chosen, names, strict=True)):
-                if keep is not None and level not in keep:
-                    continue
-                roi = square_box(box, image.shape) if square else box
-                roi = enlarge_box(roi, margin, image.shape)
-                crop = crop_roi(image, roi, size_t, clahe)
-                row: dict[str, Any] = {c: rec[c] for c in carried}
-                row.update(
-                    patient_id=pid,
-                    source_image=source,
-                    level=level,
-                    disc_index=idx,
-                    x0=roi.x0,
-                    y0=roi.y0,
-                    x1=roi.x1,
-                    y1=roi.y1,
-                    area=box.area,
-                )
-                if view == "sagittal":
-                    herniated = _disc_label(rec, level, spec.label_col)
-                    if herniated is not None:
-                        row.update(herniated=herniated, label=level if herniated else "healthy")
-                elif spec.label_col:
-                    row["label"] = rec[spec.label_col]
-                writer.save(crop, f"{stem}_{level or idx}", row)
+            _crop_row(rec, image, mask, recipe, writer)
         summary = {
             "source": str(spec.manifest_path),
             "view": view,
@@ -193,6 +145,109 @@ def crop_dataset(
         return publish_output(stage, out_dir, overwrite, inputs)
     finally:
         discard_stage(stage, made)
+
+
+def _check_settings(spec: DatasetSpec, clahe: Mapping[str, Any] | None, mask_source: str | MaskSource) -> None:
+    """Fail on a bad CLAHE or mask setting before any file is written."""
+    if clahe is not None:
+        clahe_operator(clahe)
+    if isinstance(mask_source, str):
+        if mask_source != "gt":
+            raise ConfigError(f"roi.mask_source: 'gt' or a segmenter callable, got {mask_source!r}")
+        if not spec.mask_col or not spec.mask_values:
+            raise ConfigError("roi.mask_source=gt needs dataset.mask_col and dataset.mask_values")
+
+
+def _carried_columns(df: pd.DataFrame, spec: DatasetSpec) -> list[str]:
+    """The source manifest's columns that each crop's row keeps (not the file and patient columns)."""
+    drop = {spec.image_col, spec.mask_col, spec.patient_col, "image_path", "mask_path", "label_idx", "csv_line"}
+    return [c for c in df.columns if c not in drop]
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How :func:`crop_dataset` finds, names and cuts the discs of each row."""
+
+    spec: DatasetSpec
+    view: str
+    size: tuple[int, int]
+    margin: float | Sequence[float]
+    clahe: Mapping[str, Any] | None
+    mask_source: str | MaskSource
+    disc_class: int
+    min_area: int
+    keep: set[str] | None  # the levels to keep; None: all
+    upper_levels: str
+    square: bool
+    carried: list[str]
+
+
+def _crop_row(rec: Mapping[str, Any], image: np.ndarray, mask: np.ndarray, recipe: _Recipe, writer: CropWriter) -> None:
+    """Crop each disc of one row, or list the row in ``missing.csv`` when its mask has none."""
+    pid, source = str(rec[recipe.spec.patient_col]), str(rec[recipe.spec.image_col])
+    boxes = disc_boxes(mask, recipe.disc_class, recipe.min_area)
+    if not boxes:
+        from_what = "gt" if isinstance(recipe.mask_source, str) else "segmenter"
+        writer.missing.append(
+            {
+                "patient_id": pid,
+                "source_image": source,
+                "reason": f"no disc contour of >= {recipe.min_area} pixels (class {recipe.disc_class}, "
+                f"mask from {from_what})",
+            }
+        )
+        return
+    chosen, names = _named_discs(rec, boxes, recipe, writer, pid, source)
+    stem = Path(source).stem
+    for idx, (box, level) in enumerate(zip(chosen, names, strict=True)):
+        if recipe.keep is not None and level not in recipe.keep:
+            continue
+        roi = square_box(box, image.shape) if recipe.square else box
+        roi = enlarge_box(roi, recipe.margin, image.shape)
+        crop = crop_roi(image, roi, recipe.size, recipe.clahe)
+        row = _manifest_row(rec, recipe, pid, source, level, idx, roi, box)
+        writer.save(crop, f"{stem}_{level or idx}", row)
+
+
+def _named_discs(
+    rec: Mapping[str, Any], boxes: list[Box], recipe: _Recipe, writer: CropWriter, pid: str, source: str
+) -> tuple[list[Box], list[str]]:
+    """The discs to crop and their names: axial, the largest with the row's level; sagittal, every plausible
+    one with its level counted bottom-up."""
+    if recipe.view == "axial":
+        level = str(rec["level"]) if "level" in rec and not pd.isna(rec["level"]) else ""
+        return [max(boxes, key=lambda b: b.area)], [level]
+    chosen = boxes
+    if callable(recipe.mask_source):
+        # as `spinenet diagnose`: one false component below L5-S1 renames every disc above it
+        chosen, rejected = plausible_sagittal_discs(boxes)
+        writer.rejected += [{"patient_id": pid, "source_image": source, **r} for r in rejected]
+    return chosen, assign_levels(chosen, recipe.upper_levels)
+
+
+def _manifest_row(
+    rec: Mapping[str, Any], recipe: _Recipe, pid: str, source: str, level: str, idx: int, roi: Box, disc: Box
+) -> dict[str, Any]:
+    """One crop's manifest row: the source row's carried columns, where the crop came from, and its label."""
+    row: dict[str, Any] = {c: rec[c] for c in recipe.carried}
+    row.update(
+        patient_id=pid,
+        source_image=source,
+        level=level,
+        disc_index=idx,
+        x0=roi.x0,
+        y0=roi.y0,
+        x1=roi.x1,
+        y1=roi.y1,
+        area=disc.area,
+    )
+    if recipe.view == "sagittal":
+        herniated = _disc_label(rec, level, recipe.spec.label_col)
+        if herniated is not None:
+            row.update(herniated=herniated, label=level if herniated else "healthy")
+    elif recipe.spec.label_col:
+        row["label"] = rec[recipe.spec.label_col]
+    return row
 
 
 def _read_row(rec: Mapping[str, Any], spec: DatasetSpec, mask_source: str | MaskSource) -> tuple[np.ndarray, np.ndarray]:
