@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from spinenet.cli.ensemble import build_parser, main
 from spinenet.ensemble import members as members_mod
 from spinenet.ensemble.artifact import EnsembleNet, is_ensemble, save_artifact
-from spinenet.ensemble.cli import EnsembleRequest, build_parser, main, run_ensemble
 from spinenet.ensemble.members import (
     MIN_VAL_IMAGES,
     Member,
@@ -25,6 +25,7 @@ from spinenet.ensemble.members import (
     resolve_members,
     split_size_warnings,
 )
+from spinenet.ensemble.run import EnsembleRequest, run_ensemble
 from spinenet.errors import ConfigError, DataError
 from spinenet.tasks.evaluate import evaluate, model_from_checkpoint
 from spinenet.utils.safe_io import load_tensors

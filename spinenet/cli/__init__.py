@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "roi": ("spinenet.cli.roi:main", "crop discs (from masks, a segmenter or a box CSV) into a crop data set"),
     "diagnose": ("spinenet.pipeline.diagnose:main", "per-level findings of scans: segment, crop, classify, report"),
     "findings-eval": ("spinenet.pipeline.findings_eval:main", "score diagnose findings against per-level gradings"),
-    "ensemble": ("spinenet.ensemble.cli:main", "weighted-average ensembles: weights on validation, scores on test"),
+    "ensemble": ("spinenet.cli.ensemble:main", "weighted-average ensembles: weights on validation, scores on test"),
     "report": ("spinenet.report:main", "leaderboard and plots of a sweep or of run folders"),
     "export": ("spinenet.pipeline.export:main", "export a checkpoint to ONNX (or legacy TorchScript), verified"),
     "bench": ("spinenet.bench:main", "benchmarks that print their figures (data | train | ensemble | diagnose)"),
