@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("spinenet.pipeline.diagnose:main", "per-level findings of scans: segment, crop, classify, report"),
     "findings-eval": ("spinenet.pipeline.findings_eval:main", "score diagnose findings against per-level gradings"),
     "ensemble": ("spinenet.cli.ensemble:main", "weighted-average ensembles: weights on validation, scores on test"),
-    "report": ("spinenet.report:main", "leaderboard and plots of a sweep or of run folders"),
+    "report": ("spinenet.cli.report:main", "leaderboard and plots of a sweep or of run folders"),
     "export": ("spinenet.cli.export:main", "export a checkpoint to ONNX (or legacy TorchScript), verified"),
     "bench": ("spinenet.bench:main", "benchmarks that print their figures (data | train | ensemble | diagnose)"),
 }
