@@ -9,8 +9,8 @@ import pytest
 import torch
 from tqdm import tqdm
 
+from spinenet.cli.data_import import main_import
 from spinenet.cli.roi import main as roi_main
-from spinenet.data.importers import main_import
 from spinenet.data.manifest import DatasetSpec, check_dataset
 from spinenet.ensemble.search import exhaustive_search
 from spinenet.utils.progress import progress, progress_bar
