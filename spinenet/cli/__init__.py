@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ensemble": ("spinenet.cli.ensemble:main", "weighted-average ensembles: weights on validation, scores on test"),
     "report": ("spinenet.cli.report:main", "leaderboard and plots of a sweep or of run folders"),
     "export": ("spinenet.cli.export:main", "export a checkpoint to ONNX (or legacy TorchScript), verified"),
-    "bench": ("spinenet.bench:main", "benchmarks that print their figures (data | train | ensemble | diagnose)"),
+    "bench": ("spinenet.cli.bench:main", "benchmarks that print their figures (data | train | ensemble | diagnose)"),
 }
 
 HELP = f"""usage: spinenet <command> [options]
