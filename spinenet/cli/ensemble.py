@@ -12,10 +12,10 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from spinenet.cli.options import add_wandb_arguments
 from spinenet.ensemble import objectives as O
 from spinenet.ensemble.reporting import fmt, log_ensemble_to_wandb
 from spinenet.ensemble.run import DEVICES, METHODS, EnsembleRequest, run_ensemble
-from spinenet.utils.wandb_results import add_wandb_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from spinenet.cli.options import add_wandb_arguments
 from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError
 from spinenet.pipeline.findings_eval import (
     DEFAULT_CLASS_COL,
@@ -17,7 +18,6 @@ from spinenet.pipeline.findings_eval import (
     log_findings_eval_to_wandb,
     parse_levels,
 )
-from spinenet.utils.wandb_results import add_wandb_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
