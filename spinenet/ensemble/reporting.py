@@ -51,11 +51,23 @@ def _label(entry: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    """``report.md``: what was searched on which split, the scores, the saved ensemble, weights, per-class
+    scores, members and notes."""
+    lines = [f"# Ensemble of {len(report['members'])} {report['task']} members", ""]
+    lines += _md_splits(report)
+    lines += _md_scores(report)
+    lines += _md_weights(report)
+    lines += _md_per_class(report)
+    lines += _md_members(report)
+    lines += _md_notes(report)
+    return "\n".join(lines)
+
+
+def _md_splits(report: dict[str, Any]) -> list[str]:
+    """Which split chose the weights, and the warning when it is too small to trust them."""
     task, obj = report["task"], report["objective"]
-    metrics = TASK_METRICS[task]
     val, test = report["splits"]["val"], report["splits"]["test"]
-    lines = [f"# Ensemble of {len(report['members'])} {task} members", ""]
-    lines += [
+    lines = [
         f"Weights chosen on the **validation split only** ({val['images']} images, {val['patients']} patients) "
         f"to maximise **{obj}** ({METRIC_NOTES.get(obj, obj)}); the test split ({test['images']} images, "
         f"{test['patients']} patients) never influenced them. Split file: {md_code(report['splits_file'])}; data: "
@@ -79,7 +91,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     dups = [(m["name"], d) for m in report["members"] for d in m.get("duplicates", [])]
     if dups:
         lines += [f"> **Counted once:** {d} is the same file as {name} (same SHA-256)." for name, d in dups] + [""]
-    lines += ["## Validation and test", ""]
+    return lines
+
+
+def _md_scores(report: dict[str, Any]) -> list[str]:
+    """Every model's validation and test scores, and the saved ensemble with the command that evaluates it."""
+    obj = report["objective"]
+    metrics = TASK_METRICS[report["task"]]
+    lines = ["## Validation and test", ""]
     header = ["model", "weights"] + [
         f"{s} {m}" + (" (objective)" if m == obj and s == "val" else "")
         for m in metrics
@@ -101,7 +120,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "```",
         "",
     ]
-    lines += ["## Weights", ""]
+    return lines
+
+
+def _md_weights(report: dict[str, Any]) -> list[str]:
+    """Each member's weight per search method, and how each search ran."""
+    lines = ["## Weights", ""]
     methods = [e for e in report["entries"] if e["kind"] == "waem"]
     header = ["#", "member", "architecture"] + [e["method"] for e in methods]
     rows = [
@@ -123,8 +147,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"kept the first round reaching the best validation score; {s['seconds']:.2f} s."
             )
     lines.append("")
+    return lines
+
+
+def _md_per_class(report: dict[str, Any]) -> list[str]:
+    """Per-class test scores (Dice or recall) and the class counts of both splits."""
+    task = report["task"]
     per_key = "dice" if task == "segmentation" else "recall"
-    lines += [f"## Per class on test ({per_key})", ""]
+    lines = [f"## Per class on test ({per_key})", ""]
     classes = report["classes"]
     shown = classes[1:] if task == "segmentation" else classes
     rows = [[e["name"]] + [e["per_class"]["test"][per_key].get(c) for c in shown] for e in report["entries"]]
@@ -139,15 +169,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ".",
         "",
     ]
-    lines += ["## Members", ""]
+    return lines
+
+
+def _md_members(report: dict[str, Any]) -> list[str]:
+    """Each member's checkpoint, SHA-256 and whether its predictions came from the cache."""
+    lines = ["## Members", ""]
     for i, m in enumerate(report["members"]):
         cached = ", ".join(f"{s} {'cached' if c else 'predicted'}" for s, c in m["cached"].items())
         desc = f" ({md_text(m['description'])})" if m.get("description") else ""
         again = "".join(f"; also given as {md_text(d)}, the same file (counted once)" for d in m.get("duplicates", []))
         lines.append(f"{i + 1}. **{md_text(m['name'])}**{desc}: {md_code(m['checkpoint'])} (SHA-256 {m['sha256'][:12]}…); "
                      f"{cached}{again}")
-    lines += ["", "## Notes", ""]
-    lines += [f"- `{m}`: {METRIC_NOTES[m]}." for m in metrics]
+    return lines
+
+
+def _md_notes(report: dict[str, Any]) -> list[str]:
+    """What each metric and WAEM / AEM mean, and why ``spinenet eval`` can differ slightly."""
+    task = report["task"]
+    lines = ["", "## Notes", ""]
+    lines += [f"- `{m}`: {METRIC_NOTES[m]}." for m in TASK_METRICS[task]]
     lines += [
         "- WAEM = Σ wᵢ·Mᵢ / Σ wᵢ over the members' class probabilities; AEM gives every member the same "
         "weight. Scores here come from the cached probabilities ("
@@ -156,7 +197,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "recomputes them in float32 and can differ on pixels where two classes are practically tied.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def log_ensemble_to_wandb(report: dict[str, Any], project: str | None, group: str | None = None) -> str | None:
