@@ -16,7 +16,8 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale, get_decoder
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from spinenet.data.importers import SUMMARY_NAME, import_dicom_tree, main_import
+from spinenet.cli.data_import import main_import
+from spinenet.data.importers import SUMMARY_NAME, import_dicom_tree
 from spinenet.data.io import dicom_pixels, read_image
 from spinenet.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, DataError
 from spinenet.utils.privacy import scan_for_phi

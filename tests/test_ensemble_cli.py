@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from spinenet.cli.ensemble import build_parser, main
 from spinenet.contract import ModelContract
 from spinenet.ensemble import members as members_mod
 from spinenet.ensemble.artifact import EnsembleNet, is_ensemble, save_artifact
-from spinenet.ensemble.cli import EnsembleRequest, build_parser, main, run_ensemble
 from spinenet.ensemble.members import (
     MIN_VAL_IMAGES,
     Member,
@@ -26,6 +26,7 @@ from spinenet.ensemble.members import (
     resolve_members,
     split_size_warnings,
 )
+from spinenet.ensemble.run import EnsembleRequest, run_ensemble
 from spinenet.errors import ConfigError, DataError
 from spinenet.tasks.evaluate import evaluate
 from spinenet.utils.safe_io import load_tensors

@@ -14,15 +14,14 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from spinenet.cli.data_import import build_import_parser, main_import
 from spinenet.data.importers import (
     ImportOptions,
     apply_label_map,
-    build_import_parser,
     import_dicom_series,
     import_dicom_tree,
     import_volume,
     import_volume_folder,
-    main_import,
     parse_label_map,
     run_import,
     spider_label_map,

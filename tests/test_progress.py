@@ -9,10 +9,10 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from spinenet.data.importers import main_import
+from spinenet.cli.data_import import main_import
+from spinenet.cli.roi import main as roi_main
 from spinenet.data.manifest import DatasetSpec, check_dataset
 from spinenet.ensemble.search import exhaustive_search
-from spinenet.roi import main as roi_main
 from spinenet.utils.progress import progress, progress_bar
 from tests.test_importers import SALT, write_dicom_series
 

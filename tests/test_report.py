@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
+from spinenet.cli.report import main
 from spinenet.errors import ConfigError
-from spinenet.report import main, write_report
+from spinenet.report import write_report
 from tests.conftest import REPO, tiny_train_overrides
 
 CLASSES = ["background", "disc", "vertebra", "canal"]

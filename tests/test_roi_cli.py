@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from spinenet.cli import main as cli_main
+from spinenet.cli.roi import main as roi_main
 from spinenet.errors import ConfigError
-from spinenet.roi import main as roi_main
 from tests.conftest import tiny_train_overrides
 
 _SEGMENTERS: dict[str, Path] = {}

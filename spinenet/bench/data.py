@@ -7,10 +7,8 @@ prints their ratio. Target on a 2-core machine: the loader delivers at least 3x 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -51,13 +49,13 @@ def _step_rate(module, batch, steps: int) -> float:
     return steps * batch["image"].shape[0] / (time.perf_counter() - start)
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog="spinenet bench data", description=__doc__)
-    parser.add_argument("--experiment", default="demo", help="experiment whose data and model to use")
-    parser.add_argument("--batches", type=int, default=2 if smoke() else 30)
-    parser.add_argument("--steps", type=int, default=1 if smoke() else 10)
-    parser.add_argument("--data-dir", default=None, help="where the phantom is generated (default: a temp dir)")
-    args = parser.parse_args(list(argv))
+def benchmark(experiment: str = "demo", batches: int | None = None, steps: int | None = None,
+              data_dir: str | None = None) -> int:
+    """Print the loader's and the training step's images/s for ``experiment`` (``batches`` loader batches,
+    ``steps`` training steps; default: 30 and 10, 2 and 1 in smoke mode); the phantom goes to ``data_dir``
+    (default: a temporary folder)."""
+    batches = batches if batches is not None else (2 if smoke() else 30)
+    steps = steps if steps is not None else (1 if smoke() else 10)
 
     import hydra
 
@@ -65,17 +63,17 @@ def main(argv: Sequence[str] = ()) -> int:
     from spinenet.tasks.common import build_module
 
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data_dir or str(Path(tmp) / "data")
-        cfg = compose("train", [f"experiment={args.experiment}", f"paths.data_dir={data_dir}"], output_dir=tmp)
+        data_dir = data_dir or str(Path(tmp) / "data")
+        cfg = compose("train", [f"experiment={experiment}", f"paths.data_dir={data_dir}"], output_dir=tmp)
         dm = hydra.utils.instantiate(cfg.data, output_dir=None, check="fast")
         dm.prepare_data()
         dm.setup("fit")
         module = build_module(cfg, dm.class_names, dm.label_names)
         batch = next(iter(dm.train_dataloader()))
-        consumed = _step_rate(module, batch, args.steps)
-        rows = [(w, _loader_rate(dm, w, args.batches)) for w in (0, 2)]
+        consumed = _step_rate(module, batch, steps)
+        rows = [(w, _loader_rate(dm, w, batches)) for w in (0, 2)]
     size = "x".join(map(str, cfg.data.image_size))
-    print(f"spinenet bench data: experiment={args.experiment}, images {size}, batch {cfg.data.batch_size}, "
+    print(f"spinenet bench data: experiment={experiment}, images {size}, batch {cfg.data.batch_size}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"  training step consumes      {consumed:8.1f} images/s")
     for workers, rate in rows:

@@ -18,7 +18,6 @@ cores: >= 65 images/s end to end, or >= 90% of the U-Net alone (the stages after
 
 from __future__ import annotations
 
-import argparse
 import resource
 import tempfile
 import time
@@ -108,40 +107,35 @@ def _engines(requested: Sequence[str] | None, dev: str) -> list[str]:
     return ["torch", "onnxruntime"] if dev == "cpu" else ["torch"]
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    from spinenet.pipeline.diagnose import ENGINES
+def benchmark(images: int | None = None, distinct: int | None = None, batch_sizes: Sequence[int] | None = None,
+              pipeline_threads: int | None = None, threads: int | None = None, channels_last: bool = True,
+              engines: Sequence[str] | None = None, repeats: int | None = None, device: str | None = None) -> int:
+    """Print images/s of the diagnosis pipeline end to end and of the U-Net alone, per engine and batch size.
 
-    p = argparse.ArgumentParser(prog="spinenet bench diagnose", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=4 if smoke() else 64, help="slices per timed pass")
-    p.add_argument("--distinct", type=int, default=2 if smoke() else 16, help="distinct phantom slices (repeated)")
-    p.add_argument("--batch-size", type=int, nargs="+", default=[2] if smoke() else [8, 16, 32])
-    p.add_argument("--pipeline-threads", type=int, default=None, help="threads of the decode, post-processing "
-                   "and writing stages (spinenet.pipeline.diagnose.run; default: the CPU count, 2 to 8)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
-    p.add_argument("--no-channels-last", action="store_true", help="PyTorch engine: keep NCHW")
-    p.add_argument("--engine", nargs="+", choices=ENGINES, default=None,
-                   help="default: torch, and onnxruntime where installed (CPU); as `spinenet diagnose --engine`")
-    p.add_argument("--repeats", type=int, default=1 if smoke() else 3, help="timed passes; the best is reported")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(list(argv))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ``images`` slices per timed pass made of ``distinct`` phantom slices, ``repeats`` timed passes (the best is
+    reported); defaults 64, 16, [8, 16, 32], 3 (4, 2, [2], 1 in smoke mode). ``engines``: default torch, and
+    onnxruntime where installed (CPU). ``device``: default cuda when available."""
+    images = images if images is not None else (4 if smoke() else 64)
+    distinct = distinct if distinct is not None else (2 if smoke() else 16)
+    batch_sizes = list(batch_sizes) if batch_sizes is not None else ([2] if smoke() else [8, 16, 32])
+    repeats = repeats if repeats is not None else (1 if smoke() else 3)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if threads:
+        torch.set_num_threads(threads)
     from spinenet.models.classification import build_classifier
     from spinenet.models.segmentation import build_segmenter
     from spinenet.pipeline.export import onnxruntime_predictor
 
-    dev = args.device
-    engines = _engines(args.engine, dev)
+    dev = device
+    engines = _engines(engines, dev)
     if "onnxruntime" in engines and dev != "cpu":
         raise SystemExit("--engine onnxruntime runs on the CPU; use --device cpu")
     torch.manual_seed(0)
     unet = build_segmenter("unet_sustersic", 4, 1, image_size=(256, 256), base_channels=8, depth=5).eval().to(dev)
     discnet = build_classifier("discnet", 3, 1, image_size=(64, 64)).eval().to(dev)
-    channels_last = not args.no_channels_last
     tmp = tempfile.TemporaryDirectory(prefix="spinenet_bench_diagnose_")
     folder = Path(tmp.name) / "slices"
-    images, masks = _phantom(args.distinct, 256, 0, folder, args.images)
+    slices, masks = _phantom(distinct, 256, 0, folder, images)
     items = folder_items(folder)
     seg_prep = ModelContract(TaskKind.SEGMENTATION, ("background", "disc", "vertebra", "canal"), InputSpec((256, 256)))
     crop = CropRecipe(size=(64, 64), margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=("L4-L5", "L5-S1"))
@@ -155,14 +149,14 @@ def main(argv: Sequence[str] = ()) -> int:
             models[engine] = (torch_seg, torch_cls)
         else:  # exported in memory and checked against PyTorch, as `spinenet diagnose --engine onnxruntime`
             models[engine] = (onnxruntime_predictor(torch_seg), onnxruntime_predictor(torch_cls))
-    pairs = list(zip(images, masks, strict=True))
+    pairs = list(zip(slices, masks, strict=True))
 
     print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last (torch): {channels_last}, "
           f"torch {torch.__version__}, engines: {', '.join(engines)}")
     x1 = torch.rand(1, 1, 256, 256, device=dev)
     unet_flops = _flops(unet, x1)
     disc_flops = _flops(discnet, torch.rand(1, 1, 64, 64, device=dev))
-    res = diagnose_images(images[:8], "sagittal", _Oracle(torch_seg, pairs), torch_cls, 8)
+    res = diagnose_images(slices[:8], "sagittal", _Oracle(torch_seg, pairs), torch_cls, 8)
     classified = sum(d["classified"] for r in res for d in r["discs"]) / len(res)
     found = sum(len(r["discs"]) for r in res) / len(res)
     per_image = unet_flops + classified * disc_flops
@@ -175,13 +169,13 @@ def main(argv: Sequence[str] = ()) -> int:
     best: dict[str, float] = {}
     for engine, (seg_model, cls_model) in models.items():
         seg = _Oracle(seg_model, pairs)
-        for bs in args.batch_size:
+        for bs in batch_sizes:
             times = []
-            for r in range(args.repeats):
+            for r in range(repeats):
                 _sync(dev)
                 t = time.perf_counter()
                 summary = run(items, {"sagittal": seg}, {"sagittal": cls_model}, Path(tmp.name) / f"out_{r}", bs,
-                              overwrite=True, progress=False, threads=args.pipeline_threads)
+                              overwrite=True, progress=False, threads=pipeline_threads)
                 _sync(dev)
                 times.append(time.perf_counter() - t)
             assert summary["status_counts"]["ok"] == len(items), summary["status_counts"]
@@ -191,10 +185,10 @@ def main(argv: Sequence[str] = ()) -> int:
             seg_model(xb)
             _sync(dev)
             t = time.perf_counter()
-            for _ in range(max(1, args.images // bs)):
+            for _ in range(max(1, images // bs)):
                 seg_model(xb)
             _sync(dev)
-            unet_ips = bs * max(1, args.images // bs) / (time.perf_counter() - t)
+            unet_ips = bs * max(1, images // bs) / (time.perf_counter() - t)
             if ips > best.get(engine, (0.0, 0.0, 0))[0]:
                 best[engine] = (ips, unet_ips, bs)
             print(f"{engine:11s} batch {bs:3d}: end to end {ips:6.1f} images/s ({1000 / ips:.1f} ms/image), "

@@ -14,16 +14,12 @@ a random sample of grid vectors in the same run and extrapolated to the whole gr
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spinenet.bench import smoke
 from spinenet.ensemble.search import (
     baselines,
     exhaustive_search,
@@ -33,7 +29,7 @@ from spinenet.ensemble.search import (
     step_to_divisions,
 )
 
-__all__ = ["main", "run_ensemble_benchmark", "synthetic_classification", "synthetic_segmentation"]
+__all__ = ["print_figures", "run_ensemble_benchmark", "synthetic_classification", "synthetic_segmentation"]
 
 
 def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> torch.Tensor:
@@ -212,18 +208,8 @@ def _fmt_s(x: float) -> str:
     return f"{x:.3f} s" if x < 100 else f"{x:,.0f} s"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="spinenet bench ensemble", description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--naive-samples", type=int, default=3 if smoke() else 20,
-                    help="weight vectors timed with the naive loop")
-    ap.add_argument("--size", type=int, default=32 if smoke() else 256, help="segmentation slices' size in pixels")
-    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = ap.parse_args(argv)
-    r = run_ensemble_benchmark(device=args.device, seed=args.seed, naive_samples=args.naive_samples, size=args.size)
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2))
+def print_figures(r: dict) -> int:
+    """Print the figures of :func:`run_ensemble_benchmark`; 1 when the search is not exact on the sample."""
     c, s = r["classification"], r["segmentation"]
     print(f"device: {r['device']}  torch threads: {r['torch_threads']}  seed: {r['seed']}")
     print()
@@ -278,6 +264,3 @@ def main(argv: list[str] | None = None) -> int:
     ok = s["scores_identical"] and s["same_optimum_on_sample"] and c["scores_identical"]
     return 0 if ok else 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

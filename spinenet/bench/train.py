@@ -12,7 +12,6 @@ round, medians. ``--epoch-time`` times one full training epoch of the experiment
 
 from __future__ import annotations
 
-import argparse
 import copy
 import resource
 import statistics
@@ -24,6 +23,7 @@ import lightning as L
 import torch
 
 from spinenet.bench import smoke
+from spinenet.errors import ConfigError
 
 
 class _StepTimer(L.Callback):
@@ -98,13 +98,6 @@ SETTINGS = {
 }
 
 
-def _setting(name: str) -> str:
-    unknown = [part for part in name.split("+") if part not in SETTINGS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown setting {'+'.join(unknown)!r}; choose from {sorted(SETTINGS)}")
-    return name
-
-
 def _setting_run(setting: str, dm, template, accelerator: str, steps: int, skip: int,
                  tmp: str) -> tuple[list[float], float]:
     """Per-step times of ``steps`` training batches from the real loader under one setting, and the first
@@ -137,21 +130,19 @@ def _epoch_time(cfg, dm, template, accelerator: str, tmp: str) -> tuple[float, i
     return time.perf_counter() - start, len(loader)
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog="spinenet bench train", description=__doc__)
-    parser.add_argument("--experiment", default="demo")
-    parser.add_argument("--steps", type=int, default=2 if smoke() else 20)
-    parser.add_argument("--warmup", type=int, default=1 if smoke() else 3)
-    parser.add_argument("--rounds", type=int, default=1 if smoke() else 2, help="interleaved repetitions of both loops")
-    parser.add_argument("--override", action="append", default=[], help="extra Hydra overrides")
-    parser.add_argument("--setting", action="append", nargs="+", type=_setting, default=[],
-                        help="measure training images/s with these speed settings instead of the "
-                             "Lightning-vs-plain comparison (combine with +, e.g. channels_last+bf16): "
-                             + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items()))
-    parser.add_argument("--epoch-time", action="store_true",
-                        help="also time one full training epoch of the experiment's config")
-    args = parser.parse_args(list(argv))
-    settings = list(dict.fromkeys(name for group in args.setting for name in group))
+def benchmark(experiment: str = "demo", steps: int | None = None, warmup: int | None = None,
+              rounds: int | None = None, overrides: Sequence[str] = (), settings: Sequence[str] = (),
+              epoch_time: bool = False) -> int:
+    """Print the Lightning-vs-plain-loop step times of ``experiment`` (``steps`` timed after ``warmup``, over
+    ``rounds`` interleaved rounds; defaults 20, 3, 2; 2, 1, 1 in smoke mode) or, with ``settings`` (names of
+    :data:`SETTINGS`, combined with +) or ``epoch_time``, images/s per speed setting and one epoch's time."""
+    steps = steps if steps is not None else (2 if smoke() else 20)
+    warmup = warmup if warmup is not None else (1 if smoke() else 3)
+    rounds = rounds if rounds is not None else (1 if smoke() else 2)
+    settings = list(settings)
+    unknown = sorted({part for name in settings for part in name.split("+")} - set(SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; choose from {sorted(SETTINGS)}")
 
     import hydra
 
@@ -160,35 +151,35 @@ def main(argv: Sequence[str] = ()) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose("train", [f"experiment={args.experiment}", f"paths.data_dir={tmp}/data", *args.override],
+        cfg = compose("train", [f"experiment={experiment}", f"paths.data_dir={tmp}/data", *overrides],
                       output_dir=tmp)
         dm = hydra.utils.instantiate(cfg.data, output_dir=None, check="fast")
         dm.prepare_data()
         dm.setup("fit")
         accelerator = "gpu" if device.type == "cuda" else "cpu"
-        header = (f"spinenet bench train: experiment={args.experiment}, model={cfg.model.net.name}, "
+        header = (f"spinenet bench train: experiment={experiment}, model={cfg.model.net.name}, "
                   f"batch {cfg.data.batch_size} x {list(cfg.data.image_size)}, device {device}, "
                   f"{torch.get_num_threads()} threads")
-        if settings or args.epoch_time:
+        if settings or epoch_time:
             L.seed_everything(0)
             template = build_module(cfg, dm.class_names, dm.label_names)
             print(header)
             if settings:
-                _print_settings(settings, dm, template, accelerator, args, tmp, cfg.data.batch_size)
-            if args.epoch_time:
+                _print_settings(settings, dm, template, accelerator, tmp, cfg.data.batch_size, rounds, steps, warmup)
+            if epoch_time:
                 seconds, n = _epoch_time(cfg, dm, template, accelerator, tmp)
                 print(f"  one training epoch ({n} batches, {len(dm.train_dataloader().dataset)} images, "
                       f"precision {cfg.trainer.precision}, {dm.num_workers} workers): {seconds:.1f} s")
             return 0
         loader = iter(dm.train_dataloader())
         first = [next(loader) for _ in range(min(len(dm.train_dataloader()), 4))]
-        batches = [first[i % len(first)] for i in range(args.steps + args.warmup)]
+        batches = [first[i % len(first)] for i in range(steps + warmup)]
         L.seed_everything(0)
         template = build_module(cfg, dm.class_names, dm.label_names)
         plain, light = [], []
-        for _ in range(args.rounds):
-            plain += _plain_loop(copy.deepcopy(template), batches, device, args.warmup)
-            light += _lightning_loop(copy.deepcopy(template), batches, accelerator, args.warmup, tmp)
+        for _ in range(rounds):
+            plain += _plain_loop(copy.deepcopy(template), batches, device, warmup)
+            light += _lightning_loop(copy.deepcopy(template), batches, accelerator, warmup, tmp)
     p, lt = statistics.median(plain), statistics.median(light)
     print(f"{header}, {len(plain)} steps each (median)")
     print(f"  plain PyTorch loop   {p * 1000:8.1f} ms/step")
@@ -198,23 +189,24 @@ def main(argv: Sequence[str] = ()) -> int:
     return 0
 
 
-def _print_settings(settings: list[str], dm, template, accelerator: str, args, tmp: str, batch_size: int) -> None:
+def _print_settings(settings: list[str], dm, template, accelerator: str, tmp: str, batch_size: int,
+                    rounds: int, steps: int, warmup: int) -> None:
     times: dict[str, list[float]] = {name: [] for name in settings}
     first: dict[str, list[float]] = {name: [] for name in settings}
     failed: dict[str, str] = {}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name in settings:
             if name in failed:
                 continue
             try:
-                steps, first_step = _setting_run(name, dm, template, accelerator, args.steps + args.warmup,
-                                                 args.warmup, tmp)
-                times[name] += steps
+                step_times, first_step = _setting_run(name, dm, template, accelerator, steps + warmup,
+                                                 warmup, tmp)
+                times[name] += step_times
                 first[name].append(first_step)
             except Exception as exc:  # a setting this machine or torch build cannot run is reported, not fatal
                 failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
     counts = sorted({len(t) for t in times.values() if t})
-    print(f"  {args.rounds} interleaved round(s), up to {args.steps} steps each after {args.warmup} warm-up "
+    print(f"  {rounds} interleaved round(s), up to {steps} steps each after {warmup} warm-up "
           f"(one epoch at most: {'/'.join(map(str, counts)) or 0} steps timed per setting), real loader, median step")
     base = statistics.median(times["baseline"]) if times.get("baseline") else None
     for name in settings:

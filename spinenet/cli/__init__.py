@@ -20,13 +20,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("spinenet.cli.hydra_app:train_main", "fit a model and test it (Hydra overrides; -m for sweeps)"),
     "eval": ("spinenet.cli.hydra_app:eval_main", "metrics of a checkpoint or saved ensemble on a data set"),
     "data": ("spinenet.cli.data:main", "make, check or import data sets (synth | check | import | grade-crops)"),
-    "roi": ("spinenet.roi:main", "crop discs (from masks, a segmenter or a box CSV) into a crop data set"),
-    "diagnose": ("spinenet.pipeline.diagnose:main", "per-level findings of scans: segment, crop, classify, report"),
-    "findings-eval": ("spinenet.pipeline.findings_eval:main", "score diagnose findings against per-level gradings"),
-    "ensemble": ("spinenet.ensemble.cli:main", "weighted-average ensembles: weights on validation, scores on test"),
-    "report": ("spinenet.report:main", "leaderboard and plots of a sweep or of run folders"),
-    "export": ("spinenet.pipeline.export:main", "export a checkpoint to ONNX (or legacy TorchScript), verified"),
-    "bench": ("spinenet.bench:main", "benchmarks that print their figures (data | train | ensemble | diagnose)"),
+    "roi": ("spinenet.cli.roi:main", "crop discs (from masks, a segmenter or a box CSV) into a crop data set"),
+    "diagnose": ("spinenet.cli.diagnose:main", "per-level findings of scans: segment, crop, classify, report"),
+    "findings-eval": ("spinenet.cli.findings_eval:main", "score diagnose findings against per-level gradings"),
+    "ensemble": ("spinenet.cli.ensemble:main", "weighted-average ensembles: weights on validation, scores on test"),
+    "report": ("spinenet.cli.report:main", "leaderboard and plots of a sweep or of run folders"),
+    "export": ("spinenet.cli.export:main", "export a checkpoint to ONNX (or legacy TorchScript), verified"),
+    "bench": ("spinenet.cli.bench:main", "benchmarks that print their figures (data | train | ensemble | diagnose)"),
 }
 
 HELP = f"""usage: spinenet <command> [options]

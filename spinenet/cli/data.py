@@ -46,11 +46,11 @@ def main(argv: Sequence[str]) -> int:
                    add_help=False)
 
     if argv and argv[0] == "grade-crops":
-        from spinenet.data.gradings import main as grade_main
+        from spinenet.cli.data_grade_crops import main as grade_main
 
         return grade_main(list(argv[1:]))
     if argv and argv[0] == "import":
-        from spinenet.data.importers import main_import
+        from spinenet.cli.data_import import main_import
 
         return main_import(list(argv[1:]))
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ from spinenet.data.phantom import generate_on_first_use
 from spinenet.data.splits import check_splits, load_splits, patient_labels, save_splits, split_patients
 from spinenet.data.transforms import build_transforms, content_box
 from spinenet.errors import ConfigError, DataError
-from spinenet.roi import phantom_crops_on_first_use
+from spinenet.roi.phantom import phantom_crops_on_first_use
 from spinenet.utils.callbacks import seed_everything_for_epoch
 
 log = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -460,14 +461,53 @@ def _sagittal_geometry(anat: dict, label: str) -> dict:
     """Polygons of the lumbar column, sacrum, discs, canal and posterior elements for one slice."""
     z = float(np.clip(anat["slice_offset"], -1.0, 1.0))
     bw_f = 1 - 0.05 * z * z
-    hs, ws, dhs = anat["body_h"], [w * bw_f for w in anat["body_w"]], list(anat["disc_h"])
-    # endplate tilts: L1 top .. S1 top (11 endplates); discs take more of the lordosis than bodies
+    hs, ws = anat["body_h"], [w * bw_f for w in anat["body_w"]]
+    tilts = _endplate_tilts(anat)
+    bodies, marks, discs, pos = _lumbar_column(anat, tilts, hs, ws)
+    s_polys, s_marks, s_gaps = _sacrum(anat, pos, tilts[10], hs[4], ws[4])
+    canal_w = anat["canal_w"] * math.sqrt(max(0.2, 1 - 0.45 * z * z))  # narrower off the midline
+    gap = anat["canal_gap"]
+    disc_polys, nuclei, protrusion = _sagittal_discs(anat, label, discs, hs, z, canal_w, gap)
+    P, N, W, ant_line, post_line, canal = _sagittal_canal(marks, s_marks, tilts, canal_w, gap)
+    flav = anat["canal_gap"] + 0.004
+    spinous = _spinous_processes(anat, marks, discs, hs, z, P, N, post_line, flav)
+    dorsal = _dorsal_sacrum(s_marks, z, P, N, post_line, flav)
+    return {
+        "bodies": bodies,
+        "marks": marks,
+        "discs": discs,
+        "disc_polys": disc_polys,
+        "nuclei": nuclei,
+        "protrusion": protrusion,
+        "sacrum": s_polys,
+        "sacrum_gaps": s_gaps,
+        "canal": canal,
+        "canal_P": P,
+        "canal_N": N,
+        "canal_W": W,
+        "ant_line": ant_line,
+        "post_line": post_line,
+        "spinous": spinous,
+        "tilts": tilts,
+        "z": z,
+        "dorsal_sacrum": dorsal,
+    }
+
+
+def _endplate_tilts(anat: dict) -> np.ndarray:
+    """Endplate tilts in radians, L1 top .. S1 top (11 endplates); discs take more of the lordosis than bodies."""
     weights = np.array([1.0, 1.3, 1.0, 1.3, 1.0, 1.5, 1.0, 2.0, 1.0, 3.5]) * (
         1 + 0.4 * np.array(anat["tilt_jitter"][:10])
     )
     inc = weights / weights.sum() * (anat["tilt_s1"] - anat["tilt_top"])
-    tilts = np.radians(anat["tilt_top"] + np.concatenate([[0.0], np.cumsum(inc)]))
+    return np.radians(anat["tilt_top"] + np.concatenate([[0.0], np.cumsum(inc)]))
 
+
+def _lumbar_column(
+    anat: dict, tilts: np.ndarray, hs: list[float], ws: list[float]
+) -> tuple[list[np.ndarray], list[dict], list[dict], np.ndarray]:
+    """L1..L5 bodies (polygons, landmarks) and the discs below each; returns where the sacrum starts too."""
+    dhs = list(anat["disc_h"])
     pos = np.array(anat["top"], float)
     bodies, marks, discs = [], [], []
     for i in range(5):
@@ -481,10 +521,15 @@ def _sagittal_geometry(anat: dict, label: str) -> dict:
         nxt = mk["bot"] + dh * _dir(0.5 * (a1 + a2))
         discs.append({"a1": a1, "a2": a2, "up": mk["bot"], "lo": nxt, "h": dh, "w": w})
         pos = nxt
-    # sacrum: S1 as a tilted block, then fused, tapering segments curving forward
+    return bodies, marks, discs, pos
+
+
+def _sacrum(
+    anat: dict, pos: np.ndarray, a: float, h_l5: float, w_l5: float
+) -> tuple[list[np.ndarray], list[dict], list[np.ndarray]]:
+    """S1 as a tilted block, then fused, tapering segments curving forward: polygons, landmarks, the gaps."""
     s_marks, s_polys, s_gaps = [], [], []
-    a = tilts[10]
-    h_s, w_s = hs[4] * 0.95, ws[4] * 1.0
+    h_s, w_s = h_l5 * 0.95, w_l5 * 1.0
     for k, (hf, wf) in enumerate([(1.05, 1.0), (0.78, 0.82), (0.62, 0.64), (0.52, 0.5), (0.45, 0.38)]):
         a_bot = a - math.radians(anat["sacrum_curve"]) * (0.4 if k == 0 else 1.0)
         poly, mk = _body_poly(pos, a, a_bot, h_s * hf, w_s * wf)
@@ -503,10 +548,13 @@ def _sagittal_geometry(anat: dict, label: str) -> dict:
             )
         )
         pos, a = nxt, a_bot
+    return s_polys, s_marks, s_gaps
 
-    canal_w = anat["canal_w"] * math.sqrt(max(0.2, 1 - 0.45 * z * z))  # narrower off the midline
-    gap = anat["canal_gap"]
-    # disc polygons, bulging slightly beyond the bodies, plus the focal protrusion
+
+def _sagittal_discs(
+    anat: dict, label: str, discs: list[dict], hs: list[float], z: float, canal_w: float, gap: float
+) -> tuple[list[np.ndarray], list[tuple], np.ndarray | None]:
+    """Disc polygons, bulging slightly beyond the bodies, their nuclei, and the focal protrusion (or None)."""
     disc_polys, nuclei, protrusion = [], [], None
     for i, d in enumerate(discs):
         a_mid = 0.5 * (d["a1"] + d["a2"])
@@ -534,8 +582,16 @@ def _sagittal_geometry(anat: dict, label: str) -> dict:
                 + (hw * np.sin(ts) + p["migrate"] * d["h"] * np.cos(ts) ** 2)[:, None] * dm
             )
             protrusion = _chaikin(np.concatenate([tip, [base - 0.02 * w * nm]]), 2)
+    return disc_polys, nuclei, protrusion
 
-    # canal: a band behind the posterior walls, up to the top of the canvas, tapering down the sacrum
+
+def _sagittal_canal(
+    marks: list[dict], s_marks: list[dict], tilts: np.ndarray, canal_w: float, gap: float
+) -> tuple[np.ndarray, ...]:
+    """The canal: a band behind the posterior walls, up to the top of the canvas, tapering down the sacrum.
+
+    Returns the resampled posterior wall ``P``, its normals ``N``, the widths ``W``, the canal's anterior and
+    posterior lines and its polygon."""
     knots = []  # (point on posterior wall, posterior normal, width factor)
     top_mk = marks[0]
     knots.append((top_mk["post_top"] - 0.5 * _dir(tilts[0]), _nrm(tilts[0]), 1.08))
@@ -559,10 +615,22 @@ def _sagittal_geometry(anat: dict, label: str) -> dict:
     ant_line = P + gap * N
     post_line = ant_line + W[:, None] * N
     canal = np.concatenate([ant_line, post_line[::-1]])
+    return P, N, W, ant_line, post_line, canal
 
-    # posterior elements: lamina + spinous process behind each lumbar level (low contrast)
+
+def _spinous_processes(
+    anat: dict,
+    marks: list[dict],
+    discs: list[dict],
+    hs: list[float],
+    z: float,
+    P: np.ndarray,
+    N: np.ndarray,
+    post_line: np.ndarray,
+    flav: float,
+) -> list[np.ndarray]:
+    """Posterior elements: lamina + spinous process behind each lumbar level (low contrast)."""
     spinous = []
-    flav = anat["canal_gap"] + 0.004
     for i, mk in enumerate(marks):
         a_mid = mk["a_mid"]
         n, d = _nrm(a_mid), _dir(a_mid)
@@ -592,44 +660,43 @@ def _sagittal_geometry(anat: dict, label: str) -> dict:
                 2,
             )
         )
+    return spinous
 
-    # dorsal sacrum (laminae and median crest, background class) closing the sacral canal from behind
+
+def _dorsal_sacrum(
+    s_marks: list[dict], z: float, P: np.ndarray, N: np.ndarray, post_line: np.ndarray, flav: float
+) -> np.ndarray:
+    """The dorsal sacrum (laminae and median crest, background class) closing the sacral canal from behind."""
     j = int(np.argmin(np.linalg.norm(P - s_marks[0]["post_top"], axis=1)))
     inner = post_line[j:] + flav * N[j:]
     thick = np.linspace(0.03, 0.012, len(inner))[:, None] * (1 - 0.3 * abs(z))
-    dorsal = _chaikin(np.concatenate([inner, (inner + thick * N[j:])[::-1]]), 2)
-    return {
-        "bodies": bodies,
-        "marks": marks,
-        "discs": discs,
-        "disc_polys": disc_polys,
-        "nuclei": nuclei,
-        "protrusion": protrusion,
-        "sacrum": s_polys,
-        "sacrum_gaps": s_gaps,
-        "canal": canal,
-        "canal_P": P,
-        "canal_N": N,
-        "canal_W": W,
-        "ant_line": ant_line,
-        "post_line": post_line,
-        "spinous": spinous,
-        "tilts": tilts,
-        "z": z,
-        "dorsal_sacrum": dorsal,
-    }
+    return _chaikin(np.concatenate([inner, (inner + thick * N[j:])[::-1]]), 2)
 
 
 def _synth_sagittal(
     rng: np.random.Generator, label: str, size: int, anat: dict
 ) -> tuple[np.ndarray, np.ndarray]:
+    # tissue by tissue, each painted over the earlier ones (the order is part of the image: keep it)
     t = anat["tissue"]
     g = _sagittal_geometry(anat, label)
     cv = _Canvas(size, rng)
-    lo, hi = -_MARGIN - 0.05, 1 + _MARGIN + 0.05
-    z = g["z"]
+    back = _sagittal_back(cv, t, g, anat)
+    _sagittal_front(cv, t, g, back, rng)
+    _sagittal_ligaments(cv, t, g, anat)
+    _sagittal_canal_contents(cv, t, g, anat, rng)
+    # posterior elements (background class): marrow-like, lower contrast, dark cortex
+    post = cv.polys(g["spinous"] + [g["dorsal_sacrum"]])
+    cv.put(post, _marrow(cv, t, 0.75))
+    cv.put(cv.rim(post, 1.0), t["cortex"] * 1.5)
+    _sagittal_disc_tissue(cv, t, g, anat, rng)
+    _sagittal_vertebrae(cv, t, g)
+    return _finish(cv, anat, size, posterior_axis=1)
 
-    # abdomen (anterior) everywhere first, then the back, fat, skin and air behind it
+
+def _sagittal_back(cv: _Canvas, t: dict, g: dict, anat: dict) -> np.ndarray:
+    """Abdomen (anterior) everywhere first, then the back, fat, skin and air behind it; returns the back's
+    outline."""
+    lo, hi = -_MARGIN - 0.05, 1 + _MARGIN + 0.05
     cv.img[:] = 0.75 * t["abdomen"] * (1 + 0.2 * cv.noise(5.0) + 0.12 * cv.noise(1.2))
     wall = [m["post_top"] for m in g["marks"]] + [m["post_bot"] for m in g["marks"]]
     wall = np.array(sorted(wall, key=lambda p: p[1]))
@@ -660,8 +727,11 @@ def _synth_sagittal(
     outside = cv.poly(np.concatenate([skin, [[hi, hi], [hi, lo]]]))
     cv.put(outside, 0.0)
     cv.img += cv.lines([skin], 0.8) * 0.35 * t["fat"] * ~outside
+    return back
 
-    # bowel in front of the column (lower abdomen and pelvis mostly)
+
+def _sagittal_front(cv: _Canvas, t: dict, g: dict, back: np.ndarray, rng: np.random.Generator) -> None:
+    """Bowel in front of the column (lower abdomen and pelvis mostly) and, in some slices, the aorta."""
     ant = np.array([m["ant_top"] for m in g["marks"]] + [m["ant_bot"] for m in g["marks"]])
     x_front = float(ant[:, 0].min()) - 0.04
     front = (cv.xx < x_front - 0.02 * np.sin(cv.yy * 9)) & ~cv.poly(back)
@@ -671,12 +741,17 @@ def _synth_sagittal(
         a_line = np.array([m["ant_top"] for m in g["marks"][:4]]) - [0.035 + rng.uniform(0, 0.02), 0]
         cv.img *= 1 - 0.8 * cv.soft(cv.lines([a_line], 7.0 + 3 * rng.random()) > 0.5, 1.0)
 
-    # ligaments: dark line behind the bodies (PLL / dura) and ligamentum flavum behind the canal
+
+def _sagittal_ligaments(cv: _Canvas, t: dict, g: dict, anat: dict) -> None:
+    """A dark line behind the bodies (PLL / dura) and the ligamentum flavum behind the canal."""
     cv.put(cv.poly(np.concatenate([g["canal_P"] - 0.002 * g["canal_N"], g["ant_line"][::-1]])), t["ligament"])
     flav = g["post_line"] + (anat["canal_gap"] + 0.004) * g["canal_N"]
     cv.put(cv.poly(np.concatenate([g["post_line"], flav[::-1]])), t["ligament"] * 1.5)
 
-    # canal: bright CSF, the cord tapering to the conus, cauda equina roots lying posteriorly (supine)
+
+def _sagittal_canal_contents(cv: _Canvas, t: dict, g: dict, anat: dict, rng: np.random.Generator) -> None:
+    """Canal: bright CSF, the cord tapering to the conus, cauda equina roots lying posteriorly (supine)."""
+    z = g["z"]
     canal = cv.poly(g["canal"])
     cv.put(canal, t["csf"] * (1 + 0.03 * cv.noise(2.0)), _SAG["canal"])
     A, W, N = g["ant_line"], g["canal_W"], g["canal_N"]
@@ -695,12 +770,10 @@ def _synth_sagittal(
         roots.append(A[tip_i:end] + (f * W[tip_i:end] + wig)[:, None] * N[tip_i:end])
     cv.img -= cv.soft(cv.lines(roots, 0.7) > 0.3, 0.5) * canal * (1 - t["cord"]) * 0.5 * t["csf"]
 
-    # posterior elements (background class): marrow-like, lower contrast, dark cortex
-    post = cv.polys(g["spinous"] + [g["dorsal_sacrum"]])
-    cv.put(post, _marrow(cv, t, 0.75))
-    cv.put(cv.rim(post, 1.0), t["cortex"] * 1.5)
 
-    # discs: dark annulus, bright nucleus (dimmer when degenerate), optional intranuclear cleft
+def _sagittal_disc_tissue(cv: _Canvas, t: dict, g: dict, anat: dict, rng: np.random.Generator) -> None:
+    """Discs: dark annulus, bright nucleus (dimmer when degenerate), optional intranuclear cleft; the
+    protrusion with its stretched posterior ligament."""
     discs = cv.polys(g["disc_polys"])
     prot = cv.poly(g["protrusion"]) if g["protrusion"] is not None else np.zeros_like(discs)
     cv.put(discs | prot, t["annulus"] * (1 + 0.15 * cv.noise(1.0)), _SAG["disc"])
@@ -716,7 +789,9 @@ def _synth_sagittal(
         cv.img += w * (t["herniation"] * (1 + 0.1 * cv.noise(1.0)) - cv.img)
         cv.put(cv.rim(prot, 0.6) & ~discs, t["ligament"] * 2)  # the stretched posterior ligament
 
-    # vertebral bodies and sacrum: marrow with a dark cortical rim and endplates, a basivertebral vein
+
+def _sagittal_vertebrae(cv: _Canvas, t: dict, g: dict) -> None:
+    """Vertebral bodies and sacrum: marrow with a dark cortical rim and endplates, a basivertebral vein."""
     verts = cv.polys(g["bodies"] + g["sacrum"] + g["sacrum_gaps"])
     cv.put(verts, _marrow(cv, t) * (1 + 0.06 * cv.noise(12.0)), _SAG["vertebra"])
     gaps = [cv.poly(p) for p in g["sacrum_gaps"]]
@@ -727,7 +802,6 @@ def _synth_sagittal(
         vein = [np.array([v0 - 0.003 * _nrm(mk["a_mid"]), v0 - 0.03 * _nrm(mk["a_mid"])])]
         cv.img += cv.lines(vein, 1.0) * verts * 0.25 * t["marrow"]
     cv.put(cv.rim(verts, 0.9), t["cortex"])
-    return _finish(cv, anat, size, posterior_axis=1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -763,10 +837,36 @@ def _posterior_margin(outline: np.ndarray, cy: float, x: np.ndarray) -> np.ndarr
 
 
 def _axial_geometry(anat: dict, label: str) -> dict:
+    """Outlines of the disc (healthy, bulging or with a protrusion), canal and posterior elements."""
     ts = float(np.clip(anat["slice_offset"], -1.0, 1.0))
     cx, cy = anat["center"]
     f = 1 - 0.06 * ts * ts  # near the endplates the slice cuts a slightly smaller disc
     a, b = anat["disc_a"] * f, anat["disc_b"] * f
+    healthy, disc, protrusion = _axial_disc(anat, label, cx, cy, a, b, ts)
+    canal, apex, y0 = _axial_canal(anat, healthy, cx, cy)
+    laminae, flavum, facets, joints, spinous = _axial_posterior(anat, cx, apex, y0, ts)
+    return {
+        "healthy": healthy,
+        "disc": disc,
+        "protrusion": protrusion,
+        "canal": canal,
+        "apex": apex,
+        "y0": y0,
+        "laminae": laminae,
+        "flavum": flavum,
+        "facets": facets,
+        "joints": joints,
+        "spinous": spinous,
+        "a": a,
+        "b": b,
+        "ts": ts,
+    }
+
+
+def _axial_disc(
+    anat: dict, label: str, cx: float, cy: float, a: float, b: float, ts: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The healthy disc outline, the outline drawn (bulging for ``bulge``), and the protrusion (or None)."""
     sq = anat["squareness"]
     healthy = _disc_outline(cx, cy, a, b, anat["post_flat"], anat["concavity"], anat["concavity_w"], sq)
     disc = healthy
@@ -794,8 +894,12 @@ def _axial_geometry(anat: dict, label: str) -> dict:
         protrusion = _chaikin(
             np.concatenate([dome, [[xp - p["half_w"], ym - 0.02], [xp + p["half_w"], ym - 0.02]]]), 2
         )
+    return healthy, disc, protrusion
 
-    # canal: rounded triangle behind the healthy disc margin (lateral recesses at the front corners)
+
+def _axial_canal(anat: dict, healthy: np.ndarray, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Canal: a rounded triangle behind the healthy disc margin (lateral recesses at the front corners);
+    returns it, its posterior apex and the y of its front."""
     cw, cd, gap = anat["canal_w"], anat["canal_d"], anat["canal_gap"]
     xs = np.linspace(cx - cw, cx + cw, 25)
     front = np.stack([xs, _posterior_margin(healthy, cy, xs) + gap], axis=1)
@@ -810,8 +914,14 @@ def _axial_geometry(anat: dict, label: str) -> dict:
     right_side = side_curve(front[-1], 1.0)
     left_side = side_curve(front[0], -1.0)[::-1]
     canal = _chaikin(np.concatenate([front, right_side[1:], left_side[1:-1]]), 2)
+    return canal, apex, y0
 
-    # posterior elements: ligamentum flavum, laminae, facets (two articular processes), spinous process
+
+def _axial_posterior(
+    anat: dict, cx: float, apex: np.ndarray, y0: float, ts: float
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Posterior elements: ligamentum flavum, laminae, facets (two articular processes), spinous process."""
+    cw, cd = anat["canal_w"], anat["canal_d"]
     flav_t, lam_t = anat["flavum"], anat["lamina_t"]
     laminae, flavum, facets, joints = [], [], [], []
     fr = anat["facet_r"]
@@ -851,35 +961,35 @@ def _axial_geometry(anat: dict, label: str) -> dict:
         ),
         2,
     )
-    return {
-        "healthy": healthy,
-        "disc": disc,
-        "protrusion": protrusion,
-        "canal": canal,
-        "apex": apex,
-        "y0": y0,
-        "laminae": laminae,
-        "flavum": flavum,
-        "facets": facets,
-        "joints": joints,
-        "spinous": spinous,
-        "a": a,
-        "b": b,
-        "ts": ts,
-    }
+    return laminae, flavum, facets, joints, spinous
 
 
 def _synth_axial(
     rng: np.random.Generator, label: str, size: int, anat: dict
 ) -> tuple[np.ndarray, np.ndarray]:
+    # tissue by tissue, each painted over the earlier ones (the order is part of the image: keep it)
     t = anat["tissue"]
     g = _axial_geometry(anat, label)
     cv = _Canvas(size, rng)
-    cx, cy = anat["center"]
-    a, b = g["a"], g["b"]
-    apex, y0 = g["apex"], g["y0"]
+    body, inner, deep = _axial_body(cv, t, anat, g["b"], rng)
+    _axial_muscles_and_ilium(cv, t, anat, g, body, inner, deep)
+    canal = _axial_canal_contents(cv, t, anat, g, rng)
+    # posterior elements: flavum, laminae, facets with joint fluid, spinous process
+    cv.put(cv.polys(g["flavum"]) & ~canal, t["ligament"] * 1.5)
+    post = cv.polys(g["laminae"] + g["facets"] + [g["spinous"]])
+    cv.put(post, _marrow(cv, t, 0.9), _AX["posterior"])
+    cv.put(cv.rim(post, 1.0), t["cortex"])
+    cv.img += cv.lines(g["joints"], 0.6) * post * (t["csf"] * 0.6 - cv.img) * 0.8
+    _axial_disc_tissue(cv, t, anat, g)
+    return _finish(cv, anat, size, posterior_axis=0)
 
-    # body outline: air outside, subcutaneous fat, abdominal wall, retroperitoneal fat, abdomen in front
+
+def _axial_body(
+    cv: _Canvas, t: dict, anat: dict, b: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Body outline: air outside, subcutaneous fat, abdominal wall, retroperitoneal fat, abdomen in front with
+    bowel, and the vessels in front of the disc; returns the body, inside the fat, inside the wall."""
+    cx, cy = anat["center"]
     bx, by, bcy = anat["body"]
     skin = _ellipse((0.5, bcy), (bx, by), 0.0, 120)
     fat_in = _ellipse((0.5, bcy), (bx - anat["fat_d"] * 1.5, by - anat["fat_d"]), 0.0, 120)
@@ -906,8 +1016,16 @@ def _synth_axial(
         cv.put(arter, t["ligament"] * rng.uniform(0.5, 1.5))
         vein = cv.poly(_ellipse((cx + sgn * rng.uniform(0.07, 0.09), cy - b + 0.005), (1.3 * r, r), 0, 24))
         cv.img += cv.soft(vein, 0.8) * (t["muscle"] * rng.uniform(0.8, 1.6) - cv.img)
-    # muscles: psoas beside the disc, quadratus lumborum, the big paraspinal masses behind the laminae,
-    # gluteal/iliacus muscle around the iliac wings at the lumbosacral junction
+    return body, inner, deep
+
+
+def _axial_muscles_and_ilium(
+    cv: _Canvas, t: dict, anat: dict, g: dict, body: np.ndarray, inner: np.ndarray, deep: np.ndarray
+) -> None:
+    """Psoas beside the disc, quadratus lumborum, the big paraspinal masses behind the laminae, gluteal/iliacus
+    muscle and the iliac wings (background class) at the lumbosacral junction."""
+    cx, cy = anat["center"]
+    a, apex = g["a"], g["apex"]
     ps, pa = anat["psoas"], anat["paraspinal"]
     musc = np.zeros_like(body)
     for sgn in (-1.0, 1.0):
@@ -926,13 +1044,18 @@ def _synth_axial(
         tt = np.linspace(0, 1, 12)
         plane = np.stack([cx + sgn * pa[0] * (0.6 + 0.5 * tt**1.5), apex[1] - 0.02 + 0.27 * tt], axis=1)
         cv.img += cv.lines([plane], 0.8) * musc * 0.3 * (t["fat"] - t["muscle"])
-    # iliac wings at the lumbosacral junction (background class)
     if anat["iliac"]:
         for sgn in (-1.0, 1.0):
             il = cv.poly(_ellipse((cx + sgn * 0.36, cy + 0.13), (0.042, 0.13), sgn * 0.45, 40)) & deep
             cv.put(il, _marrow(cv, t, 0.9))
             cv.put(cv.rim(il, 1.2), t["cortex"])
-    # canal with CSF and nerve roots lying dependently (posterior) plus the exiting roots at the sides
+
+
+def _axial_canal_contents(cv: _Canvas, t: dict, anat: dict, g: dict, rng: np.random.Generator) -> np.ndarray:
+    """Canal with CSF and nerve roots lying dependently (posterior) plus the exiting roots at the sides;
+    returns the canal's mask."""
+    cx = anat["center"][0]
+    y0 = g["y0"]
     canal = cv.poly(g["canal"])
     cv.put(canal, t["csf"] * (1 + 0.03 * cv.noise(2.0)), _AX["canal"])
     roots = np.zeros_like(cv.img)
@@ -947,13 +1070,14 @@ def _synth_axial(
         c = (cx + sgn * anat["canal_w"] * 0.8, y0 + 0.1 * anat["canal_d"])
         roots = np.maximum(roots, cv.soft(cv.poly(_ellipse(c, (0.008, 0.006), 0, 12)), 0.4))
     cv.img -= 0.7 * roots * canal * (cv.img - t["cord"])
-    # posterior elements: flavum, laminae, facets with joint fluid, spinous process
-    cv.put(cv.polys(g["flavum"]) & ~canal, t["ligament"] * 1.5)
-    post = cv.polys(g["laminae"] + g["facets"] + [g["spinous"]])
-    cv.put(post, _marrow(cv, t, 0.9), _AX["posterior"])
-    cv.put(cv.rim(post, 1.0), t["cortex"])
-    cv.img += cv.lines(g["joints"], 0.6) * post * (t["csf"] * 0.6 - cv.img) * 0.8
-    # disc: dark annulus ring, bright nucleus; partial volume of the endplate near the disc's top/bottom
+    return canal
+
+
+def _axial_disc_tissue(cv: _Canvas, t: dict, anat: dict, g: dict) -> None:
+    """Disc: dark annulus ring, bright nucleus; partial volume of the endplate near the disc's top/bottom;
+    the protrusion."""
+    cx, cy = anat["center"]
+    a, b = g["a"], g["b"]
     disc = cv.poly(g["disc"])
     prot = cv.poly(g["protrusion"]) if g["protrusion"] is not None else np.zeros_like(disc)
     cv.put(disc | prot, t["annulus"] * (1 + 0.15 * cv.noise(1.0)), _AX["disc"])
@@ -978,7 +1102,6 @@ def _synth_axial(
     if g["protrusion"] is not None:
         w = cv.soft(prot & ~disc, 0.6) * prot
         cv.img += w * (t["herniation"] * (1 + 0.1 * cv.noise(1.0)) - cv.img)
-    return _finish(cv, anat, size, posterior_axis=0)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1081,68 +1204,14 @@ def generate_phantom(
     draws its anatomy and textures from ``SeedSequence([seed, 0, i])``, so the first N patients are
     identical whether N or more are generated. Labels missing from ``class_balance`` get weight 0.
     """
-    _check_view(view)
-    if isinstance(patients, bool) or not isinstance(patients, int | np.integer) or patients < 1:
-        raise ConfigError(f"phantom patients must be an integer >= 1, got {patients!r}")
-    if (
-        isinstance(slices_per_patient, bool)
-        or not isinstance(slices_per_patient, int | np.integer)
-        or slices_per_patient < 1
-    ):
-        raise ConfigError(f"phantom slices_per_patient must be an integer >= 1, got {slices_per_patient!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(f"phantom seed must be an integer >= 0, got {seed!r}")
-    _check_size(size)
+    _check_phantom_settings(view, patients, seed, size, slices_per_patient)
     probs = _normalise_balance(view, class_balance)
-
     out = Path(out_dir)
-    # refuses a non-empty folder unless overwriting, and overwriting one that spinenet did not write
-    prepare_output_dir(out, overwrite=overwrite, command="data synth", clear=())
-    if overwrite:
-        # remove only files this generator writes, so stale slices of a larger earlier run cannot linger
-        own = re.compile(r"^P\d{4,}_(sagittal|axial)_s\d+\.png$")
-        for sub in ("images", "masks"):
-            for f in (out / sub).glob("*.png") if (out / sub).is_dir() else []:
-                if own.match(f.name):
-                    f.unlink()
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-
+    _prepare_phantom_dir(out, overwrite)
     labels = assign_labels(int(patients), probs, int(seed))
     rows = []
     for i, label in enumerate(labels):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0, i]))
-        anat = sample_anatomy(rng, view)
-        offsets = _slice_offsets(rng, int(slices_per_patient))
-        rots = rng.uniform(-1.5, 1.5, int(slices_per_patient))  # small motion between slices
-        pid = f"P{i + 1:04d}"
-        for k in range(int(slices_per_patient)):
-            a = dict(anat, slice_offset=float(offsets[k]), slice_rotation=float(rots[k]))
-            img, mask = synth_slice(rng, view, label, int(size), a)
-            name = f"{pid}_{view}_s{k}.png"
-            cv2.imwrite(str(out / "images" / name), img)
-            cv2.imwrite(str(out / "masks" / name), (mask * MASK_GRAY_STEP).astype(np.uint8))
-            row = {
-                "patient_id": pid,
-                "view": view,
-                "slice": k,
-                "image": f"images/{name}",
-                "mask": f"masks/{name}",
-            }
-            if view == "sagittal":
-                row.update(
-                    sagittal_class=label,
-                    herniation_L4L5=int(label == "L4-L5"),
-                    herniation_L5S1=int(label == "L5-S1"),
-                )
-            else:
-                row.update(
-                    axial_class=label,
-                    herniated=int(label in ("central", "left", "right")),
-                    level=anat["level"],
-                )
-            rows.append(row)
-
+        rows += _write_patient(out, i, label, view, int(seed), int(size), int(slices_per_patient))
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -1166,12 +1235,80 @@ def generate_phantom(
     return manifest
 
 
+def _check_phantom_settings(view: str, patients: Any, seed: Any, size: Any, slices_per_patient: Any) -> None:
+    """``ConfigError`` naming the first setting that is not what :func:`generate_phantom` needs."""
+    _check_view(view)
+    if isinstance(patients, bool) or not isinstance(patients, int | np.integer) or patients < 1:
+        raise ConfigError(f"phantom patients must be an integer >= 1, got {patients!r}")
+    if (
+        isinstance(slices_per_patient, bool)
+        or not isinstance(slices_per_patient, int | np.integer)
+        or slices_per_patient < 1
+    ):
+        raise ConfigError(f"phantom slices_per_patient must be an integer >= 1, got {slices_per_patient!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"phantom seed must be an integer >= 0, got {seed!r}")
+    _check_size(size)
+
+
+def _prepare_phantom_dir(out: Path, overwrite: bool) -> None:
+    """Make ``out/images`` and ``out/masks``; with ``overwrite``, remove the slices an earlier run wrote."""
+    # refuses a non-empty folder unless overwriting, and overwriting one that spinenet did not write
+    prepare_output_dir(out, overwrite=overwrite, command="data synth", clear=())
+    if overwrite:
+        # remove only files this generator writes, so stale slices of a larger earlier run cannot linger
+        own = re.compile(r"^P\d{4,}_(sagittal|axial)_s\d+\.png$")
+        for sub in ("images", "masks"):
+            for f in (out / sub).glob("*.png") if (out / sub).is_dir() else []:
+                if own.match(f.name):
+                    f.unlink()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+
+
+def _write_patient(out: Path, i: int, label: str, view: str, seed: int, size: int, slices: int) -> list[dict]:
+    """Patient ``i``'s slices (images and masks) from its own random stream; returns their manifest rows."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0, i]))
+    anat = sample_anatomy(rng, view)
+    offsets = _slice_offsets(rng, slices)
+    rots = rng.uniform(-1.5, 1.5, slices)  # small motion between slices
+    pid = f"P{i + 1:04d}"
+    rows = []
+    for k in range(slices):
+        a = dict(anat, slice_offset=float(offsets[k]), slice_rotation=float(rots[k]))
+        img, mask = synth_slice(rng, view, label, size, a)
+        name = f"{pid}_{view}_s{k}.png"
+        cv2.imwrite(str(out / "images" / name), img)
+        cv2.imwrite(str(out / "masks" / name), (mask * MASK_GRAY_STEP).astype(np.uint8))
+        row = {
+            "patient_id": pid,
+            "view": view,
+            "slice": k,
+            "image": f"images/{name}",
+            "mask": f"masks/{name}",
+        }
+        if view == "sagittal":
+            row.update(
+                sagittal_class=label,
+                herniation_L4L5=int(label == "L4-L5"),
+                herniation_L5S1=int(label == "L5-S1"),
+            )
+        else:
+            row.update(
+                axial_class=label,
+                herniated=int(label in ("central", "left", "right")),
+                level=anat["level"],
+            )
+        rows.append(row)
+    return rows
+
+
 def generate_on_first_use(root: Path, synth: Mapping, manifest: str = "manifest.csv") -> Path:
     """Generate the phantom in ``root`` on first use; return ``root``.
 
     Written into a temporary sibling and renamed into place under a lock (``build_atomically``): a killed run
     leaves no half-written ``root``, a partial one left by older versions is regenerated, and runs started
-    together wait for one generation. Its disc crops: :func:`spinenet.roi.phantom_crops_on_first_use`.
+    together wait for one generation. Its disc crops: :func:`spinenet.roi.phantom.phantom_crops_on_first_use`.
     """
     log.info("generating the synthetic phantom in %s", root)
     return build_atomically(

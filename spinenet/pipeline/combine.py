@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from spinenet.roi import LUMBAR_LEVELS, THORACIC_LEVELS
+from spinenet.roi.levels import LUMBAR_LEVELS, THORACIC_LEVELS
 
 HERNIATION_SIDES = ("central", "left", "right")
 UNKNOWN_LEVEL = "unknown"

@@ -4,7 +4,7 @@ Levels are counted from the bottom disc, so a segmentation that is not a sagitta
 given as sagittal, noise, another body part) would still get levels and findings. These checks say "I don't
 know" instead: the image is reported as ``implausible for <view>`` with the reason, and no level is named.
 
-Sagittal (discs as found by :func:`spinenet.roi.disc_boxes`, implausible components already left out):
+Sagittal (discs as found by :func:`spinenet.roi.geometry.disc_boxes`, implausible components already left out):
 
 - 1 to :data:`SAGITTAL_MAX_DISCS` discs (a lumbar field of view shows L5-S1 up to the lower thoracic spine);
 - stacked along one axis: consecutive discs (by centroid row) are apart vertically by at least half the
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spinenet.roi import Box
+from spinenet.roi.geometry import Box
 
 SAGITTAL_MAX_DISCS = 10  # SPIDER's T2-SPACE ground truth shows up to 10 (T8-T9 .. L5-S1, the top ones cut)
 MAX_STEP_SLOPE = 1.5  # sideways shift / vertical distance between consecutive discs (up to 0.96 in SPIDER, 1.2 in the phantom)

@@ -15,13 +15,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def add_wandb_arguments(parser) -> None:
-    group = parser.add_argument_group("Weights & Biases")
-    group.add_argument("--wandb-project", default=None, metavar="PROJECT",
-                       help="also log the results to this W&B project (offline unless WANDB_MODE=online)")
-    group.add_argument("--wandb-group", default=None, help="W&B group, e.g. the sweep's (default: none)")
-
-
 def _scalars(prefix: str, value: Any, out: dict[str, float]) -> None:
     """Flatten nested dicts to ``a/b/c`` keys, keeping finite numbers only."""
     if isinstance(value, dict):
