@@ -123,6 +123,7 @@ def test_one_preprocessing_one_loader():
     """Whole-image CLAHE and evaluation transforms come from the contract alone; checkpoints are opened by
     the loaders below load_model alone (a second copy is how eval once scored a CLAHE model without CLAHE)."""
     assert _calls("apply_clahe") == ["spinenet/contract.py"]
+    assert _calls("createCLAHE") == ["spinenet/data/transforms.py"]  # one CLAHE, for images and crops alike
     evaluation = [m for m in _calls("build_transforms") if m != "spinenet/data/datamodule.py"]
     assert evaluation == ["spinenet/contract.py"]
     assert _calls("load_run_model") == ["spinenet/ensemble/artifact.py", "spinenet/ensemble/members.py",

@@ -11,10 +11,11 @@ from typing import Any
 
 import pandas as pd
 
+from spinenet.contract import margin_setting
 from spinenet.data.manifest import DatasetSpec
 from spinenet.errors import EXIT_OK, EXIT_PARTIAL, ConfigError
 from spinenet.roi.box_crops import crops_from_box_csv
-from spinenet.roi.geometry import margin_setting, size_pair
+from spinenet.roi.geometry import size_pair
 from spinenet.roi.mask_crops import VIEWS, MaskSource, crop_dataset, name_segmenter
 
 

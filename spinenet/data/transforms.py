@@ -19,15 +19,21 @@ from spinenet.errors import ConfigError
 RESIZE_MODES = ("resize", "pad")
 
 
+def clahe_uint8(image: np.ndarray, clip: float = 2.0, tiles: Sequence[int] = (4, 4)) -> np.ndarray:
+    """CLAHE on a uint8 image, gray or each channel alike (gray repeated to 3 channels stays gray, and gets
+    what the gray image gets): the one CLAHE, for whole images (:func:`apply_clahe`) and disc crops
+    (:func:`spinenet.roi.geometry.crop_roi`)."""
+    op = cv2.createCLAHE(clipLimit=float(clip), tileGridSize=(int(tiles[0]), int(tiles[1])))
+    image = np.ascontiguousarray(image)
+    if image.ndim == 2:
+        return op.apply(image)
+    return np.stack([op.apply(np.ascontiguousarray(image[..., c])) for c in range(image.shape[-1])], axis=-1)
+
+
 def apply_clahe(image: np.ndarray, clip: float = 2.0, tiles: Sequence[int] = (4, 4)) -> np.ndarray:
     """CLAHE on a float image in [0, 1] (gray or 3-channel); returns float32 in [0, 1]."""
-    clahe = cv2.createCLAHE(clipLimit=float(clip), tileGridSize=(int(tiles[0]), int(tiles[1])))
     as_uint8 = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if as_uint8.ndim == 2:
-        out = clahe.apply(as_uint8)
-    else:  # enhance each channel alike (gray images repeated to 3 channels stay gray)
-        out = np.stack([clahe.apply(as_uint8[..., c]) for c in range(as_uint8.shape[-1])], axis=-1)
-    return out.astype(np.float32) / 255.0
+    return clahe_uint8(as_uint8, clip, tiles).astype(np.float32) / 255.0
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -40,8 +40,6 @@ from spinenet.roi.geometry import (
     crop_roi,
     disc_boxes,
     enlarge_box,
-    margin_pair,
-    margin_setting,
     square_box,
 )
 from spinenet.roi.inference import segmenter_mask_source
@@ -70,8 +68,6 @@ __all__ = [
     "disc_boxes",
     "enlarge_box",
     "level_names",
-    "margin_pair",
-    "margin_setting",
     "phantom_crops",
     "phantom_crops_on_first_use",
     "plausible_sagittal_discs",

@@ -13,13 +13,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from spinenet.contract import clahe_setting
 from spinenet.data.io import image_size, read_image
 from spinenet.data.manifest import not_utf8_message
 from spinenet.errors import DataError
 from spinenet.roi.geometry import (
     DEFAULT_CLAHE,
     Box,
-    clahe_operator,
     crop_roi,
     enlarge_box,
     size_pair,
@@ -71,7 +71,7 @@ def crops_from_box_csv(
     df, label_col = _read_box_csv(csv_path, label_col, patient_col)
     size_t = size_pair(size)
     if clahe is not None:
-        clahe_operator(clahe)
+        clahe_setting(clahe, "roi.clahe")
     jobs, failed = _check_rows(df, csv_path, root)
 
     inputs = [(csv_path, "box CSV"), (root, "image folder")]

@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from spinenet.contract import margin_pair
+from spinenet.contract import clahe_setting, margin_pair
 from spinenet.errors import ConfigError, DataError
 
 DEFAULT_CLAHE: dict[str, Any] = {"clip": 2.0, "tiles": (4, 4)}
@@ -121,17 +121,6 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
     raise DataError(f"crop_roi: expected a float image in [0, 1] or uint8, got {img.dtype}")
 
 
-def clahe_operator(clahe: Mapping[str, Any]) -> cv2.CLAHE:
-    unknown = sorted(set(clahe) - {"clip", "tiles"})
-    if unknown:
-        raise ConfigError(f"roi.clahe: unknown key(s) {unknown}; valid: clip, tiles")
-    tiles = clahe.get("tiles", (4, 4))
-    tiles = (int(tiles), int(tiles)) if isinstance(tiles, int) else tuple(int(t) for t in tiles)
-    if len(tiles) != 2 or min(tiles) < 1:
-        raise ConfigError(f"roi.clahe.tiles: expected [columns, rows] >= 1, got {clahe.get('tiles')!r}")
-    return cv2.createCLAHE(clipLimit=float(clahe.get("clip", 2.0)), tileGridSize=tiles)
-
-
 def crop_roi(
     image: np.ndarray,
     box: Box | Sequence[int],
@@ -142,7 +131,8 @@ def crop_roi(
     """Crop ``image[y0:y1, x0:x1]``, resize to ``size`` = (height, width) and apply CLAHE.
 
     ``image``: float in [0, 1] (as ``read_image`` returns it) or uint8, gray ``(H, W)`` or ``(H, W, 3)``
-    (CLAHE then works on the L channel of Lab). Returns uint8, or float32 in [0, 1] with ``as_float``.
+    (CLAHE then works on each channel alike, :func:`spinenet.data.transforms.clahe_uint8`). Returns uint8, or
+    float32 in [0, 1] with ``as_float``.
     ``size=None`` keeps the crop's size; ``clahe=None`` skips the enhancement.
     """
     x0, y0, x1, y1 = box.as_tuple() if isinstance(box, Box) else tuple(int(v) for v in box)
@@ -155,13 +145,10 @@ def crop_roi(
         shrink = crop.shape[0] * crop.shape[1] >= h * w
         crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     if clahe is not None:
-        op = clahe_operator(clahe)
-        if crop.ndim == 2:
-            crop = op.apply(np.ascontiguousarray(crop))
-        else:
-            lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB)
-            lab[..., 0] = op.apply(np.ascontiguousarray(lab[..., 0]))
-            crop = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+        from spinenet.data.transforms import clahe_uint8  # lazy: start-up (albumentations)
+
+        setting = clahe_setting(clahe, "roi.clahe") or clahe_setting(DEFAULT_CLAHE, "roi.clahe")
+        crop = clahe_uint8(crop, **setting)
     return crop.astype(np.float32) / 255.0 if as_float else crop
 
 

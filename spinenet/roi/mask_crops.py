@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spinenet.contract import clahe_setting
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, load_manifest
 from spinenet.errors import ConfigError, DataError
 from spinenet.roi.geometry import (
     DEFAULT_CLAHE,
     Box,
-    clahe_operator,
     crop_roi,
     disc_boxes,
     enlarge_box,
@@ -150,7 +150,7 @@ def crop_dataset(
 def _check_settings(spec: DatasetSpec, clahe: Mapping[str, Any] | None, mask_source: str | MaskSource) -> None:
     """Fail on a bad CLAHE or mask setting before any file is written."""
     if clahe is not None:
-        clahe_operator(clahe)
+        clahe_setting(clahe, "roi.clahe")
     if isinstance(mask_source, str):
         if mask_source != "gt":
             raise ConfigError(f"roi.mask_source: 'gt' or a segmenter callable, got {mask_source!r}")
