@@ -520,101 +520,106 @@ def collect_predictions(
 ) -> tuple[dict[str, SplitPredictions], Any]:
     """Probabilities of every member on each split, from the cache or by inference (then cached).
 
-    Returns ``({split: SplitPredictions}, datamodule)``.
+    Per split: read what the cache holds (:func:`_read_cached`), predict the rest (:func:`_predict_missing`,
+    which writes them to the cache), check that all members saw the same images. Returns
+    ``({split: SplitPredictions}, datamodule)``.
     """
     say = progress or log.info
     signature = check_compatible(members)
-    seg = TaskKind(signature["task"]).per_pixel
     dm = build_datamodule(members[0].config, split_file, data_root, batch_size, num_workers)
-    device = torch.device(device)
     cache_root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else None
-    out: dict[str, SplitPredictions] = {}
     modules: dict[int, torch.nn.Module] = {}  # loaded once, for all splits
+    out: dict[str, SplitPredictions] = {}
     for split in splits:
         if len(dm.datasets[split]) == 0:
             raise DataError(f"the {split} split of {dm.spec.root} (from {split_file}) has no images")
         fp = split_fingerprint(dm, split, signature)
-        fp_key = _digest(fp)
         images = _image_ids(dm, split)
-        probs: list[torch.Tensor | None] = [None] * len(members)
-        targets: torch.Tensor | None = None
-        cached, files = [False] * len(members), []
-        for i, m in enumerate(members):
-            path = _cache_path(m, cache_root, split, _digest([m.sha256, fp_key]))
-            files.append(str(path))
-            if not path.is_file():
-                continue
-            try:
-                tensors, meta = load_tensors(path, expected_format=CACHE_FORMAT, max_version=CACHE_VERSION)
-            except DataError as exc:
-                log.warning("ignoring unreadable prediction cache (%s); predicting again", exc)
-                continue
-            if meta.get("checkpoint_sha256") != m.sha256 or meta.get("images") != images:
-                log.warning("prediction cache %s does not match %s; predicting again", path, m.name)
-                continue
-            if targets is not None and not torch.equal(targets, tensors["targets"].long()):
-                raise DataError(
-                    f"cached {split} targets differ between members ({path}); delete {path.parent}"
-                )
-            probs[i], cached[i] = tensors["probs"], True
-            targets = tensors["targets"].long()
-        todo = [i for i, p in enumerate(probs) if p is None]
-        if todo:
-            for i in todo:
-                if i not in modules:  # members are run checkpoints (never ensemble files: refused when named)
-                    modules[i] = load_run_model(members[i].checkpoint)[0].to(device).eval()
-            say(
-                f"predicting the {split} split ({len(images)} images) with {len(todo)} member(s): "
-                + ", ".join(members[i].name for i in todo)
-            )
-            new, y = _run_inference(
-                [modules[i] for i in todo],
-                dm.split_dataloader(split),
-                device,
-                seg,
-                [members[i].name for i in todo],
-            )
-            if targets is not None and not torch.equal(targets, y):
-                raise DataError(
-                    f"the {split} targets differ between cached and new predictions; delete the cache "
-                    f"files {files}"
-                )
-            targets = y
-            for i, p in zip(todo, new, strict=True):
-                probs[i] = p
-                meta = {
-                    "format": CACHE_FORMAT,
-                    "version": CACHE_VERSION,
-                    "checkpoint": str(members[i].checkpoint),
-                    "checkpoint_sha256": members[i].sha256,
-                    "split": split,
-                    "task": signature["task"],
-                    "classes": signature["classes"],
-                    "data": fp,
-                    "images": images,
-                }
-                store = {
-                    "probs": p,
-                    "targets": y.to(torch.uint8 if len(signature["classes"]) < 256 else torch.int64),
-                }
-                try:
-                    save_tensors(files[i], store, meta)
-                except OSError as exc:
-                    raise ConfigError(
-                        f"cannot write the prediction cache {files[i]} ({exc.strerror}); name a writable "
-                        "folder with --cache-dir"
-                    ) from None
-        else:
+        files = [_cache_path(m, cache_root, split, _digest([m.sha256, _digest(fp)])) for m in members]
+        probs, targets = _read_cached(members, files, split, images)
+        cached = [p is not None for p in probs]
+        if all(cached):
             say(f"{split} split: all {len(members)} member(s) from the prediction cache")
+        else:
+            targets = _predict_missing(members, probs, targets, files, dm, split, signature, fp, images,
+                                       torch.device(device), modules, say)
         shapes = {tuple(p.shape) for p in probs}
         if len(shapes) != 1:
             raise DataError(f"members' {split} predictions have different shapes {sorted(shapes)}")
-        assert targets is not None
         patients = [str(p) for p in dm.datasets[split].rows[dm.spec.patient_col]]
-        out[split] = SplitPredictions(
-            split, torch.stack(probs), targets.long(), images, patients, cached, files
-        )
+        out[split] = SplitPredictions(split, torch.stack(probs), targets.long(), images, patients, cached,
+                                      [str(f) for f in files])
     return out, dm
+
+
+def _read_cached(
+    members: Sequence[Member], files: Sequence[Path], split: str, images: list[str]
+) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
+    """Each member's cached probabilities for ``split`` (None where missing, unreadable or stale) and the
+    targets they were stored with (the same for every member, or a DataError)."""
+    probs: list[torch.Tensor | None] = [None] * len(members)
+    targets: torch.Tensor | None = None
+    for i, (m, path) in enumerate(zip(members, files, strict=True)):
+        if not path.is_file():
+            continue
+        try:
+            tensors, meta = load_tensors(path, expected_format=CACHE_FORMAT, max_version=CACHE_VERSION)
+        except DataError as exc:
+            log.warning("ignoring unreadable prediction cache (%s); predicting again", exc)
+            continue
+        if meta.get("checkpoint_sha256") != m.sha256 or meta.get("images") != images:
+            log.warning("prediction cache %s does not match %s; predicting again", path, m.name)
+            continue
+        if targets is not None and not torch.equal(targets, tensors["targets"].long()):
+            raise DataError(f"cached {split} targets differ between members ({path}); delete {path.parent}")
+        probs[i], targets = tensors["probs"], tensors["targets"].long()
+    return probs, targets
+
+
+def _predict_missing(
+    members: Sequence[Member],
+    probs: list[torch.Tensor | None],
+    targets: torch.Tensor | None,
+    files: Sequence[Path],
+    dm: Any,
+    split: str,
+    signature: dict[str, Any],
+    fp: dict[str, Any],
+    images: list[str],
+    device: torch.device,
+    modules: dict[int, torch.nn.Module],
+    say: Callable[[str], None],
+) -> torch.Tensor:
+    """Predict ``split`` with the members that have no cached probabilities (filling ``probs`` in place),
+    cache them, and return the targets."""
+    todo = [i for i, p in enumerate(probs) if p is None]
+    for i in todo:
+        if i not in modules:  # members are run checkpoints (never ensemble files: refused when named)
+            modules[i] = load_run_model(members[i].checkpoint)[0].to(device).eval()
+    say(f"predicting the {split} split ({len(images)} images) with {len(todo)} member(s): "
+        + ", ".join(members[i].name for i in todo))
+    new, y = _run_inference([modules[i] for i in todo], dm.split_dataloader(split), device,
+                            TaskKind(signature["task"]).per_pixel, [members[i].name for i in todo])
+    if targets is not None and not torch.equal(targets, y):
+        raise DataError(f"the {split} targets differ between cached and new predictions; delete the cache "
+                        f"files {[str(f) for f in files]}")
+    for i, p in zip(todo, new, strict=True):
+        probs[i] = p
+        _write_cache(files[i], members[i], p, y, split, signature, fp, images)
+    return y
+
+
+def _write_cache(path: Path, member: Member, probs: torch.Tensor, targets: torch.Tensor, split: str,
+                 signature: dict[str, Any], fp: dict[str, Any], images: list[str]) -> None:
+    meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "checkpoint": str(member.checkpoint),
+            "checkpoint_sha256": member.sha256, "split": split, "task": signature["task"],
+            "classes": signature["classes"], "data": fp, "images": images}
+    small = torch.uint8 if len(signature["classes"]) < 256 else torch.int64
+    try:
+        save_tensors(path, {"probs": probs, "targets": targets.to(small)}, meta)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the prediction cache {path} ({exc.strerror}); name a writable folder "
+                          "with --cache-dir") from None
 
 
 # --------------------------------------------------------------------------------------------- sanity of the val split
