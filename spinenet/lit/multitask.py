@@ -349,8 +349,11 @@ class MultiTaskModule(L.LightningModule):
                 for t in self.tasks:
                     _, target, probs = per_task[t.name]
                     if len(target):
-                        save_classification_plots(target, probs, list(t.classes), out / "plots",
-                                                  prefix=f"test_{t.name}")
+                        figs = save_classification_plots(target, probs, list(t.classes), out / "plots",
+                                                         prefix=f"test_{t.name}")
+                        for stem, fig in figs.items():  # the task's name on each picture
+                            fig.axes[0].set_title(f"{t.name}: {fig.axes[0].get_title()}")
+                            fig.savefig(out / "plots" / f"{stem}.png", dpi=120)
 
     def _test_groups(self, n: int) -> tuple[np.ndarray | None, pd.DataFrame | None]:
         loaders = self.trainer.test_dataloaders
