@@ -198,58 +198,90 @@ def reliability_diagram(probs_raw: torch.Tensor, probs_cal: torch.Tensor, labels
 # ------------------------------------------------------------------------------------------------ in a run
 @torch.no_grad()
 def predict_logits(module: Any, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a classifier module over a loader (levels passed where its prior needs them)."""
+    """Logits and labels of a classifier module over a loader (levels passed where its prior needs them);
+    a multi-task module's labels are ``(N, tasks)``, ``-1`` where a grade is missing."""
     module.eval()
     outs, labels = [], []
     for batch in loader:
         levels = batch.get("level") if getattr(module, "needs_levels", False) else None
         outs.append(module(batch["image"], levels).float().cpu())
-        labels.append(batch["label"].cpu())
+        labels.append((batch["labels"] if "labels" in batch else batch["label"]).cpu())
     return torch.cat(outs), torch.cat(labels)
 
 
-def write_into_checkpoint(path: Path, fit: HeadCalibration) -> None:
-    """Store the fit in the checkpoint's model contract (atomically: the file is replaced whole)."""
+def _head_columns(contract: Any, logits: torch.Tensor, labels: torch.Tensor):
+    """Per head: its name, logits and labels over the rows graded for it."""
+    slices = contract.head_slices() if contract.heads else [(None, slice(0, logits.shape[1]))]
+    for i, (head, cols) in enumerate(slices):
+        y = labels[:, i] if labels.ndim == 2 else labels
+        seen = y >= 0
+        yield (head.name if head is not None else "label"), logits[seen][:, cols], y[seen].long()
+
+
+def write_into_checkpoint(path: Path, fits: Sequence[HeadCalibration | None]) -> None:
+    """Store each head's fit (None: left as it is) in the checkpoint's model contract (atomically: the file
+    is replaced whole)."""
     from spinenet.checkpoints import load_run_checkpoint
 
     ckpt = load_run_checkpoint(path)
     contract = ckpt.get(CONTRACT_KEY)
-    if not contract or not contract.get("heads"):
-        raise ValueError(f"{path}: no model contract with a head to calibrate")
-    contract["heads"][0].update(temperature=fit.temperature, threshold=fit.threshold)
-    contract["calibration"] = {"split": "val" if fit.threshold_rule != "given" else None,
-                               "method": "temperature scaling", "threshold_rule": fit.threshold_rule,
-                               "note": fit.note, **fit.val}
+    if not contract or len(contract.get("heads") or []) != len(fits):
+        raise ValueError(f"{path}: no model contract with {len(fits)} head(s) to calibrate")
+    details = {}
+    for head, fit in zip(contract["heads"], fits, strict=True):
+        if fit is None:
+            continue
+        head.update(temperature=fit.temperature, threshold=fit.threshold)
+        details[head["name"]] = {"threshold_rule": fit.threshold_rule, "note": fit.note, **fit.val}
+    given = all(f is None or f.threshold_rule == "given" for f in fits)
+    contract["calibration"] = {"split": None if given else "val", "method": "temperature scaling",
+                               "heads": details}
     tmp = path.with_name(path.name + ".calibrating")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
 
 
+def _entry(fit: HeadCalibration) -> dict[str, Any]:
+    return {"temperature": fit.temperature, "threshold": fit.threshold, "threshold_rule": fit.threshold_rule,
+            "note": fit.note, "val": fit.val}
+
+
 def calibrate_checkpoints(
     checkpoints: Sequence[str | Path], val_loader: Any, test_loader: Any | None, plot_dir: Path
 ) -> dict[str, Any]:
-    """Fit and store a calibration in each classifier checkpoint (the run's best and last); the first one's
-    fit is reported on the test split (ECE, thresholded calls, reliability diagram)."""
+    """Fit and store a calibration per head in each classifier checkpoint (the run's best and last); the
+    first one's fits are reported on the test split (ECE, thresholded calls, reliability diagram). A
+    single-head checkpoint's entry holds its fit; a multi-task one's has ``heads: {name: fit}``."""
     from spinenet.loading import load_model  # lazy: lightning, hydra
 
     report: dict[str, Any] = {}
     for i, path in enumerate(dict.fromkeys(Path(c) for c in checkpoints if c)):
-        module = load_model(path)[0].module
-        logits, labels = predict_logits(module, val_loader)
-        fit = calibrate_head(logits, labels)
-        write_into_checkpoint(path, fit)
-        entry: dict[str, Any] = {"temperature": fit.temperature, "threshold": fit.threshold,
-                                 "threshold_rule": fit.threshold_rule, "note": fit.note, "val": fit.val}
+        model, contract = load_model(path)
+        logits, labels = predict_logits(model.module, val_loader)
+        fits, entries = [], {}
+        for name, head_logits, y in _head_columns(contract, logits, labels):
+            fit = calibrate_head(head_logits, y) if len(y) and y.min() != y.max() else None
+            fits.append(fit)
+            entries[name] = _entry(fit) if fit is not None else {"note": "the validation split holds one "
+                                                                          "class of it only: not calibrated"}
+        write_into_checkpoint(path, fits)
         if i == 0 and test_loader is not None:
-            t_logits, t_labels = predict_logits(module, test_loader)
-            entry["test"] = test_report(t_logits, t_labels, fit)
-            png = reliability_diagram(torch.softmax(t_logits.double(), 1),
-                                      torch.softmax(t_logits.double() / fit.temperature, 1), t_labels,
-                                      plot_dir / "reliability_test.png",
-                                      f"test split, T = {fit.temperature:.2f}")
-            entry["reliability_diagram"] = str(png)
-        report[path.name] = entry
-        log.info("calibrated %s: temperature %.3f, threshold %s (validation NLL %.3f -> %.3f)", path.name,
-                 fit.temperature, "arg-max" if fit.threshold is None else f"{fit.threshold:.3f}",
-                 fit.val["nll"], fit.val["nll_calibrated"])
+            t_logits, t_labels = predict_logits(model.module, test_loader)
+            single = len(fits) == 1
+            for (name, head_logits, y), fit in zip(_head_columns(contract, t_logits, t_labels), fits, strict=True):
+                if fit is None or not len(y):
+                    continue
+                entries[name]["test"] = test_report(head_logits, y, fit)
+                png = reliability_diagram(torch.softmax(head_logits.double(), 1),
+                                          torch.softmax(head_logits.double() / fit.temperature, 1), y,
+                                          plot_dir / ("reliability_test.png" if single else f"reliability_test_{name}.png"),
+                                          f"{'' if single else name + ', '}test split, T = {fit.temperature:.2f}")
+                entries[name]["reliability_diagram"] = str(png)
+        report[path.name] = next(iter(entries.values())) if len(entries) == 1 else {"heads": entries}
+        for name, fit in zip(entries, fits, strict=True):
+            if fit is not None:
+                log.info("calibrated %s %s: temperature %.3f, threshold %s (validation NLL %.3f -> %.3f)",
+                         path.name, name, fit.temperature,
+                         "arg-max" if fit.threshold is None else f"{fit.threshold:.3f}",
+                         fit.val["nll"], fit.val["nll_calibrated"])
     return report

@@ -56,6 +56,12 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sweep_group", sweep_group)
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda x: len(x))
+    if not OmegaConf.has_resolver("task_outputs"):
+        # model.tasks -> the net's outputs: one per class, K - 1 for an ordinal task (CORN)
+        OmegaConf.register_new_resolver(
+            "task_outputs",
+            lambda tasks: sum(len(t["classes"]) - (t.get("kind") == "ordinal") for t in tasks),
+        )
 
 
 register_resolvers()

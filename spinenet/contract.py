@@ -368,22 +368,36 @@ class ModelContract:
         the region ``(y0, y1, x0, x1)`` it occupies in it (:meth:`InputSpec.batch`)."""
         return self.input.batch(images)
 
-    # -- outputs: calibrated probabilities and decisions (single-head classifiers)
+    # -- outputs: calibrated probabilities and decisions
+    def head_slices(self) -> list[tuple[Head, slice]]:
+        """Each head with the columns of its classes in the model's output (one head: all of them)."""
+        out, start = [], 0
+        for h in self.heads:
+            out.append((h, slice(start, start + len(h.classes))))
+            start += len(h.classes)
+        return out
+
     def probabilities(self, logits: Any) -> Any:
-        """Class probabilities ``(N, K)`` of logits (or an ensemble's log-probabilities): the softmax at the
-        head's fitted temperature."""
+        """Class probabilities of logits (or an ensemble's log-probabilities): per head, the softmax of its
+        columns at its fitted temperature; ``(N, sum of the heads' classes)``."""
         import torch
 
-        t = self.heads[0].temperature if self.heads else 1.0
-        return torch.softmax(logits.float() / t, dim=1)
+        logits = logits.float()
+        if not self.heads:
+            return torch.softmax(logits, dim=1)
+        return torch.cat([torch.softmax(logits[:, cols] / h.temperature, dim=1) for h, cols in self.head_slices()],
+                         dim=1)
 
-    def decide(self, probabilities: Sequence[float]) -> int:
-        """The class index called for one row of :meth:`probabilities`: a binary head's threshold, else
+    def decide(self, probabilities: Sequence[float], head: int = 0) -> int:
+        """The class index a head calls for one row of :meth:`probabilities`: a binary head's threshold, else
         the arg-max."""
         p = np.asarray(probabilities, float)
-        threshold = self.heads[0].threshold if self.heads else None
-        if threshold is not None and len(p) == 2:
-            return int(p[1] >= threshold)
+        if not self.heads:
+            return int(p.argmax())
+        h, cols = self.head_slices()[head]
+        p = p[cols]
+        if h.threshold is not None and len(p) == 2:
+            return int(p[1] >= h.threshold)
         return int(p.argmax())
 
     # -- what must agree between models used together (ensemble members, a segmenter and its mask reader)
@@ -439,7 +453,16 @@ class ModelContract:
         classes = tuple(str(c) for c in (ds.get(task.names_key) or []))
         spec = InputSpec.from_data_config(data)
         synth = data.get("synthesize") or {}
-        return cls(task=task, classes=classes, input=spec, schema=DataSchema.from_dataset_config(ds),
+        heads: tuple[Head, ...] = ()
+        model = cfg.get("model") or {}
+        if task is TaskKind.CLASSIFICATION and model.get("tasks"):
+            # multi-task: one head per finding; the outputs are the heads' class blocks side by side
+            heads = tuple(Head(str(t["name"]), str(t["kind"]), tuple(t["classes"]), t.get("column"))
+                          for t in model["tasks"])
+            classes = tuple(f"{h.name}:{c}" for h in heads for c in h.classes)
+        elif task is TaskKind.CLASSIFICATION and model.get("head") == "ordinal" and classes:
+            heads = (Head(str(ds.get("label_col") or "label"), "ordinal", classes, ds.get("label_col")),)
+        return cls(task=task, classes=classes, input=spec, schema=DataSchema.from_dataset_config(ds), heads=heads,
                    crop=_crop_recipe(data, spec.image_size) if task is TaskKind.CLASSIFICATION else None,
                    view=synth.get("view") if isinstance(synth, Mapping) else None,
                    level_offsets=level_offsets, training_data=training_data)

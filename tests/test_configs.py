@@ -29,7 +29,12 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path, monkeypatc
     cfg = compose("train", [f"experiment={experiment}"], output_dir=tmp_path / "run")
     resolved = to_plain_dict(cfg)
     assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
-    assert resolved["model"]["net"]["num_classes"] == len(resolved["data"]["dataset"]["class_names"])
+    tasks = resolved["model"].get("tasks")
+    if tasks:  # multi-task: one output per class, K - 1 per ordinal (CORN) task
+        expected = sum(len(t["classes"]) - (t["kind"] == "ordinal") for t in tasks)
+    else:
+        expected = len(resolved["data"]["dataset"]["class_names"])
+    assert resolved["model"]["net"]["num_classes"] == expected
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])

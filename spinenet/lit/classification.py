@@ -23,6 +23,14 @@ disc it is, yet findings depend strongly on the level (SPIDER: 69-72% of L4-L5 a
 T11-T12), and the level is known wherever crops come from (the manifest's ``data.dataset.level_col``; in
 ``spinenet diagnose``, the level named bottom-up). The offsets train with the net; at fit start they are set
 to each level's log-odds in the training split (:func:`~spinenet.metrics.classification.level_log_odds`).
+
+``head: ordinal`` reads the net's outputs as CORN ordinal logits (:mod:`spinenet.ordinal`) for an ordered label
+(Pfirrmann 1-5): the net gives K - 1 outputs (``model.net.num_classes``), trained with the CORN loss (the
+configured ``loss`` is not used; class weights still apply), and :meth:`forward` returns the log class
+probabilities derived from the cumulative ones, so every consumer of class logits (metrics, predictions,
+``diagnose``, ``spinenet ensemble``) gets class probabilities from a softmax as before. The level prior's
+offsets are then added to the K - 1 CORN logits. The test report adds quadratic-weighted kappa, mean absolute
+error, exact and within-one accuracy (``ordinal``, with bootstrap intervals; logged as ``test/qwk`` ...).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from spinenet.data.datamodule import MISSING_LEVELS_MESSAGE
 from spinenet.errors import ConfigError
 from spinenet.lit.contract_io import WritesContract
 from spinenet.metrics.classification import (
+    ORDINAL_METRICS,
     ClassificationMetrics,
     accuracy,
     balanced_accuracy,
@@ -55,6 +64,7 @@ from spinenet.metrics.classification import (
     macro_auroc,
     save_classification_plots,
 )
+from spinenet.ordinal import CornLoss, corn_class_log_probs, corn_level_log_odds
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +114,7 @@ class ClassificationModule(WritesContract, L.LightningModule):
         aggregate_by: Sequence[str] | None = None,
         level_prior: Sequence[str] | None = None,
         run_config: dict | None = None,
+        head: str = "softmax",
     ):
         super().__init__()
         self.label_names = [str(n) for n in label_names]
@@ -112,12 +123,21 @@ class ClassificationModule(WritesContract, L.LightningModule):
             raise ConfigError(
                 f"classification needs data.dataset.label_names with >= 2 labels, got {label_names}"
             )
+        if head not in ("softmax", "ordinal"):
+            raise ConfigError(f"model.head: 'softmax' or 'ordinal', got {head!r}")
+        self.ordinal = head == "ordinal"
+        # outputs of the net: one per class, or K - 1 CORN logits
+        self.net_outputs = k - 1 if self.ordinal else k
+        if self.ordinal:  # the CORN loss replaces the configured one (a factory taking class_weights)
+            loss = lambda class_weights=None: CornLoss(k, class_weights)  # noqa: E731
         self.net = net
         self.levels = [str(v) for v in level_prior] if level_prior else []
         if len(set(self.levels)) != len(self.levels) or "" in self.levels:
             raise ConfigError(f"model.level_prior: distinct non-empty level names, got {list(level_prior or [])}")
         # row i: offset of levels[i]; the last row: any other or unknown level
-        self.level_offsets = nn.Parameter(torch.zeros(len(self.levels) + 1, k)) if self.levels else None
+        self.level_offsets = (
+            nn.Parameter(torch.zeros(len(self.levels) + 1, self.net_outputs)) if self.levels else None
+        )
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.bootstrap, self.plots = monitor, int(bootstrap), bool(plots)
         self.run_config = run_config or {}
@@ -206,10 +226,11 @@ class ClassificationModule(WritesContract, L.LightningModule):
     def _start_level_offsets(self, labels: Sequence[int], levels: Sequence[str]) -> None:
         # Adam moves a parameter by about lr per step: from zero at lr 1e-4, 40 epochs of SPIDER bulging
         # (1,700 steps, cosine-decayed) move an offset by about 0.1, where the levels differ by about 1 in log-odds
-        offsets = level_log_odds(labels, levels, self.levels, len(self.label_names))
+        odds = corn_level_log_odds if self.ordinal else level_log_odds
+        offsets = odds(labels, levels, self.levels, len(self.label_names))
         with torch.no_grad():
             self.level_offsets.copy_(torch.as_tensor(offsets, dtype=self.level_offsets.dtype))
-        log.info("level prior from the training split (log p(class | level) - log p(class)): %s",
+        log.info("level prior from the training split (level log-odds minus overall; CORN logits if ordinal): %s",
                  {k: [round(v, 3) for v in row] for k, row in self.level_offset_table().items()})
 
     # -- steps ----------------------------------------------------------------------------------------
@@ -221,7 +242,13 @@ class ClassificationModule(WritesContract, L.LightningModule):
 
     def forward(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
         """Logits of images ``x``; with ``level_prior``, plus each image's level offset (``levels``: one
-        name per image, "" when unknown; None: the net alone, as exported, see :meth:`level_offset_table`)."""
+        name per image, "" when unknown; None: the net alone, as exported, see :meth:`level_offset_table`).
+        ``head: ordinal``: the log class probabilities of the CORN logits (softmax gives the probabilities)."""
+        logits = self.raw_logits(x, levels)
+        return corn_class_log_probs(logits) if self.ordinal else logits
+
+    def raw_logits(self, x: torch.Tensor, levels: Sequence[str] | None = None) -> torch.Tensor:
+        """The net's outputs plus the level offsets: class logits, or CORN logits with ``head: ordinal``."""
         logits = self.net(x, levels) if getattr(self.net, "takes_levels", False) else self.net(x)
         if self.level_offsets is not None and levels is not None:
             logits = logits + self.level_offsets[self.level_index(levels)].to(logits.dtype)
@@ -242,13 +269,15 @@ class ClassificationModule(WritesContract, L.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         if self.needs_levels and "level" not in batch:
             raise ConfigError(MISSING_LEVELS_MESSAGE)
-        logits = self(batch["image"], batch.get("level"))
-        if logits.ndim != 2 or logits.shape[1] != len(self.label_names):
+        raw = self.raw_logits(batch["image"], batch.get("level"))
+        if raw.ndim != 2 or raw.shape[1] != self.net_outputs:
+            what = "the number of labels minus 1 (model.head: ordinal)" if self.ordinal else "the number of labels"
             raise ConfigError(
-                f"the model returns {tuple(logits.shape)} logits for {len(self.label_names)} labels "
-                f"{self.label_names}: set model.net.num_classes to the number of labels"
+                f"the model returns {tuple(raw.shape)} logits for {len(self.label_names)} labels "
+                f"{self.label_names}: set model.net.num_classes to {what}"
             )
-        loss = self.loss(logits, batch["label"])
+        loss = self.loss(raw, batch["label"])
+        logits = corn_class_log_probs(raw) if self.ordinal else raw
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: "
@@ -281,6 +310,10 @@ class ClassificationModule(WritesContract, L.LightningModule):
         if stage == "test":  # every scalar (macro/weighted averages); per-class numbers go to test_results
             scalars = {k: v for k, v in report.items() if k not in ("per_class", "num_samples")}
             flat.update({k: v for k, v in flatten_report(scalars, stage).items() if k not in flat})
+        if self.ordinal and stage != "train":
+            with metric.sync_context():
+                target, probs = dim_zero_cat(metric.target).cpu(), dim_zero_cat(metric.probs).cpu()
+            flat.update({f"{stage}/{k}": fn(target, probs) for k, fn in ORDINAL_METRICS.items()})
         flat[f"{stage}/loss"] = float(self.losses[f"{stage}_loss"].compute())
         self.losses[f"{stage}_loss"].reset()
         if stage != "train" and self.aggregate_by:
@@ -317,6 +350,12 @@ class ClassificationModule(WritesContract, L.LightningModule):
             weight.tolist() if isinstance(weight, torch.Tensor) else self.class_weight_values
         )
         report["bootstrap"] = self._bootstrap(target, probs, groups)
+        if self.ordinal:
+            report["ordinal"] = {
+                "prediction": "arg-max class",
+                **{k: fn(target, probs) for k, fn in ORDINAL_METRICS.items()},
+                "bootstrap": self._bootstrap(target, probs, groups, ORDINAL_METRICS),
+            }
         agg = self._aggregated
         if agg is not None:
             report["aggregated"] = {
@@ -405,12 +444,18 @@ class ClassificationModule(WritesContract, L.LightningModule):
         self._test_order = idx
         return rows[pcol].astype(str).to_numpy()[idx]
 
-    def _bootstrap(self, target: np.ndarray, probs: np.ndarray, groups: np.ndarray | None) -> dict[str, Any]:
+    def _bootstrap(
+        self,
+        target: np.ndarray,
+        probs: np.ndarray,
+        groups: np.ndarray | None,
+        metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = BOOTSTRAP_METRICS,
+    ) -> dict[str, Any]:
         if self.bootstrap <= 0 or len(target) == 0:
             return {}
         out = {
             name: bootstrap_ci(fn, target, probs, n=self.bootstrap, seed=0, groups=groups)
-            for name, fn in BOOTSTRAP_METRICS.items()
+            for name, fn in metrics.items()
         }
         for ci in out.values():
             ci["patients"] = int(len(set(groups.tolist()))) if groups is not None else None

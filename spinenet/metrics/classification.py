@@ -97,6 +97,36 @@ def accuracy(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     return float((prob.argmax(1) == target).float().mean())
 
 
+def _predicted(y_prob: ArrayLike) -> torch.Tensor:
+    return as_probabilities(y_prob).argmax(1)
+
+
+def quadratic_kappa(y_true: ArrayLike, y_prob: ArrayLike) -> float:
+    """Cohen's kappa with quadratic weights of the arg-max class against ``y_true`` (ordinal labels)."""
+    p = as_probabilities(y_prob)
+    value = tmf.multiclass_cohen_kappa(_predicted(p), _targets(y_true), p.shape[1], weights="quadratic")
+    return float(value)
+
+
+def mean_absolute_error(y_true: ArrayLike, y_prob: ArrayLike) -> float:
+    """Mean |predicted class - true class| in class steps (ordinal labels), of the arg-max class."""
+    return float((_predicted(y_prob) - _targets(y_true)).abs().float().mean())
+
+
+def within_one_accuracy(y_true: ArrayLike, y_prob: ArrayLike) -> float:
+    """Share of predictions at most one class from the truth (ordinal labels)."""
+    return float(((_predicted(y_prob) - _targets(y_true)).abs() <= 1).float().mean())
+
+
+# ordinal labels (Pfirrmann): metrics on the arg-max class, with bootstrap intervals
+ORDINAL_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "qwk": quadratic_kappa,
+    "mae": mean_absolute_error,
+    "exact_accuracy": accuracy,
+    "within1_accuracy": within_one_accuracy,
+}
+
+
 def classification_report(
     y_true: ArrayLike,
     y_prob: ArrayLike,

@@ -265,9 +265,12 @@ def _calibrate(cfg: DictConfig, datamodule, checkpoints: list[str | None], teste
 
     kept = [c for c in dict.fromkeys(checkpoints) if c]
     if OmegaConf.is_dict(setting) or isinstance(setting, dict):
+        if cfg.get("model", {}).get("tasks"):
+            raise ConfigError("calibrate={temperature, threshold} is for single-head classifiers; a multi-task "
+                              "model takes calibrate=true (fitted on validation) or false")
         given = calibration.given_calibration(OmegaConf.to_container(setting) if OmegaConf.is_dict(setting) else setting)
         for path in kept:
-            calibration.write_into_checkpoint(Path(path), given)
+            calibration.write_into_checkpoint(Path(path), [given])
         return {Path(p).name: {"temperature": given.temperature, "threshold": given.threshold,
                                "threshold_rule": given.threshold_rule} for p in kept}
     return calibration.calibrate_checkpoints(kept, datamodule.val_dataloader(),
