@@ -549,12 +549,12 @@ STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 def _overlay(image: np.ndarray, result: dict[str, Any], min_height: int = MIN_OVERLAY_HEIGHT) -> np.ndarray:
     """Masks, disc boxes and level labels over the image at its own resolution (small images enlarged to
     ``min_height`` px tall), the labels sized for that height and never overlapping each other."""
-    from spinenet.utils.overlay import draw_labels, label_style, overlay_mask
+    from spinenet.utils.overlay import draw_labels, label_style, overlay_mask, to_rgb_uint8
 
     h, w = image.shape[:2]
     s = max(1.0, min_height / h)
     size = (round(w * s), round(h * s))
-    img = np.asarray(image, np.float32)
+    img = to_rgb_uint8(image)  # bytes before enlarging: a quarter of the pixels to convert
     if s != 1.0:
         img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
     if result.get("mask") is None:  # the models failed on this image: shown with its status, no mask
@@ -692,6 +692,21 @@ def _prepare_out(out: Path, studies: Iterable[str], overwrite: bool) -> None:
     prepare_output_dir(out, (), overwrite, "diagnose", clear=[*studies, "findings.csv", "summary.json", "index.html"])
 
 
+def _json_text(value: Any, levels: int = 5, pad: str = "") -> str:
+    """JSON with the outer ``levels`` of containers one item per line, indented, and what lies deeper on one
+    line (findings.json: a disc's measurements on one line; a list of numbers or names on one line).
+    ``json.dumps(indent=2)`` runs the pure-Python encoder over every value, several milliseconds per image; the
+    C encoder does the lines."""
+    if levels <= 0 or not isinstance(value, (dict, list)) or not value or (
+            isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value)):
+        return json.dumps(value)
+    inner = pad + "  "
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {_json_text(v, levels - 1, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    return "[\n" + ",\n".join(f"{inner}{_json_text(v, levels - 1, inner)}" for v in value) + f"\n{pad}]"
+
+
 def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dict[str, str],
                 folder: str | None = None) -> dict[str, Any]:
     """``findings.json``, ``overlay.png`` (images that could be read) and ``report.txt`` of one study in
@@ -714,7 +729,7 @@ def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dic
     tiles = [_overlay(im["pixels"], im) for im in drawn]
     doc["overlay"] = "overlay.png" if tiles else None
     doc["overlay_images"] = len(tiles)
-    (target / "findings.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (target / "findings.json").write_text(_json_text(doc) + "\n")
     if tiles:
         from spinenet.utils.overlay import save_png
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import cv2
@@ -107,8 +107,11 @@ class LevelMeasurement:
         return {k: getattr(self, k) for k in VALUE_FIELDS}
 
     def as_dict(self, geometry: bool = True) -> dict[str, Any]:
-        out = asdict(self)
-        if not geometry:
+        # as dataclasses.asdict, without its deep copy of every value (a tenth of the cost)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if geometry:
+            out["geometry"] = {k: [list(p) for p in seg] for k, seg in self.geometry.items()}
+        else:
             out.pop("geometry")
         return out
 
