@@ -563,8 +563,9 @@ def _overlay(image: np.ndarray, result: dict[str, Any], min_height: int = MIN_OV
         mask = cv2.resize(result["mask"].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     rgb = overlay_mask(img, mask)
     _, thick = label_style(size[1])
+    # the canal's diameter only at the levels the classifier assessed: a line at every level hides the canal
     measure.draw_measurements(rgb, [d["measurements"] for d in result["discs"] if d.get("measurements")], s,
-                              max(1, thick // 2))
+                              max(1, thick // 2), canal_at={d["level"] for d in result["discs"] if d["classified"]})
     labels = []
     for d in result["discs"]:
         x0, y0, x1, y1 = (round(v * s) for v in d["crop_box"])

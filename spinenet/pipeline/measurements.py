@@ -47,7 +47,7 @@ level's ``reason`` says why; nothing raises on an odd mask.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -535,23 +535,38 @@ def measure_sagittal(
 # ---------------------------------------------------------------------------------------------------------
 LINE_COLOURS = {"posterior_line": (255, 128, 0), "protrusion": (255, 0, 255), "height": (255, 255, 255),
                 "canal_ap": (0, 200, 255)}
+# the posterior line is drawn this much longer than measured at each end (a fraction of its length): the
+# measured segment spans only the disc and reads as a tick beside the canal
+POSTERIOR_LINE_EXTENSION = 0.6
 
 
 def draw_measurements(rgb: np.ndarray, levels: Sequence[LevelMeasurement | dict[str, Any]], scale: float = 1.0,
-                      thickness: int = 1) -> np.ndarray:
+                      thickness: int = 1, canal_at: Container[str] | None = None) -> np.ndarray:
     """Draw the measured segments of ``levels`` on ``rgb`` (uint8 RGB, in place; ``scale``: its size over
-    the mask's): the posterior line (orange), the protrusion (magenta, thicker), disc heights (white) and canal
-    diameters (cyan). Returns ``rgb``."""
+    the mask's): the posterior line (orange, extended past the corners) and the protrusion (magenta), both
+    thicker and edged in black so that they stand out against the canal, disc heights (white) and the canal
+    diameter at the disc (cyan; only at the levels in ``canal_at`` when given; the mid-vertebral diameters
+    are not drawn: lines at every level hide the canal). Returns ``rgb``."""
     for m in levels:
         geo = m.geometry if isinstance(m, LevelMeasurement) else (m.get("geometry") or {})
+        level = m.level if isinstance(m, LevelMeasurement) else m.get("level")
         for name, seg in geo.items():
-            if name.startswith("vertebra_height"):  # two per body (one from each disc): clutter
+            if name.startswith("vertebra_height") or name in ("canal_ap_mid_above", "canal_ap_mid_below"):
+                continue
+            if name == "canal_ap_disc" and canal_at is not None and level not in canal_at:
                 continue
             key = next((k for k in ("height", "canal_ap") if name.startswith(k)), name)
             colour = LINE_COLOURS.get(key, (255, 255, 255))
             (x0, y0), (x1, y1) = seg
+            if name == "posterior_line":
+                dx, dy = (x1 - x0) * POSTERIOR_LINE_EXTENSION, (y1 - y0) * POSTERIOR_LINE_EXTENSION
+                x0, y0, x1, y1 = x0 - dx, y0 - dy, x1 + dx, y1 + dy
             p0 = (round((x0 + 0.5) * scale - 0.5), round((y0 + 0.5) * scale - 0.5))
             p1 = (round((x1 + 0.5) * scale - 0.5), round((y1 + 0.5) * scale - 0.5))
-            width = thickness * 2 if name == "protrusion" else thickness
+            if name in ("posterior_line", "protrusion"):
+                width = thickness * 2
+                cv2.line(rgb, p0, p1, (0, 0, 0), width + 2, cv2.LINE_AA)
+            else:
+                width = thickness
             cv2.line(rgb, p0, p1, colour, width, cv2.LINE_AA)
     return rgb
