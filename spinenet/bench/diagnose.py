@@ -109,7 +109,7 @@ def _engines(requested: Sequence[str] | None, dev: str) -> list[str]:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    from spinenet.pipeline.diagnose import ENGINES
+    from spinenet.pipeline.diagnose import ENGINES, OVERLAYS
 
     p = argparse.ArgumentParser(prog="spinenet bench diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,6 +122,8 @@ def main(argv: Sequence[str] = ()) -> int:
     p.add_argument("--no-channels-last", action="store_true", help="PyTorch engine: keep NCHW")
     p.add_argument("--engine", nargs="+", choices=ENGINES, default=None,
                    help="default: torch, and onnxruntime where installed (CPU); as `spinenet diagnose --engine`")
+    p.add_argument("--overlays", choices=OVERLAYS, default="all",
+                   help="as `spinenet diagnose --overlays` (the target is measured with all)")
     p.add_argument("--repeats", type=int, default=1 if smoke() else 3, help="timed passes; the best is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(list(argv))
@@ -158,7 +160,7 @@ def main(argv: Sequence[str] = ()) -> int:
     pairs = list(zip(images, masks, strict=True))
 
     print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last (torch): {channels_last}, "
-          f"torch {torch.__version__}, engines: {', '.join(engines)}")
+          f"torch {torch.__version__}, engines: {', '.join(engines)}, overlays: {args.overlays}")
     x1 = torch.rand(1, 1, 256, 256, device=dev)
     unet_flops = _flops(unet, x1)
     disc_flops = _flops(discnet, torch.rand(1, 1, 64, 64, device=dev))
@@ -181,7 +183,7 @@ def main(argv: Sequence[str] = ()) -> int:
                 _sync(dev)
                 t = time.perf_counter()
                 summary = run(items, {"sagittal": seg}, {"sagittal": cls_model}, Path(tmp.name) / f"out_{r}", bs,
-                              overwrite=True, progress=False, threads=args.pipeline_threads)
+                              overwrite=True, progress=False, threads=args.pipeline_threads, overlays=args.overlays)
                 _sync(dev)
                 times.append(time.perf_counter() - t)
             assert summary["status_counts"]["ok"] == len(items), summary["status_counts"]

@@ -21,9 +21,10 @@ image ``skipped``, each with its reason; the others are diagnosed, and the CLI e
 
 Outputs in ``--out``: per study ``<folder>/findings.json``, ``<folder>/overlay.png`` (masks, boxes, labels at
 the image's resolution, at least 512 px tall; up to 8 images side by side; sagittal: the measured posterior
-line, protrusion, disc heights and canal diameters of :mod:`spinenet.pipeline.measurements`, whose values
-each sagittal disc carries as ``measurements``, in mm when the DICOM header gives the pixel spacing, else in
-px) and ``<folder>/report.txt``
+line, protrusion, disc heights and, at the classified levels, the canal diameter at the disc, of
+:mod:`spinenet.pipeline.measurements`, whose values each sagittal disc carries as ``measurements``, in mm when
+the DICOM header gives the pixel spacing, else in px; ``--overlays flagged`` or ``none`` leaves it out of
+studies without a herniated disc or an image that is not ok, or of every study) and ``<folder>/report.txt``
 (folder: :func:`study_folders`); ``findings.csv`` (every disc), ``summary.json`` (counts, every input's status
 and reason, study id -> folder) and ``index.html``. Privacy: nothing from a DICOM header but :func:`~spinenet.utils.privacy.safe_dicom_metadata`
 is written; DICOM studies are named ``study1``, ``study2``... and their slices ``slice_000``...; file paths
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 
 VIEWS = ("sagittal", "axial")
 ENGINES = ("torch", "onnxruntime")
+# which studies get an overlay.png: every one, those with a herniated disc or an image that is not ok, none
+OVERLAYS = ("all", "flagged", "none")
 FINDINGS_FORMAT = "spinenet-findings"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 NO_DISC = "no disc found"
@@ -708,10 +711,16 @@ def _json_text(value: Any, levels: int = 5, pad: str = "") -> str:
     return "[\n" + ",\n".join(f"{inner}{_json_text(v, levels - 1, inner)}" for v in value) + f"\n{pad}]"
 
 
+def flagged(images: Sequence[dict[str, Any]]) -> bool:
+    """A study to look at: a disc called herniated, or an image whose status is not ok."""
+    return any(im["status"] != STATUS_OK or any(d.get("herniated") for d in im["discs"]) for im in images)
+
+
 def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dict[str, str],
-                folder: str | None = None) -> dict[str, Any]:
-    """``findings.json``, ``overlay.png`` (images that could be read) and ``report.txt`` of one study in
-    ``out/<folder>`` (default: the study id, which must then be a safe folder name)."""
+                folder: str | None = None, overlays: str = "all") -> dict[str, Any]:
+    """``findings.json``, ``overlay.png`` (images that could be read; ``overlays``: see :data:`OVERLAYS`) and
+    ``report.txt`` of one study in ``out/<folder>`` (default: the study id, which must then be a safe folder
+    name)."""
     target = out / (folder or study)
     target.mkdir(parents=True, exist_ok=True)
     public = []
@@ -726,7 +735,8 @@ def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dic
         public.append(entry)
     doc = {"format": FINDINGS_FORMAT, "version": 1, "study": study, "folder": folder or study, "models": models,
            "images": public, "findings": study_findings(images), "disclaimer": DISCLAIMER}
-    drawn = [im for im in images if im.get("pixels") is not None][:MAX_OVERLAY_IMAGES]
+    draw = overlays == "all" or (overlays == "flagged" and flagged(images))
+    drawn = [im for im in images if im.get("pixels") is not None][:MAX_OVERLAY_IMAGES] if draw else []
     tiles = [_overlay(im["pixels"], im) for im in drawn]
     doc["overlay"] = "overlay.png" if tiles else None
     doc["overlay_images"] = len(tiles)
@@ -988,11 +998,11 @@ class _Writer:
     ``summary.json`` and ``index.html``."""
 
     def __init__(self, out: Path, items: Sequence[Item], folders: dict[str, str], models: dict[str, str],
-                 threads: int = 2):
+                 threads: int = 2, overlays: str = "all"):
         import csv
         from concurrent.futures import ThreadPoolExecutor
 
-        self.out, self.folders, self.models = out, folders, models
+        self.out, self.folders, self.models, self.overlays = out, folders, models, overlays
         self.last = {item.study: k for k, item in enumerate(items) if item.study}
         self.open: dict[str, list[dict[str, Any]]] = {}  # studies not complete yet
         self.drawn: dict[str, int] = {}  # per study: images kept with their pixels for overlay.png
@@ -1026,7 +1036,7 @@ class _Writer:
             for d in rec["discs"] or [None]))
         images = self.open.setdefault(study, [])
         if rec.get("pixels") is not None:
-            if self.drawn.get(study, 0) >= MAX_OVERLAY_IMAGES:
+            if self.overlays == "none" or self.drawn.get(study, 0) >= MAX_OVERLAY_IMAGES:
                 rec.pop("pixels")  # not drawn: pixels and mask need not wait for the study's end
                 rec.pop("mask", None)
             else:
@@ -1035,7 +1045,7 @@ class _Writer:
         if self.last[study] == k:
             self._flush_pending(self.max_pending - 1)
             self.pending.append((study, self.pool.submit(write_study, self.out, study, self.open.pop(study),
-                                                         self.models, self.folders[study])))
+                                                         self.models, self.folders[study], self.overlays)))
 
     def _flush_pending(self, keep: int) -> None:
         while len(self.pending) > keep:
@@ -1065,6 +1075,7 @@ def run(
     progress: bool = True,
     window: int = 4,
     threads: int | None = None,
+    overlays: str = "all",
 ) -> dict[str, Any]:
     """Diagnose ``items`` with the per-view models; write every study's outputs, ``findings.csv``,
     ``summary.json`` (every input with its status and reason; study id -> folder) and ``index.html``;
@@ -1073,13 +1084,16 @@ def run(
     A pipeline (:func:`pipelined`) of batches of ``batch_size`` consecutive items: decode + preprocess
     (``threads`` threads), segment (one thread), masks + discs + crops + classify (``threads`` threads), with
     at most ``window`` batches in flight; each study is written as soon as its last image is done (in
-    ``threads`` threads; default: the CPU count, 2 to 8)."""
+    ``threads`` threads; default: the CPU count, 2 to 8). ``overlays``: which studies get an overlay.png
+    (:data:`OVERLAYS`)."""
     from contextlib import closing
     from functools import partial
 
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if overlays not in OVERLAYS:
+        raise ConfigError(f"--overlays: choose one of {', '.join(OVERLAYS)}, got {overlays!r}")
     threads = threads or min(8, max(2, os.cpu_count() or 2))
     for view in {i.view for i in items if not i.status}:
         if view not in segmenters or view not in classifiers:
@@ -1093,7 +1107,7 @@ def run(
     _prepare_out(out, folders.values(), overwrite)
     models = {"segmenter": ", ".join(f"{v}={p.source.name}" for v, p in segmenters.items()),
               "classifier": ", ".join(f"{v}={p.source.name}" for v, p in classifiers.items())}
-    writer = _Writer(out, items, folders, models, threads)
+    writer = _Writer(out, items, folders, models, threads, overlays)
     stages = [(partial(_stage_prepare, segmenters=segmenters), threads),
               (partial(_stage_segment, segmenters=segmenters), 1),  # the models' own threads run it in parallel
               (partial(_stage_describe, segmenters=segmenters, classifiers=classifiers, batch_size=batch_size,
@@ -1180,6 +1194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disc-class", type=int, help="class id of the disc (default: 'disc' in the segmenter's "
                    "class names, else 1)")
     p.add_argument("--min-area", type=int, default=20, help="smallest disc contour in pixels")
+    p.add_argument("--overlays", choices=OVERLAYS, default="all",
+                   help="which studies get an overlay.png: all (default), flagged (a herniated disc or an image "
+                   "that is not ok), none; drawing and PNG encoding cost about as much as a small U-Net")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--allow-torchscript", action="store_true",
                    help="load TorchScript (.pt/.ts) models: they can run arbitrary operations, so only files you trust")
@@ -1211,7 +1228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           view_col=args.view_col, level_col=args.level_col)
     out = Path(args.out)
     summary = run(items, segmenters, classifiers, out, args.batch_size, args.overwrite, args.min_area,
-                  args.disc_class, progress=not args.no_progress)
+                  args.disc_class, progress=not args.no_progress, overlays=args.overlays)
     print(f"diagnosis written: {out} ({summary['studies']} studies, {summary['images']} images, "
           f"{summary['discs']} discs, {summary['images_without_disc']} image(s) without a disc; "
           f"{out / 'index.html'})")
