@@ -498,14 +498,15 @@ def measure_sagittal(
         mask = np.ascontiguousarray(mask[:, ::-1])
         named = [(lv, _mirror_box(b, width)) for lv, b in named]
     measurer = _Measurer(mask, spacing, classes, mirrored)
-    n_comp, comp, _, centroids = cv2.connectedComponentsWithStats((mask == classes.disc).astype(np.uint8), 8)
-    discs_px, taken = [], set()
+    n_comp, comp, stats, centroids = cv2.connectedComponentsWithStats((mask == classes.disc).astype(np.uint8), 8)
+    discs_px, taken, spans = [], set(), []
     for _, b in named:
         x0, y0, x1, y1 = b[:4]
         inside = [k for k in range(1, n_comp)
                   if x0 <= centroids[k][0] < x1 and y0 <= centroids[k][1] < y1]
         taken.update(inside)
         discs_px.append(comp == inside[0] if len(inside) == 1 else np.isin(comp, inside))
+        spans.append(list(inside))
     # a piece of disc no box holds (a herniated fragment left out of the levels as a speck) joins the one disc
     # it reaches (within 2 * ADJACENT_PX px: a thin tail of it may be lost to partial volume): the protrusion
     loose = [c for c in range(1, n_comp) if c not in taken]
@@ -517,7 +518,19 @@ def measure_sagittal(
             touching = [i for i, g in enumerate(grown) if (g & piece).any()]
             if len(touching) == 1:
                 discs_px[touching[0]] |= piece
-    discs_found = [_Disc(d, measurer.points(d)) for d in discs_px]
+                spans[touching[0]].append(c)
+
+    def disc_points(d: np.ndarray, parts: list[int]) -> np.ndarray:
+        """``measurer.points(d)`` from the components' bounding boxes only (the same points, same order)."""
+        if not parts:
+            return np.zeros((0, 2))
+        x0, y0 = stats[parts, cv2.CC_STAT_LEFT].min(), stats[parts, cv2.CC_STAT_TOP].min()
+        x1 = (stats[parts, cv2.CC_STAT_LEFT] + stats[parts, cv2.CC_STAT_WIDTH]).max()
+        y1 = (stats[parts, cv2.CC_STAT_TOP] + stats[parts, cv2.CC_STAT_HEIGHT]).max()
+        ys, xs = np.nonzero(d[y0:y1, x0:x1])
+        return np.stack([(xs + x0) * measurer.sx, (ys + y0) * measurer.sy], axis=1).astype(np.float64)
+
+    discs_found = [_Disc(d, disc_points(d, parts)) for d, parts in zip(discs_px, spans, strict=True)]
     centres = [d.pts.mean(0) if d.area else None for d in discs_found]
     order = sorted(range(len(named)), key=lambda i: (named[i][1][1] + named[i][1][3]) / 2)  # top to bottom
     rank = {i: r for r, i in enumerate(order)}
