@@ -656,9 +656,9 @@ def test_a_long_study_keeps_only_the_pixels_its_overlay_draws(phantom_study, tmp
     items = [Item("long", f"{k:02d}.png", "sagittal", lambda im=im: im) for k, im in enumerate(images)]
     written = []
 
-    def spy(out, study, recs, models, folder=None):
+    def spy(out, study, recs, models, folder=None, overlays="all"):
         written.append([r.get("pixels") is not None for r in recs])
-        return write_study(out, study, recs, models, folder)
+        return write_study(out, study, recs, models, folder, overlays)
 
     write_study = diagnose.write_study
     monkeypatch.setattr(diagnose, "write_study", spy)
@@ -667,6 +667,31 @@ def test_a_long_study_keeps_only_the_pixels_its_overlay_draws(phantom_study, tmp
     assert written == [[True] * diagnose.MAX_OVERLAY_IMAGES + [False] * 3]
     doc = json.loads((tmp_path / "out" / "long" / "findings.json").read_text())
     assert len(doc["images"]) == 11 and doc["overlay_images"] == diagnose.MAX_OVERLAY_IMAGES
+
+
+@pytest.mark.parametrize("overlays", ["flagged", "none"])
+def test_overlays_only_for_flagged_studies_or_none(phantom_study, tmp_path, overlays):
+    from spinenet.pipeline.diagnose import _unloadable
+
+    s_img, s_mask = phantom_study["sagittal"]
+    images = [np.float32(0.6 + 0.1 * k) * s_img for k in range(2)]
+    # study "fine": one image, every disc healthy; study "P9": a good image and a file that failed
+    items = [Item("fine", "a.png", "sagittal", lambda: images[0]), Item("P9", "b.png", "sagittal", lambda: images[1]),
+             _unloadable("P9", "missing.png", "sagittal", "failed", "file not found")]
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    cls = Predictor(lambda x: torch.zeros((len(x), len(SAG_LABELS))),  # arg-max: healthy
+                    ModelContract("classification", SAG_LABELS, InputSpec((32, 32)), crop=crop), Path("c"))
+    seg = stub_segmenter([(im, s_mask) for im in images], size=128)
+    out = tmp_path / "out"
+    summary = run(items, {"sagittal": seg}, {"sagittal": cls}, out, batch_size=2, progress=False, overlays=overlays)
+    assert summary["status_counts"]["ok"] == 2 and summary["discs"] > 2
+    fine, p9 = (json.loads((out / s / "findings.json").read_text()) for s in ("fine", "P9"))
+    assert not (out / "fine" / "overlay.png").exists() and fine["overlay"] is None
+    assert (out / "P9" / "overlay.png").is_file() == (overlays == "flagged")
+    assert p9["overlay"] == ("overlay.png" if overlays == "flagged" else None)
+    assert ("P9/overlay.png" in (out / "index.html").read_text()) == (overlays == "flagged")
+    with pytest.raises(ConfigError, match="--overlays"):
+        run(items, {"sagittal": seg}, {"sagittal": cls}, tmp_path / "o2", overlays="some")
 
 
 def test_inputs_are_collected_from_typed_arguments(tmp_path):

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from spinenet.pipeline.findings_eval import score_measurement
-from spinenet.pipeline.measurements import ANTERIOR_LEFT, ANTERIOR_RIGHT, draw_measurements, measure_sagittal
+from spinenet.pipeline.measurements import (
+    ANTERIOR_LEFT,
+    ANTERIOR_RIGHT,
+    LINE_COLOURS,
+    draw_measurements,
+    measure_sagittal,
+)
 
 DISC_ROWS = 6  # each disc is 6 rows tall
 
@@ -119,6 +125,30 @@ def test_overlay_draws_the_protrusion():
     assert x1 - x0 == pytest.approx(5, abs=1)  # from the posterior line to the tip, 5 px behind it
     r, g, b = rgb[round((y0 + y1) / 2), round((x0 + x1) / 2)]
     assert r > 200 and g < 80 and b > 200  # magenta half-way
+
+
+def test_overlay_draws_the_canal_diameter_only_at_the_levels_asked_and_edges_the_posterior_line():
+    res = measure_sagittal(spine(protrusion=5))
+    cyan = np.array(LINE_COLOURS["canal_ap"])
+
+    def cyan_at(rgb, seg):
+        (x0, y0), (x1, y1) = seg
+        return np.abs(rgb[round((y0 + y1) / 2), round((x0 + x1) / 2)].astype(int) - cyan).max() < 40
+
+    lower, upper = res.levels[0], res.levels[1]
+    rgb = draw_measurements(np.zeros((96, 96, 3), np.uint8), res.levels, canal_at={lower.level})
+    assert cyan_at(rgb, lower.geometry["canal_ap_disc"])
+    assert not cyan_at(rgb, upper.geometry["canal_ap_disc"])
+    # the mid-vertebral diameters are measured but not drawn
+    assert "canal_ap_mid_above" in lower.geometry and not cyan_at(rgb, lower.geometry["canal_ap_mid_above"])
+    # on a canal-coloured background the posterior line keeps a black edge beside its orange
+    bg = np.zeros((96, 96, 3), np.uint8)
+    bg[:] = (255, 220, 60)
+    draw_measurements(bg, [upper], scale=1.0, thickness=1)
+    (x0, y0), (x1, y1) = upper.geometry["posterior_line"]
+    row = bg[round((y0 + y1) / 2)]
+    near = row[max(0, round(x0) - 4) : round(x0) + 5]
+    assert (near.max(axis=1) < 60).any(), "no dark edge beside the posterior line"
 
 
 def test_score_measurement_ranks_with_patient_bootstrap():

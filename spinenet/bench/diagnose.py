@@ -109,12 +109,13 @@ def _engines(requested: Sequence[str] | None, dev: str) -> list[str]:
 
 def benchmark(images: int | None = None, distinct: int | None = None, batch_sizes: Sequence[int] | None = None,
               pipeline_threads: int | None = None, threads: int | None = None, channels_last: bool = True,
-              engines: Sequence[str] | None = None, repeats: int | None = None, device: str | None = None) -> int:
+              engines: Sequence[str] | None = None, repeats: int | None = None, device: str | None = None, overlays: str = "all") -> int:
     """Print images/s of the diagnosis pipeline end to end and of the U-Net alone, per engine and batch size.
 
     ``images`` slices per timed pass made of ``distinct`` phantom slices, ``repeats`` timed passes (the best is
     reported); defaults 64, 16, [8, 16, 32], 3 (4, 2, [2], 1 in smoke mode). ``engines``: default torch, and
-    onnxruntime where installed (CPU). ``device``: default cuda when available."""
+    onnxruntime where installed (CPU). ``device``: default cuda when available. ``overlays``: as ``spinenet
+    diagnose --overlays`` (the target is measured with all)."""
     images = images if images is not None else (4 if smoke() else 64)
     distinct = distinct if distinct is not None else (2 if smoke() else 16)
     batch_sizes = list(batch_sizes) if batch_sizes is not None else ([2] if smoke() else [8, 16, 32])
@@ -152,7 +153,7 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
     pairs = list(zip(slices, masks, strict=True))
 
     print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last (torch): {channels_last}, "
-          f"torch {torch.__version__}, engines: {', '.join(engines)}")
+          f"torch {torch.__version__}, engines: {', '.join(engines)}, overlays: {overlays}")
     x1 = torch.rand(1, 1, 256, 256, device=dev)
     unet_flops = _flops(unet, x1)
     disc_flops = _flops(discnet, torch.rand(1, 1, 64, 64, device=dev))
@@ -175,7 +176,8 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
                 _sync(dev)
                 t = time.perf_counter()
                 summary = run(items, {"sagittal": seg}, {"sagittal": cls_model}, Path(tmp.name) / f"out_{r}", bs,
-                              overwrite=True, progress=False, threads=pipeline_threads)
+                              overwrite=True, progress=False, threads=pipeline_threads,
+                              overlays=overlays)
                 _sync(dev)
                 times.append(time.perf_counter() - t)
             assert summary["status_counts"]["ok"] == len(items), summary["status_counts"]

@@ -95,7 +95,7 @@ def _ensemble(bench, argv: list[str]) -> int:
 def _diagnose(bench, argv: list[str]) -> int:
     import torch  # lazy: start-up (only this benchmark's default device needs it)
 
-    from spinenet.pipeline.diagnose import ENGINES  # lazy: start-up
+    from spinenet.pipeline.diagnose import ENGINES, OVERLAYS  # lazy: start-up
 
     p = argparse.ArgumentParser(prog="spinenet bench diagnose", description=bench.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,13 +108,15 @@ def _diagnose(bench, argv: list[str]) -> int:
     p.add_argument("--no-channels-last", action="store_true", help="PyTorch engine: keep NCHW")
     p.add_argument("--engine", nargs="+", choices=ENGINES, default=None,
                    help="default: torch, and onnxruntime where installed (CPU); as `spinenet diagnose --engine`")
+    p.add_argument("--overlays", choices=OVERLAYS, default="all",
+                   help="as `spinenet diagnose --overlays` (the target is measured with all)")
     p.add_argument("--repeats", type=int, default=1 if smoke() else 3, help="timed passes; the best is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     return bench.benchmark(images=args.images, distinct=args.distinct, batch_sizes=args.batch_size,
                            pipeline_threads=args.pipeline_threads, threads=args.threads,
                            channels_last=not args.no_channels_last, engines=args.engine, repeats=args.repeats,
-                           device=args.device)
+                           device=args.device, overlays=args.overlays)
 
 
 # benchmark -> its parser and call (the module is passed in, imported by ``main``)

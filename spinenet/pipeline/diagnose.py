@@ -21,9 +21,10 @@ image ``skipped``, each with its reason; the others are diagnosed, and the CLI e
 
 Outputs in ``--out``: per study ``<folder>/findings.json``, ``<folder>/overlay.png`` (masks, boxes, labels at
 the image's resolution, at least 512 px tall; up to 8 images side by side; sagittal: the measured posterior
-line, protrusion, disc heights and canal diameters of :mod:`spinenet.pipeline.measurements`, whose values
-each sagittal disc carries as ``measurements``, in mm when the DICOM header gives the pixel spacing, else in
-px) and ``<folder>/report.txt``
+line, protrusion, disc heights and, at the classified levels, the canal diameter at the disc, of
+:mod:`spinenet.pipeline.measurements`, whose values each sagittal disc carries as ``measurements``, in mm when
+the DICOM header gives the pixel spacing, else in px; ``--overlays flagged`` or ``none`` leaves it out of
+studies without a herniated disc or an image that is not ok, or of every study) and ``<folder>/report.txt``
 (folder: :func:`study_folders`); ``findings.csv`` (every disc), ``summary.json`` (counts, every input's status
 and reason, study id -> folder) and ``index.html``. Privacy: nothing from a DICOM header but :func:`~spinenet.utils.privacy.safe_dicom_metadata`
 is written; DICOM studies are named ``study1``, ``study2``... and their slices ``slice_000``...; file paths
@@ -73,6 +74,8 @@ log = logging.getLogger(__name__)
 
 VIEWS = ("sagittal", "axial")
 ENGINES = ("torch", "onnxruntime")
+# which studies get an overlay.png: every one, those with a herniated disc or an image that is not ok, none
+OVERLAYS = ("all", "flagged", "none")
 FINDINGS_FORMAT = "spinenet-findings"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 NO_DISC = "no disc found"
@@ -548,12 +551,12 @@ STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 def _overlay(image: np.ndarray, result: dict[str, Any], min_height: int = MIN_OVERLAY_HEIGHT) -> np.ndarray:
     """Masks, disc boxes and level labels over the image at its own resolution (small images enlarged to
     ``min_height`` px tall), the labels sized for that height and never overlapping each other."""
-    from spinenet.utils.overlay import draw_labels, label_style, overlay_mask
+    from spinenet.utils.overlay import draw_labels, label_style, overlay_mask, to_rgb_uint8
 
     h, w = image.shape[:2]
     s = max(1.0, min_height / h)
     size = (round(w * s), round(h * s))
-    img = np.asarray(image, np.float32)
+    img = to_rgb_uint8(image)  # bytes before enlarging: a quarter of the pixels to convert
     if s != 1.0:
         img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
     if result.get("mask") is None:  # the models failed on this image: shown with its status, no mask
@@ -562,8 +565,9 @@ def _overlay(image: np.ndarray, result: dict[str, Any], min_height: int = MIN_OV
         mask = cv2.resize(result["mask"].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     rgb = overlay_mask(img, mask)
     _, thick = label_style(size[1])
+    # the canal's diameter only at the levels the classifier assessed: a line at every level hides the canal
     measure.draw_measurements(rgb, [d["measurements"] for d in result["discs"] if d.get("measurements")], s,
-                              max(1, thick // 2))
+                              max(1, thick // 2), canal_at={d["level"] for d in result["discs"] if d["classified"]})
     labels = []
     for d in result["discs"]:
         x0, y0, x1, y1 = (round(v * s) for v in d["crop_box"])
@@ -691,10 +695,31 @@ def _prepare_out(out: Path, studies: Iterable[str], overwrite: bool) -> None:
     prepare_output_dir(out, (), overwrite, "diagnose", clear=[*studies, "findings.csv", "summary.json", "index.html"])
 
 
+def _json_text(value: Any, levels: int = 5, pad: str = "") -> str:
+    """JSON with the outer ``levels`` of containers one item per line, indented, and what lies deeper on one
+    line (findings.json: a disc's measurements on one line; a list of numbers or names on one line).
+    ``json.dumps(indent=2)`` runs the pure-Python encoder over every value, several milliseconds per image; the
+    C encoder does the lines."""
+    if levels <= 0 or not isinstance(value, (dict, list)) or not value or (
+            isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value)):
+        return json.dumps(value)
+    inner = pad + "  "
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {_json_text(v, levels - 1, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    return "[\n" + ",\n".join(f"{inner}{_json_text(v, levels - 1, inner)}" for v in value) + f"\n{pad}]"
+
+
+def flagged(images: Sequence[dict[str, Any]]) -> bool:
+    """A study to look at: a disc called herniated, or an image whose status is not ok."""
+    return any(im["status"] != STATUS_OK or any(d.get("herniated") for d in im["discs"]) for im in images)
+
+
 def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dict[str, str],
-                folder: str | None = None) -> dict[str, Any]:
-    """``findings.json``, ``overlay.png`` (images that could be read) and ``report.txt`` of one study in
-    ``out/<folder>`` (default: the study id, which must then be a safe folder name)."""
+                folder: str | None = None, overlays: str = "all") -> dict[str, Any]:
+    """``findings.json``, ``overlay.png`` (images that could be read; ``overlays``: see :data:`OVERLAYS`) and
+    ``report.txt`` of one study in ``out/<folder>`` (default: the study id, which must then be a safe folder
+    name)."""
     target = out / (folder or study)
     target.mkdir(parents=True, exist_ok=True)
     public = []
@@ -709,11 +734,12 @@ def write_study(out: Path, study: str, images: list[dict[str, Any]], models: dic
         public.append(entry)
     doc = {"format": FINDINGS_FORMAT, "version": 1, "study": study, "folder": folder or study, "models": models,
            "images": public, "findings": study_findings(images), "disclaimer": DISCLAIMER}
-    drawn = [im for im in images if im.get("pixels") is not None][:MAX_OVERLAY_IMAGES]
+    draw = overlays == "all" or (overlays == "flagged" and flagged(images))
+    drawn = [im for im in images if im.get("pixels") is not None][:MAX_OVERLAY_IMAGES] if draw else []
     tiles = [_overlay(im["pixels"], im) for im in drawn]
     doc["overlay"] = "overlay.png" if tiles else None
     doc["overlay_images"] = len(tiles)
-    (target / "findings.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (target / "findings.json").write_text(_json_text(doc) + "\n")
     if tiles:
         from spinenet.utils.overlay import save_png
 
@@ -971,11 +997,11 @@ class _Writer:
     ``summary.json`` and ``index.html``."""
 
     def __init__(self, out: Path, items: Sequence[Item], folders: dict[str, str], models: dict[str, str],
-                 threads: int = 2):
+                 threads: int = 2, overlays: str = "all"):
         import csv
         from concurrent.futures import ThreadPoolExecutor
 
-        self.out, self.folders, self.models = out, folders, models
+        self.out, self.folders, self.models, self.overlays = out, folders, models, overlays
         self.last = {item.study: k for k, item in enumerate(items) if item.study}
         self.open: dict[str, list[dict[str, Any]]] = {}  # studies not complete yet
         self.drawn: dict[str, int] = {}  # per study: images kept with their pixels for overlay.png
@@ -1009,7 +1035,7 @@ class _Writer:
             for d in rec["discs"] or [None]))
         images = self.open.setdefault(study, [])
         if rec.get("pixels") is not None:
-            if self.drawn.get(study, 0) >= MAX_OVERLAY_IMAGES:
+            if self.overlays == "none" or self.drawn.get(study, 0) >= MAX_OVERLAY_IMAGES:
                 rec.pop("pixels")  # not drawn: pixels and mask need not wait for the study's end
                 rec.pop("mask", None)
             else:
@@ -1018,7 +1044,7 @@ class _Writer:
         if self.last[study] == k:
             self._flush_pending(self.max_pending - 1)
             self.pending.append((study, self.pool.submit(write_study, self.out, study, self.open.pop(study),
-                                                         self.models, self.folders[study])))
+                                                         self.models, self.folders[study], self.overlays)))
 
     def _flush_pending(self, keep: int) -> None:
         while len(self.pending) > keep:
@@ -1048,6 +1074,7 @@ def run(
     progress: bool = True,
     window: int = 4,
     threads: int | None = None,
+    overlays: str = "all",
 ) -> dict[str, Any]:
     """Diagnose ``items`` with the per-view models; write every study's outputs, ``findings.csv``,
     ``summary.json`` (every input with its status and reason; study id -> folder) and ``index.html``;
@@ -1056,13 +1083,16 @@ def run(
     A pipeline (:func:`pipelined`) of batches of ``batch_size`` consecutive items: decode + preprocess
     (``threads`` threads), segment (one thread), masks + discs + crops + classify (``threads`` threads), with
     at most ``window`` batches in flight; each study is written as soon as its last image is done (in
-    ``threads`` threads; default: the CPU count, 2 to 8)."""
+    ``threads`` threads; default: the CPU count, 2 to 8). ``overlays``: which studies get an overlay.png
+    (:data:`OVERLAYS`)."""
     from contextlib import closing
     from functools import partial
 
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if overlays not in OVERLAYS:
+        raise ConfigError(f"--overlays: choose one of {', '.join(OVERLAYS)}, got {overlays!r}")
     threads = threads or min(8, max(2, os.cpu_count() or 2))
     for view in {i.view for i in items if not i.status}:
         if view not in segmenters or view not in classifiers:
@@ -1076,7 +1106,7 @@ def run(
     _prepare_out(out, folders.values(), overwrite)
     models = {"segmenter": ", ".join(f"{v}={p.source.name}" for v, p in segmenters.items()),
               "classifier": ", ".join(f"{v}={p.source.name}" for v, p in classifiers.items())}
-    writer = _Writer(out, items, folders, models, threads)
+    writer = _Writer(out, items, folders, models, threads, overlays)
     stages = [(partial(_stage_prepare, segmenters=segmenters), threads),
               (partial(_stage_segment, segmenters=segmenters), 1),  # the models' own threads run it in parallel
               (partial(_stage_describe, segmenters=segmenters, classifiers=classifiers, batch_size=batch_size,

@@ -47,8 +47,8 @@ level's ``reason`` says why; nothing raises on an odd mask.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Container, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import cv2
@@ -107,8 +107,11 @@ class LevelMeasurement:
         return {k: getattr(self, k) for k in VALUE_FIELDS}
 
     def as_dict(self, geometry: bool = True) -> dict[str, Any]:
-        out = asdict(self)
-        if not geometry:
+        # as dataclasses.asdict, without its deep copy of every value (a tenth of the cost)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if geometry:
+            out["geometry"] = {k: [list(p) for p in seg] for k, seg in self.geometry.items()}
+        else:
             out.pop("geometry")
         return out
 
@@ -185,6 +188,20 @@ def _extent(points: np.ndarray, origin: np.ndarray, along: np.ndarray, across: n
     return hi - lo + step, origin + (lo - step / 2) * along, origin + (hi + step / 2) * along
 
 
+@dataclass
+class _Disc:
+    """One disc's pixels, and what its measurements share (computed once per disc, not per use)."""
+
+    mask: np.ndarray  # bool (H, W)
+    pts: np.ndarray  # physical (x, y) of its pixels
+    touching: tuple[np.ndarray, np.ndarray] | None = None  # (ys, xs): body pixels within ADJACENT_PX of it
+    dist: tuple[np.ndarray, int, int] | None = None  # distance to it (px) in a window, and the window's origin
+
+    @property
+    def area(self) -> int:
+        return len(self.pts)
+
+
 class _Measurer:
     def __init__(self, mask: np.ndarray, spacing: tuple[float, float] | None, classes: MaskClasses,
                  mirrored: bool):
@@ -193,8 +210,18 @@ class _Measurer:
         self.sy, self.sx = spacing if spacing else (1.0, 1.0)
         self.unit = "mm" if spacing else "px"
         self.pixel = max(self.sx, self.sy)
-        self.bodies = self._body_labels()
+        canal_ys, canal_xs = np.nonzero(mask == classes.canal)
+        self.canal = np.stack([canal_xs * self.sx, canal_ys * self.sy], axis=1).astype(np.float64)
+        self.bodies = self._body_labels(canal_ys, canal_xs)
         self.body_sizes = np.bincount(self.bodies.ravel())
+        self.any_body = self.bodies > 0
+        # each body's points, in row-major order (as np.nonzero gives them), found once: not a full-image
+        # comparison per disc
+        ys, xs = np.nonzero(self.any_body)
+        order = np.argsort(self.bodies[ys, xs], kind="stable")
+        ends = np.cumsum(self.body_sizes[1:])
+        pts = np.stack([xs * self.sx, ys * self.sy], axis=1).astype(np.float64)[order]
+        self.body_points = dict(enumerate(np.split(pts, ends[:-1]), start=1))
 
     # pixel (x, y) <-> physical
     def points(self, binary: np.ndarray) -> np.ndarray:
@@ -211,10 +238,10 @@ class _Measurer:
         """A pixel's size along ``direction``."""
         return abs(direction[0]) * self.sx + abs(direction[1]) * self.sy
 
-    def _body_labels(self) -> np.ndarray:
-        """Connected components of the vertebra pixels in front of the canal (the vertebral bodies)."""
+    def _body_labels(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Connected components of the vertebra pixels in front of the canal (``ys``, ``xs``: the canal's
+        pixels), the vertebral bodies."""
         m, c = self.mask, self.classes
-        ys, xs = np.nonzero(m == c.canal)
         vertebra = m == c.vertebra
         if ys.size == 0:
             body = vertebra
@@ -227,13 +254,19 @@ class _Measurer:
         _, labels = cv2.connectedComponents(body.astype(np.uint8), connectivity=8)
         return labels
 
-    def adjacent_body(self, disc: np.ndarray, frame: _Frame, above: bool,
+    def adjacent_body(self, disc: _Disc, frame: _Frame, above: bool,
                       neighbour: np.ndarray | None) -> np.ndarray | None:
         """Points of the body touching the disc on its upper (``above``) or lower side, cut at the
         neighbouring disc's centre (``neighbour``) where bodies are fused."""
-        k = 2 * ADJACENT_PX + 1
-        ring = cv2.dilate(disc.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
-        ys, xs = np.nonzero(ring & (self.bodies > 0))
+        if disc.touching is None:  # in a window around the disc: the dilation reaches no further
+            k = 2 * ADJACENT_PX + 1
+            h, w = disc.mask.shape
+            x0, y0, x1, y1 = self._bbox(disc)
+            x0, y0, x1, y1 = max(0, x0 - k), max(0, y0 - k), min(w, x1 + k + 1), min(h, y1 + k + 1)
+            ring = cv2.dilate(np.ascontiguousarray(disc.mask[y0:y1, x0:x1]).view(np.uint8), np.ones((k, k), np.uint8))
+            ys, xs = np.nonzero(ring.view(bool) & self.any_body[y0:y1, x0:x1])
+            disc.touching = ys + y0, xs + x0
+        ys, xs = disc.touching
         if ys.size == 0:
             return None
         side = (np.stack([xs * self.sx, ys * self.sy], 1) - frame.centre) @ frame.n
@@ -242,11 +275,11 @@ class _Measurer:
             return None
         labels = self.bodies[ys[pick], xs[pick]]
         # a speck of vertebra beside the disc (partial volume) is no body: at least half the disc's pixels
-        labels = labels[self.body_sizes[labels] >= 0.5 * disc.sum()]
+        labels = labels[self.body_sizes[labels] >= 0.5 * disc.area]
         if labels.size == 0:
             return None
-        label = np.bincount(labels).argmax()
-        pts = self.points(self.bodies == label)
+        label = int(np.bincount(labels).argmax())
+        pts = self.body_points[label]
         side = (pts - frame.centre) @ frame.n
         keep = side < 0 if above else side > 0
         if neighbour is not None:
@@ -254,21 +287,40 @@ class _Measurer:
         pts = pts[keep]
         return pts if len(pts) >= 4 else None
 
-    def corner(self, body: np.ndarray, disc: np.ndarray, fr: _Frame) -> np.ndarray:
+    def corner(self, body: np.ndarray, disc: _Disc, fr: _Frame) -> np.ndarray:
         """The body's posterior corner at the disc: the most posterior (along ``u``) of its endplate pixels,
         those within half the disc's mean thickness of the disc (a diagonal extreme such as ``u + n`` picks
         a point high on the posterior wall when the disc is tilted, as L5-S1 is)."""
-        area = float(disc.sum())
-        along = self.points(disc) @ fr.u
-        thickness = area * self.sx * self.sy / max(float(along.max() - along.min()) + self.pixel, self.pixel)
+        along = disc.pts @ fr.u
+        thickness = disc.area * self.sx * self.sy / max(float(along.max() - along.min()) + self.pixel, self.pixel)
         reach = max(ADJACENT_PX * self.pixel, 0.5 * thickness)
-        dist = cv2.distanceTransform((~disc).astype(np.uint8), cv2.DIST_L2, 5)
-        px = np.rint(body / [self.sx, self.sy]).astype(int)
-        near = dist[px[:, 1], px[:, 0]] * min(self.sx, self.sy) <= reach
+        dist, wx, wy = self._distance(disc, reach / min(self.sx, self.sy))
+        px = np.rint(body / [self.sx, self.sy]).astype(int) - [wx, wy]
+        inside = (px[:, 0] >= 0) & (px[:, 1] >= 0) & (px[:, 0] < dist.shape[1]) & (px[:, 1] < dist.shape[0])
+        near = np.zeros(len(body), bool)
+        near[inside] = dist[px[inside, 1], px[inside, 0]] * min(self.sx, self.sy) <= reach
         pts = body[near] if near.any() else body
         return pts[np.argmax(pts @ fr.u)]
 
-    def posterior_line(self, fr: _Frame, disc: np.ndarray, above: np.ndarray | None, below: np.ndarray | None
+    def _bbox(self, disc: _Disc) -> tuple[int, int, int, int]:
+        """The disc's pixels' extremes (x0, y0, x1, y1), inclusive."""
+        xs, ys = disc.pts[:, 0] / self.sx, disc.pts[:, 1] / self.sy
+        return round(xs.min()), round(ys.min()), round(xs.max()), round(ys.max())
+
+    def _distance(self, disc: _Disc, reach_px: float) -> tuple[np.ndarray, int, int]:
+        """Distance (px) to the disc in a window around it that holds every pixel within ``reach_px`` of it,
+        and the window's origin (x, y): the same values as over the whole image (the distance transform's
+        paths to the nearest disc pixel stay in their bounding box), at a fraction of the cost."""
+        if disc.dist is None:
+            margin = math.ceil(reach_px) + 2
+            h, w = disc.mask.shape
+            x0, y0, x1, y1 = self._bbox(disc)
+            x0, y0, x1, y1 = max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin + 1), min(h, y1 + margin + 1)
+            outside = (~disc.mask[y0:y1, x0:x1]).view(np.uint8)
+            disc.dist = (cv2.distanceTransform(outside, cv2.DIST_L2, 5), x0, y0)
+        return disc.dist
+
+    def posterior_line(self, fr: _Frame, disc: _Disc, above: np.ndarray | None, below: np.ndarray | None
                        ) -> tuple[np.ndarray, np.ndarray, float, float, str] | None:
         """Two points ``a``, ``b`` of the posterior line, the span of the disc between them (as fractions of
         ``a -> b``: 0..1 between the corners) and which line it is."""
@@ -287,11 +339,11 @@ class _Measurer:
             return b - fr.n, b, -math.inf, math.inf, LINE_CORNER_BELOW
         return None
 
-    def measure(self, level: str, disc: np.ndarray, up: np.ndarray | None, down: np.ndarray | None) -> LevelMeasurement:
-        """``disc``: the disc's binary mask; ``up`` / ``down``: the centres of the discs above and below."""
+    def measure(self, level: str, disc: _Disc, up: np.ndarray | None, down: np.ndarray | None) -> LevelMeasurement:
+        """``disc``: the disc's pixels; ``up`` / ``down``: the centres of the discs above and below."""
         out = LevelMeasurement(level, self.unit)
         why: list[str] = []
-        pts = self.points(disc)
+        pts = disc.pts
         if len(pts) < 3:
             out.reason = "no disc pixels at this level"
             return out
@@ -363,7 +415,7 @@ class _Measurer:
             if len(known) == 1:
                 why.append("DHI over the one adjacent body in the mask")
         # canal AP diameter at the disc and at mid-vertebral levels
-        canal = self.points(self.mask == self.classes.canal)
+        canal = self.canal
         reach = 1.5 * (float(au.max() - au.min()) + self.pixel)
         centres = {"disc": fr.centre, "mid_above": None if above is None else above.mean(0),
                    "mid_below": None if below is None else below.mean(0)}
@@ -433,6 +485,9 @@ def measure_sagittal(
     if mask.ndim != 2:
         return SliceMeasurements(unit, None, [LevelMeasurement(lv, unit, reason="not a 2-D mask") for lv, _ in named],
                                  f"not a 2-D mask (shape {mask.shape})")
+    if mask.dtype != np.uint8 and mask.size and np.issubdtype(mask.dtype, np.integer) and 0 <= mask.min() \
+            and mask.max() < 256:
+        mask = mask.astype(np.uint8)  # diagnose's arg-max masks are int64: comparisons on bytes are faster
     side = orientation(mask, classes)
     if side is None:
         why = "no canal or no disc in the mask: the posterior side is unknown"
@@ -443,26 +498,40 @@ def measure_sagittal(
         mask = np.ascontiguousarray(mask[:, ::-1])
         named = [(lv, _mirror_box(b, width)) for lv, b in named]
     measurer = _Measurer(mask, spacing, classes, mirrored)
-    n_comp, comp, _, centroids = cv2.connectedComponentsWithStats((mask == classes.disc).astype(np.uint8), 8)
-    discs_px, taken = [], set()
+    n_comp, comp, stats, centroids = cv2.connectedComponentsWithStats((mask == classes.disc).astype(np.uint8), 8)
+    discs_px, taken, spans = [], set(), []
     for _, b in named:
         x0, y0, x1, y1 = b[:4]
         inside = [k for k in range(1, n_comp)
                   if x0 <= centroids[k][0] < x1 and y0 <= centroids[k][1] < y1]
         taken.update(inside)
-        discs_px.append(np.isin(comp, inside) if inside else np.zeros(mask.shape, bool))
+        discs_px.append(comp == inside[0] if len(inside) == 1 else np.isin(comp, inside))
+        spans.append(list(inside))
     # a piece of disc no box holds (a herniated fragment left out of the levels as a speck) joins the one disc
     # it reaches (within 2 * ADJACENT_PX px: a thin tail of it may be lost to partial volume): the protrusion
-    k = 4 * ADJACENT_PX + 1
-    grown = [cv2.dilate(d.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool) for d in discs_px]
-    for c in range(1, n_comp):
-        if c in taken:
-            continue
-        piece = comp == c
-        touching = [i for i, g in enumerate(grown) if (g & piece).any()]
-        if len(touching) == 1:
-            discs_px[touching[0]] |= piece
-    centres = [measurer.points(d).mean(0) if d.any() else None for d in discs_px]
+    loose = [c for c in range(1, n_comp) if c not in taken]
+    if loose:
+        k = 4 * ADJACENT_PX + 1
+        grown = [cv2.dilate(d.view(np.uint8), np.ones((k, k), np.uint8)).view(bool) for d in discs_px]
+        for c in loose:
+            piece = comp == c
+            touching = [i for i, g in enumerate(grown) if (g & piece).any()]
+            if len(touching) == 1:
+                discs_px[touching[0]] |= piece
+                spans[touching[0]].append(c)
+
+    def disc_points(d: np.ndarray, parts: list[int]) -> np.ndarray:
+        """``measurer.points(d)`` from the components' bounding boxes only (the same points, same order)."""
+        if not parts:
+            return np.zeros((0, 2))
+        x0, y0 = stats[parts, cv2.CC_STAT_LEFT].min(), stats[parts, cv2.CC_STAT_TOP].min()
+        x1 = (stats[parts, cv2.CC_STAT_LEFT] + stats[parts, cv2.CC_STAT_WIDTH]).max()
+        y1 = (stats[parts, cv2.CC_STAT_TOP] + stats[parts, cv2.CC_STAT_HEIGHT]).max()
+        ys, xs = np.nonzero(d[y0:y1, x0:x1])
+        return np.stack([(xs + x0) * measurer.sx, (ys + y0) * measurer.sy], axis=1).astype(np.float64)
+
+    discs_found = [_Disc(d, disc_points(d, parts)) for d, parts in zip(discs_px, spans, strict=True)]
+    centres = [d.pts.mean(0) if d.area else None for d in discs_found]
     order = sorted(range(len(named)), key=lambda i: (named[i][1][1] + named[i][1][3]) / 2)  # top to bottom
     rank = {i: r for r, i in enumerate(order)}
     levels = []
@@ -470,7 +539,7 @@ def measure_sagittal(
         r = rank[i]
         up = centres[order[r - 1]] if r > 0 else None
         down = centres[order[r + 1]] if r + 1 < len(order) else None
-        levels.append(measurer.measure(lv, discs_px[i], up, down))
+        levels.append(measurer.measure(lv, discs_found[i], up, down))
     return SliceMeasurements(unit, side, levels)
 
 
@@ -479,23 +548,38 @@ def measure_sagittal(
 # ---------------------------------------------------------------------------------------------------------
 LINE_COLOURS = {"posterior_line": (255, 128, 0), "protrusion": (255, 0, 255), "height": (255, 255, 255),
                 "canal_ap": (0, 200, 255)}
+# the posterior line is drawn this much longer than measured at each end (a fraction of its length): the
+# measured segment spans only the disc and reads as a tick beside the canal
+POSTERIOR_LINE_EXTENSION = 0.6
 
 
 def draw_measurements(rgb: np.ndarray, levels: Sequence[LevelMeasurement | dict[str, Any]], scale: float = 1.0,
-                      thickness: int = 1) -> np.ndarray:
+                      thickness: int = 1, canal_at: Container[str] | None = None) -> np.ndarray:
     """Draw the measured segments of ``levels`` on ``rgb`` (uint8 RGB, in place; ``scale``: its size over
-    the mask's): the posterior line (orange), the protrusion (magenta, thicker), disc heights (white) and canal
-    diameters (cyan). Returns ``rgb``."""
+    the mask's): the posterior line (orange, extended past the corners) and the protrusion (magenta), both
+    thicker and edged in black so that they stand out against the canal, disc heights (white) and the canal
+    diameter at the disc (cyan; only at the levels in ``canal_at`` when given; the mid-vertebral diameters
+    are not drawn: lines at every level hide the canal). Returns ``rgb``."""
     for m in levels:
         geo = m.geometry if isinstance(m, LevelMeasurement) else (m.get("geometry") or {})
+        level = m.level if isinstance(m, LevelMeasurement) else m.get("level")
         for name, seg in geo.items():
-            if name.startswith("vertebra_height"):  # two per body (one from each disc): clutter
+            if name.startswith("vertebra_height") or name in ("canal_ap_mid_above", "canal_ap_mid_below"):
+                continue
+            if name == "canal_ap_disc" and canal_at is not None and level not in canal_at:
                 continue
             key = next((k for k in ("height", "canal_ap") if name.startswith(k)), name)
             colour = LINE_COLOURS.get(key, (255, 255, 255))
             (x0, y0), (x1, y1) = seg
+            if name == "posterior_line":
+                dx, dy = (x1 - x0) * POSTERIOR_LINE_EXTENSION, (y1 - y0) * POSTERIOR_LINE_EXTENSION
+                x0, y0, x1, y1 = x0 - dx, y0 - dy, x1 + dx, y1 + dy
             p0 = (round((x0 + 0.5) * scale - 0.5), round((y0 + 0.5) * scale - 0.5))
             p1 = (round((x1 + 0.5) * scale - 0.5), round((y1 + 0.5) * scale - 0.5))
-            width = thickness * 2 if name == "protrusion" else thickness
+            if name in ("posterior_line", "protrusion"):
+                width = thickness * 2
+                cv2.line(rgb, p0, p1, (0, 0, 0), width + 2, cv2.LINE_AA)
+            else:
+                width = thickness
             cv2.line(rgb, p0, p1, colour, width, cv2.LINE_AA)
     return rgb
