@@ -35,7 +35,8 @@ _LOG_FLOOR = 1e-12
 
 def corn_cumulative(logits: torch.Tensor) -> torch.Tensor:
     """``(N, K - 1)`` CORN logits -> ``(N, K - 1)`` P(y > k), non-increasing in k."""
-    return torch.cumprod(torch.sigmoid(logits.float()), dim=1)
+    # the product of sigmoids as exp(cumsum(log sigmoid)): the same values, and ONNX has CumSum (no CumProd)
+    return torch.exp(torch.cumsum(F.logsigmoid(logits.float()), dim=1))
 
 
 def corn_class_probs(logits: torch.Tensor) -> torch.Tensor:

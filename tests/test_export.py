@@ -15,7 +15,7 @@ import torch
 
 from spinenet.cli import main as cli_main
 from spinenet.loading import Predictor, load_model
-from spinenet.pipeline.export import ATOL, RTOL
+from spinenet.pipeline.export import ATOL, RTOL, export_model
 from tests.test_diagnose import CLS_OVERRIDES, SEG_OVERRIDES, make_checkpoint
 
 pytest.importorskip("onnxruntime", reason="ONNX numeric checks need onnxruntime (pip install '.[onnx]')")
@@ -188,3 +188,19 @@ def test_onnxruntime_engine_refuses_a_gpu(exported, tmp_path, capsys):
     rc = cli_main(["diagnose", str(tmp_path), "--segmenter", str(ckpts["seg"]), "--classifier", str(ckpts["cls"]),
                    "--out", str(tmp_path / "out"), "--engine", "onnxruntime", "--device", "cuda"])
     assert rc == 2 and "--engine onnxruntime runs on the CPU" in capsys.readouterr().err
+
+
+def test_an_ordinal_classifier_exports_its_class_probabilities(tmp_path):
+    """CORN heads: the file must hold the step from the net's K-1 cumulative logits to class log-probabilities."""
+    from tests.test_diagnose import CLS_OVERRIDES, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "ord.ckpt", [*CLS_OVERRIDES, "model.head=ordinal", "model.net.num_classes=2"])
+    sidecar = export_model(ckpt, tmp_path / "out")
+    onnx_model, contract = load_model(sidecar.with_suffix(".onnx"))
+    assert contract.heads[0].kind == "ordinal" and len(contract.classes) == 3
+    ref, _ = load_model(ckpt)
+    x = torch.rand(2, 1, 64, 64)
+    got, expected = onnx_model(x), ref(x)
+    assert got.shape == (2, 3)  # class log-probabilities, not the 2 CORN logits
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(contract.probabilities(got).sum(1), torch.ones(2))

@@ -201,3 +201,35 @@ def test_grading_experiment_trains_and_reports_every_task(tmp_path, compose_cfg)
     probs = contract.probabilities(torch.randn(4, 7))
     torch.testing.assert_close(probs[:, 2:5].sum(1), torch.ones(4))  # a softmax per head, not over all 7
     assert set(metrics["calibration"]["last.ckpt"]["heads"]) <= {"herniation", "pfirrmann", "modic"}
+    # an ensemble of multi-task members averages each task's probabilities (a softmax per block, not over all)
+    from spinenet.ensemble.artifact import EnsembleNet
+
+    model, _ = load_model(run / "checkpoints" / "last.ckpt")
+    x, levels = torch.rand(3, 1, 16, 32), ["L4-L5", "L5-S1", ""]
+    avg = EnsembleNet([model.module, model.module], [0.5, 0.5]).probabilities(x, levels)
+    torch.testing.assert_close(avg[:, 2:5].sum(1), torch.ones(3))
+    # its level prior acts before the CORN probabilities: exporting it alone would drop it, so it is refused
+    from spinenet.errors import ConfigError
+    from spinenet.pipeline.export import export_model
+
+    with pytest.raises(ConfigError, match="level prior on ordinal or multi-task heads"):
+        export_model(run / "checkpoints" / "last.ckpt", tmp_path / "export")
+
+
+def test_diagnose_reports_every_finding_of_a_multi_task_classifier():
+    """Per disc, each head's call (its own threshold) and probabilities; herniation makes the level's call."""
+    import numpy as np
+
+    from spinenet.contract import CropRecipe, Head, InputSpec, ModelContract
+    from spinenet.pipeline.diagnose import _findings_column, _head_findings, _main_head
+
+    heads = (Head("bulging", "binary", ("0", "1")), Head("herniation", "binary", ("0", "1"), threshold=0.2),
+             Head("pfirrmann", "ordinal", ("1", "2", "3")))
+    contract = ModelContract("classification", tuple(f"{h.name}:{c}" for h in heads for c in h.classes),
+                             InputSpec((32, 32)), crop=CropRecipe(size=(32, 32)), heads=heads)
+    p = np.array([0.3, 0.7, 0.75, 0.25, 0.1, 0.6, 0.3])
+    assert _main_head(contract) == 1 and contract.decide(p, 1) == 1  # 0.25 >= its threshold 0.2
+    found = _head_findings(contract, p)
+    assert found["bulging"] == {"class": "1", "probability": 0.7, "probabilities": {"0": 0.3, "1": 0.7}}
+    assert found["herniation"]["class"] == "1" and found["pfirrmann"]["class"] == "2"
+    assert _findings_column({"findings": found})["findings"].startswith("bulging=1 (0.70); herniation=1 (0.25)")

@@ -469,14 +469,18 @@ class SplitPredictions:
 def member_probabilities(
     module: torch.nn.Module, x: torch.Tensor, levels: Sequence[str] | None = None
 ) -> torch.Tensor:
-    """A member's class probabilities: softmax over the class axis of its output (logits); a classifier
+    """A member's class probabilities: softmax over the class axis of its output (logits), per task for a
+    multi-task member (its heads' blocks side by side, so that an ensemble averages each task); a classifier
     with a level prior also gets the samples' disc levels."""
     if getattr(module, "level_offsets", None) is not None:
         if levels is None:  # the net alone would silently drop what the member learned per level
             raise ConfigError("an ensemble member has a level prior (model.level_prior) but the data gives no "
                               "disc levels: set data.dataset.level_col in the data config the ensemble uses")
-        return torch.softmax(module(x, levels).float(), dim=1)
-    return torch.softmax(module(x).float(), dim=1)
+        logits = module(x, levels).float()
+    else:
+        logits = module(x).float()
+    slices = module.task_slices() if hasattr(module, "task_slices") else [slice(None)]
+    return torch.cat([torch.softmax(logits[:, s], dim=1) for s in slices], dim=1)
 
 
 def _cache_path(member: Member, cache_dir: Path | None, split: str, key: str) -> Path:

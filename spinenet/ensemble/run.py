@@ -103,6 +103,10 @@ class EnsembleRequest:
 def _check_members(members: Sequence[Member], request: EnsembleRequest) -> tuple[dict[str, Any], str]:
     """(shared signature, objective): members fit together and the search is feasible, before any inference."""
     signature = check_compatible(members)
+    if len(members[0].contract.heads) > 1:
+        raise ConfigError(f"{members[0].name} is a multi-task model ({len(members[0].contract.heads)} heads): "
+                          "spinenet ensemble searches weights for one label only; a saved ensemble of multi-task "
+                          "members (spinenet.ensemble.artifact.save_artifact) averages each task's probabilities")
     task = TaskKind(signature["task"])
     objective = request.objective or DEFAULT_OBJECTIVE[task]
     if task.per_pixel and not O.OBJECTIVES[objective].segmentation:

@@ -113,6 +113,27 @@ def classify_crops(
     return np.concatenate(out)
 
 
+MAIN_FINDING = "herniation"  # the head of a multi-task classifier that decides a level's herniation call
+
+
+def _main_head(contract: Any) -> int:
+    """The head named herniation (or whose column is), else the first."""
+    names = [(h.name.lower(), str(h.column or "").lower()) for h in contract.heads]
+    return next((i for i, (n, c) in enumerate(names) if MAIN_FINDING in n or MAIN_FINDING in c), 0)
+
+
+def _head_findings(contract: Any, p: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per head of a multi-task classifier: the class it calls (its threshold, else arg-max), that class's
+    probability and every class's."""
+    out = {}
+    for i, (head, cols) in enumerate(contract.head_slices()):
+        k = contract.decide(p, i)
+        q = p[cols]
+        out[head.name] = {"class": head.classes[k], "probability": round(float(q[k]), 4),
+                          "probabilities": {c: round(float(v), 4) for c, v in zip(head.classes, q, strict=True)}}
+    return out
+
+
 def checked_disc_boxes(
     mask: np.ndarray, view: str, disc_class: int, min_area: int, mask_classes: Sequence[str]
 ) -> tuple[list[Box], list[dict[str, Any]], str | None]:
@@ -212,7 +233,8 @@ def describe_images(
     """What follows the segmenter, for one batch: masks, disc boxes, plausibility, levels, crops, classifier
     (the records of :func:`diagnose_images`)."""
     dc = _disc_class(segmenter, disc_class)
-    labels = classifier.contract.classes
+    multi, main = len(classifier.contract.heads) > 1, _main_head(classifier.contract)
+    labels = classifier.contract.heads[main].classes if multi else classifier.contract.classes
     masks = masks_from_logits(logits, images, regions)
     per_image, crops, levels = [], [], []
     given = list(image_levels) if image_levels else [None] * len(images)
@@ -230,7 +252,11 @@ def describe_images(
             if not d["classified"]:
                 continue
             p = next(probs)
-            k = classifier.contract.decide(p)  # a binary classifier's validation-chosen threshold, else arg-max
+            # a binary head's validation-chosen threshold, else the arg-max
+            k = classifier.contract.decide(p, main)
+            if multi:  # every finding of a multi-task model; the herniation head makes the per-level call
+                d["findings"] = _head_findings(classifier.contract, p)
+                p = p[classifier.contract.head_slices()[main][1]]
             d["probabilities"] = {n: round(float(v), 4) for n, v in zip(labels, p, strict=True)}
             d["class"], d["probability"] = labels[k], round(float(p[k]), 4)
             d["p_herniation"] = round(herniation_probability(view, d["probabilities"]), 4)
@@ -606,8 +632,8 @@ def study_findings(images: list[dict[str, Any]]) -> dict[str, Any]:
             if d["classified"]:
                 by_view[im["view"]].append(dict(d, image=im["image"], level=d["level"] or im.get("level") or ""))
     out: dict[str, Any] = {}
-    keep = ("level", "class", "probability", "p_herniation", "herniated", "probabilities", "box", "image",
-            "measurements")
+    keep = ("level", "class", "probability", "p_herniation", "herniated", "probabilities", "findings", "box",
+            "image", "measurements")
     for view, discs in by_view.items():
         if discs:
             out[view] = [{k: d[k] for k in keep if k in d} for d in best_per_level(discs).values()]
@@ -671,6 +697,9 @@ def _report(study: str, doc: dict[str, Any]) -> str:
                 if len(d.get("probabilities") or {}) > 2:  # several classes: every class, named
                     line += (f" (class {d['class']}; class probabilities: "
                              + ", ".join(f"{k} {v:.2f}" for k, v in d["probabilities"].items()) + ")")
+                if d.get("findings"):  # a multi-task classifier: every finding it grades
+                    line += "; " + ", ".join(f"{name} {x['class']} ({x['probability']:.2f})"
+                                             for name, x in d["findings"].items() if name != MAIN_FINDING)
                 lines.append(line)
     lines += _measurement_lines(f.get("sagittal") or [])
     if not f:
@@ -949,8 +978,14 @@ def _status_key(status: str) -> str:
 
 
 FINDINGS_COLUMNS = ("study", "folder", "image", "view", "status", "reason", "level", "box", "crop_box", "area",
-                    "classified", "class", "probability", "p_herniation", "herniated", "unit",
+                    "classified", "class", "probability", "p_herniation", "herniated", "findings", "unit",
                     *measure.VALUE_FIELDS, "protrusion_line", "measurement_reason")
+
+
+def _findings_column(disc: dict[str, Any] | None) -> dict[str, Any]:
+    """A multi-task classifier's findings in one cell: ``bulging=1 (0.91); pfirrmann=3 (0.62); ...``."""
+    f = (disc or {}).get("findings")
+    return {"findings": "; ".join(f"{n}={x['class']} ({x['probability']:.2f})" for n, x in f.items())} if f else {}
 
 
 def _measurement_columns(disc: dict[str, Any] | None) -> dict[str, Any]:
@@ -1031,7 +1066,7 @@ class _Writer:
             return
         self.csv.writerows(neutralise_rows(
             {"study": study, "folder": folder, "image": rec["image"], "view": rec["view"], "status": rec["status"],
-             "reason": rec.get("reason") or "", **(d or {}), **_measurement_columns(d)}
+             "reason": rec.get("reason") or "", **(d or {}), **_measurement_columns(d), **_findings_column(d)}
             for d in rec["discs"] or [None]))
         images = self.open.setdefault(study, [])
         if rec.get("pixels") is not None:

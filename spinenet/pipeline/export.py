@@ -58,6 +58,30 @@ def _inputs(spec: InputSpec, batch: int, seed: int) -> torch.Tensor:
     return torch.rand(batch, spec.in_channels, h, w, generator=g)
 
 
+class _ModuleForward(torch.nn.Module):
+    """A module's own ``forward(x)`` as the exported graph: where it turns the net's outputs into class logits
+    (CORN heads, a multi-task model's blocks), the file must hold that step, not the net alone."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def exportable_net(module: torch.nn.Module, source: Any) -> torch.nn.Module:
+    """What an exported file runs: the net of a plain classifier or segmenter (its level offsets go in the
+    sidecar), the module's forward where the outputs need more than the net (ordinal or multi-task heads)."""
+    transforms_outputs = bool(getattr(module, "ordinal", False)) or hasattr(module, "task_slices")
+    if not transforms_outputs:
+        return module.net if hasattr(module, "net") else module
+    if getattr(module, "level_offsets", None) is not None:
+        raise ConfigError(f"{Path(str(source)).name}: a level prior on ordinal or multi-task heads acts before "
+                          "their class probabilities and cannot be exported; use the checkpoint with diagnose")
+    return _ModuleForward(module)
+
+
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, bool]:
     a, b = a.float(), b.float()
     ok = bool(torch.allclose(a, b, atol=ATOL, rtol=RTOL))
@@ -108,7 +132,7 @@ def onnxruntime_predictor(reference: Predictor) -> Predictor:
     against ``reference`` like an exported file; nothing is written."""
     if reference.kind != "module":
         return reference  # already an exported file
-    net = reference.net.net if hasattr(reference.net, "net") else reference.net
+    net = exportable_net(reference.net, reference.source)
     if getattr(net, "takes_levels", False):
         raise ConfigError(f"--engine onnxruntime: {reference.source.name} is an ensemble of classifiers with a "
                           "level prior, which runs in PyTorch only; use --engine torch")
@@ -142,7 +166,7 @@ def export_model(
     prepare_output_dir(out, [(checkpoint, "checkpoint")], overwrite, command="export", clear=())
     for t in targets:
         t.unlink(missing_ok=True)
-    net = ref.net.net if hasattr(ref.net, "net") else ref.net
+    net = exportable_net(ref.net, checkpoint)
     if getattr(net, "takes_levels", False):
         raise ConfigError(f"{checkpoint}: an ensemble of classifiers with a level prior (model.level_prior) "
                           "cannot be exported as one file; export its members, or use the .json with diagnose")
