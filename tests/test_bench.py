@@ -21,3 +21,18 @@ def test_bench_diagnose_prints_both_engines(capsys):
         assert re.search(rf"^{engine}\s+batch\s+2: end to end\s+[\d.]+ images/s", out, re.M), engine
     assert "onnxruntime / torch (best batch each, same run):" in out
     assert re.search(r"best: [\d.]+ images/s end to end with (torch|onnxruntime)", out)
+
+
+def test_every_benchmark_has_a_command_line(capsys):
+    """A benchmark listed in spinenet.bench.BENCHMARKS is runnable as ``spinenet bench <name>`` (one was
+    listed without a parser and raised a KeyError)."""
+    from spinenet.bench import BENCHMARKS
+    from spinenet.cli import main as cli_main
+    from spinenet.cli.bench import _RUNNERS
+
+    assert set(_RUNNERS) == set(BENCHMARKS)
+    for name in BENCHMARKS:
+        with pytest.raises(SystemExit) as done:
+            cli_main(["bench", name, "--help"])
+        assert done.value.code == 0
+        assert f"spinenet bench {name}" in capsys.readouterr().out

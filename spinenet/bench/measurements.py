@@ -16,9 +16,7 @@ resampled (pixel spacing lost), so lengths are in pixels; the DHI is a ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -127,44 +125,36 @@ def draw(root: Path, out: Path, patients: int, ids: Sequence[str] = ()) -> list[
     return written
 
 
-def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="spinenet bench measurements", description=__doc__.split("\n\n")[0])
-    p.add_argument("--spider", default=os.environ.get("SPIDER_DIR"), help="SPIDER folder (default $SPIDER_DIR)")
-    p.add_argument("--slices", type=int, default=2, help="middle slices per patient (of 6)")
-    p.add_argument("--aggregate", choices=sorted(AGGREGATES), default="mean",
-                   help="a level's value over the slices: their mean or their largest")
-    p.add_argument("--bootstrap", type=int, default=2000)
-    p.add_argument("--levels", default=",".join(DEFAULT_LEVELS), help="comma-separated levels to score")
-    p.add_argument("--out", help="write the figures, per-level rows and per-slice values as JSON")
-    p.add_argument("--draw", help="folder for measurement overlays of a few patients")
-    p.add_argument("--draw-patients", type=int, default=3)
-    p.add_argument("--draw-ids", default="", help="comma-separated patient ids to draw instead")
-    args = p.parse_args(list(argv))
-    if not args.spider:
+def benchmark(spider: str | Path | None, slices: int = 2, aggregate: str = "mean", bootstrap: int = 2000,
+              levels: Sequence[str] = DEFAULT_LEVELS, out: str | Path | None = None, draw_dir: str | Path | None = None,
+              draw_patients: int = 3, draw_ids: Sequence[str] = ()) -> int:
+    """Print the AUROC of each measurement for SPIDER's gradings on the ground-truth masks of ``spider``'s
+    ``seg_t2space`` (``slices`` middle slices per patient); ``out``: the figures as JSON; ``draw_dir``:
+    measurement overlays of a few patients."""
+    if not spider:
         raise ConfigError("spinenet bench measurements: give --spider DIR or set SPIDER_DIR")
-    if args.slices < 1:
-        raise ConfigError(f"--slices must be >= 1, got {args.slices}")
+    if slices < 1:
+        raise ConfigError(f"--slices must be >= 1, got {slices}")
     from spinenet.bench import smoke
     from spinenet.pipeline.findings_eval import format_measurement_table
 
     if smoke():  # CI's README run: the figures mean nothing
-        args.bootstrap = min(args.bootstrap, 20)
-    root = Path(args.spider)
-    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
-    result = measure_patients(root, args.slices, args.bootstrap, levels, args.aggregate)
+        bootstrap = min(bootstrap, 20)
+    root = Path(spider)
+    levels = [lv.strip() for lv in levels if lv.strip()]
+    result = measure_patients(root, slices, bootstrap, levels, aggregate)
     agree = sum(c["discs"] == c["graded_discs"] for c in result["slice_checks"])
     implausible = [c for c in result["slice_checks"] if c["reason"]]
-    print(f"measurements on ground-truth masks: {result['patients']} patients, {args.slices} middle slice(s) each, "
+    print(f"measurements on ground-truth masks: {result['patients']} patients, {slices} middle slice(s) each, "
           f"orientation(s) {', '.join(result['orientations'])}; disc count = graded disc count on {agree} of "
           f"{len(result['slice_checks'])} slices; lengths in {result['unit']}")
     for c in implausible:
         print(f"  not measured: patient {c['patient']} slice {c['slice']}: {c['reason']}")
     print(format_measurement_table(result["scores"], levels))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"written: {args.out}")
-    if args.draw:
-        ids = [i.strip() for i in args.draw_ids.split(",") if i.strip()]
-        for path in draw(root, Path(args.draw), args.draw_patients, ids):
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"written: {out}")
+    if draw_dir:
+        for path in draw(root, Path(draw_dir), draw_patients, list(draw_ids)):
             print(f"overlay: {path}")
     return 0

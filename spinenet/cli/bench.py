@@ -119,10 +119,31 @@ def _diagnose(bench, argv: list[str]) -> int:
                            device=args.device, overlays=args.overlays)
 
 
+def _measurements(bench, argv: list[str]) -> int:
+    import os
+
+    p = argparse.ArgumentParser(prog="spinenet bench measurements", description=bench.__doc__.split("\n\n")[0])
+    p.add_argument("--spider", default=os.environ.get("SPIDER_DIR"), help="SPIDER folder (default $SPIDER_DIR)")
+    p.add_argument("--slices", type=int, default=2, help="middle slices per patient (of 6)")
+    p.add_argument("--aggregate", choices=sorted(bench.AGGREGATES), default="mean",
+                   help="a level's value over the slices: their mean or their largest")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--levels", default=",".join(bench.DEFAULT_LEVELS), help="comma-separated levels to score")
+    p.add_argument("--out", help="write the figures, per-level rows and per-slice values as JSON")
+    p.add_argument("--draw", help="folder for measurement overlays of a few patients")
+    p.add_argument("--draw-patients", type=int, default=3)
+    p.add_argument("--draw-ids", default="", help="comma-separated patient ids to draw instead")
+    args = p.parse_args(argv)
+    return bench.benchmark(args.spider, args.slices, args.aggregate, args.bootstrap, args.levels.split(","),
+                           args.out, args.draw, args.draw_patients,
+                           [i.strip() for i in args.draw_ids.split(",") if i.strip()])
+
+
 # benchmark -> its parser and call (the module is passed in, imported by ``main``)
 _RUNNERS: dict[str, Callable[[object, list[str]], int]] = {
     "data": _data,
     "train": _train,
     "ensemble": _ensemble,
     "diagnose": _diagnose,
+    "measurements": _measurements,
 }
