@@ -306,3 +306,27 @@ def test_unreadable_findings_are_listed_and_the_rest_scored(hand_built, tmp_path
         {"image": "8_t2.png", "status": "implausible for sagittal", "reason": "12 disc regions"}]}]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("findings-eval: 13 findings files, 11 read, 2 unreadable, 1 evaluated studies")
+
+
+def test_a_multi_task_classifiers_heads_are_scored_against_the_gradings():
+    """Each binary head's probability per level is a predictor of the graded finding it learnt."""
+    from spinenet.pipeline.findings_eval import (
+        MEASUREMENT_PREDICTORS,
+        head_columns,
+        measurement_rows,
+        score_measurements,
+    )
+
+    def disc(level: str, p_bulging: float) -> dict:
+        return {"level": level, "findings": {
+            "bulging": {"kind": "binary", "column": "disc_bulging", "probabilities": {"0": 1 - p_bulging, "1": p_bulging}},
+            "pfirrmann": {"kind": "ordinal", "column": "pfirrmann", "probabilities": {"1": 0.5, "2": 0.5}}}}
+
+    docs = {str(p): {"images": [{"view": "sagittal", "discs": [disc("L4-L5", 0.9 if p % 2 else 0.2)]}]}
+            for p in range(6)}
+    assert head_columns(docs) == {"bulging": "disc_bulging"}  # ordinal heads are not binary findings
+    rows = measurement_rows(docs, ["L4-L5"], {p: {"L4-L5": 0} for p in docs})
+    for r in rows:
+        r["disc_bulging"] = int(r["patient"]) % 2  # graded bulging where the head said so
+    scores = score_measurements(rows, ["L4-L5"], [*MEASUREMENT_PREDICTORS, ("p_bulging", "disc_bulging", 1)], 0)
+    assert scores["p_bulging->disc_bulging"]["L4-L5"]["auroc"] == 1.0

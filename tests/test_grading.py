@@ -230,6 +230,7 @@ def test_diagnose_reports_every_finding_of_a_multi_task_classifier():
     p = np.array([0.3, 0.7, 0.75, 0.25, 0.1, 0.6, 0.3])
     assert _main_head(contract) == 1 and contract.decide(p, 1) == 1  # 0.25 >= its threshold 0.2
     found = _head_findings(contract, p)
-    assert found["bulging"] == {"class": "1", "probability": 0.7, "probabilities": {"0": 0.3, "1": 0.7}}
+    assert found["bulging"] == {"class": "1", "probability": 0.7, "probabilities": {"0": 0.3, "1": 0.7},
+                                "kind": "binary", "column": None}
     assert found["herniation"]["class"] == "1" and found["pfirrmann"]["class"] == "2"
     assert _findings_column({"findings": found})["findings"].startswith("bulging=1 (0.70); herniation=1 (0.25)")

@@ -130,7 +130,8 @@ def _head_findings(contract: Any, p: np.ndarray) -> dict[str, dict[str, Any]]:
         k = contract.decide(p, i)
         q = p[cols]
         out[head.name] = {"class": head.classes[k], "probability": round(float(q[k]), 4),
-                          "probabilities": {c: round(float(v), 4) for c, v in zip(head.classes, q, strict=True)}}
+                          "probabilities": {c: round(float(v), 4) for c, v in zip(head.classes, q, strict=True)},
+                          "kind": head.kind, "column": head.column}
     return out
 
 

@@ -133,6 +133,18 @@ MEASUREMENT_POLICY = (
 TRUTH_FINDING = "truth"  # the truth manifest's 0/1 level columns (herniation), as a finding of measurement_rows
 
 
+def head_columns(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """A multi-task classifier's binary heads in these findings: head name -> the graded column it learnt."""
+    out: dict[str, str] = {}
+    for doc in docs.values():
+        for im in doc.get("images") or []:
+            for d in im.get("discs") or []:
+                for name, f in (d.get("findings") or {}).items():
+                    if f.get("kind") == "binary" and f.get("column"):
+                        out[name] = str(f["column"])
+    return out
+
+
 def measurement_rows(docs: Mapping[str, Mapping[str, Any]], levels: Sequence[str],
                      truth: Mapping[str, Mapping[str, int]], gradings: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per (patient, level): the mean of each measurement over the study's sagittal images that
@@ -149,6 +161,8 @@ def measurement_rows(docs: Mapping[str, Mapping[str, Any]], levels: Sequence[str
         absent = [f for f in findings if f not in table.columns]
         if absent:
             raise DataError(f"--gradings {gradings}: no column(s) {absent} (columns: {list(table.columns)})")
+        # the graded findings a multi-task classifier's binary heads were trained on, scored like measurements
+        findings = sorted(set(findings) | {c for c in head_columns(docs).values() if c in table.columns})
         for r in table.to_dict("records"):
             graded[(str(r["patient_id"]), int(r["ivd_label"]))] = {
                 f: (None if r[f] is None or (isinstance(r[f], float) and math.isnan(r[f])) else int(r[f] > 0))
@@ -162,13 +176,17 @@ def measurement_rows(docs: Mapping[str, Mapping[str, Any]], levels: Sequence[str
             if im.get("view") != "sagittal":
                 continue
             for d in im.get("discs") or []:
-                if d.get("measurements"):
-                    per_level.setdefault(d.get("level") or "", []).append(d["measurements"])
+                values = dict(d.get("measurements") or {})
+                for name, f in (d.get("findings") or {}).items():  # a multi-task classifier's binary heads
+                    if f.get("kind") == "binary" and len(f.get("probabilities") or {}) == 2:
+                        values[f"p_{name}"] = list(f["probabilities"].values())[1]
+                if values:
+                    per_level.setdefault(d.get("level") or "", []).append(values)
         for lv in levels:
             ms = per_level.get(lv, [])
-            row: dict[str, Any] = {"patient": pid, "level": lv, TRUTH_FINDING: truth[pid][lv],
-                                   "unit": ms[0]["unit"] if ms else None}
-            for k in VALUE_FIELDS:
+            unit = next((m["unit"] for m in ms if m.get("unit")), None)
+            row: dict[str, Any] = {"patient": pid, "level": lv, TRUTH_FINDING: truth[pid][lv], "unit": unit}
+            for k in (*VALUE_FIELDS, *(f"p_{name}" for name in head_columns(docs))):
                 vals = [float(m[k]) for m in ms if m.get(k) is not None]
                 row[k] = round(float(np.mean(vals)), 4) if vals else None
             if gradings is not None:
@@ -516,6 +534,9 @@ def evaluate_findings(
     predictors = [(m, TRUTH_FINDING, d) for m, f, d in MEASUREMENT_PREDICTORS if f == "disc_herniation"]
     if disc_gradings is not None:
         predictors += list(MEASUREMENT_PREDICTORS)
+        # a multi-task classifier's probability of each graded finding, per level (one head per finding)
+        graded_columns = {c for r in rows for c in r if c not in ("patient", "level", "unit")}
+        predictors += [(f"p_{name}", col, 1) for name, col in head_columns(docs).items() if col in graded_columns]
     units = sorted({r["unit"] for r in rows if r.get("unit")})
     measured = {"policy": MEASUREMENT_POLICY, "units": units,
                 "gradings": str(disc_gradings) if disc_gradings else None,
