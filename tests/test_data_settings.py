@@ -29,9 +29,19 @@ def test_a_misspelt_data_key_is_one_line_naming_it(tiny_phantom, compose_cfg, tm
     assert "batchsize" in line and "batch_size" in line  # the wrong key, and the valid ones
 
 
+# data configs whose labels come from the model's task list (model=multitask; the experiment that pairs them,
+# cls/spider_grading, is in DATA_CONFIGS and must be accepted)
+NEEDS_MODEL_TASKS = ("data=spider_grading",)
+
+
 @pytest.mark.parametrize("choice", DATA_CONFIGS)
 def test_every_data_config_is_accepted(choice, tmp_path):
     cfg = compose("train", [choice], output_dir=tmp_path / "run")
+    if choice in NEEDS_MODEL_TASKS:  # alone, it says in one line what it lacks
+        with pytest.raises(InstantiationException) as caught:
+            hydra.utils.instantiate(cfg.data, output_dir=str(tmp_path / "run"), check="off")
+        assert "model.tasks: a non-empty list" in (_config_error_line(caught.value) or "")
+        return
     datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(tmp_path / "run"), check="off")
     assert datamodule.spec.root
 
