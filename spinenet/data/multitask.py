@@ -53,6 +53,9 @@ class GradingTask:
 def parse_tasks(tasks: Any) -> list[GradingTask]:
     """``model.tasks`` -> checked :class:`GradingTask` list (a ConfigError names the bad entry)."""
     tasks = _to_dict(tasks)
+    if tasks is None:
+        raise ConfigError("model.tasks is not set: a multi-task data set labels one task per entry of model.tasks; "
+                          "use experiment=cls/spider_grading, or model=multitask with model.tasks=[...]")
     if not isinstance(tasks, list | tuple) or not tasks:
         raise ConfigError(f"model.tasks: a non-empty list of {{name, column, kind, classes}}, got {tasks!r}")
     out: list[GradingTask] = []
