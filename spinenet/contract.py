@@ -59,8 +59,15 @@ class TaskKind(StrEnum):
 
     @classmethod
     def of_config(cls, cfg: Any) -> TaskKind:
-        """The task kind a run config trains (its ``task`` key; segmentation when absent, as in old runs)."""
-        return cls.parse(cfg.get("task", "segmentation") if cfg is not None else "segmentation")
+        """The task kind a run config trains: its ``task_kind`` (``task`` in run configs saved before the
+        rename; segmentation when neither is there, as in the oldest runs)."""
+        if cfg is None:
+            return cls.SEGMENTATION
+        kind, old = cfg.get("task_kind"), cfg.get("task")
+        if kind is not None and old is not None and str(old) != str(kind):
+            raise ConfigError(f"task={old} and task_kind={kind}: the setting is task_kind now (task_name names the "
+                              "run); rename task in your config")
+        return cls.parse(kind if kind is not None else old if old is not None else "segmentation", "task_kind")
 
     @property
     def names_key(self) -> str:

@@ -100,7 +100,7 @@ def _run_row(folder: Path, sweep: str = "") -> dict[str, Any]:
         conf = OmegaConf.load(cfg)
         row["monitor_mode"] = str(conf.get("monitor_mode", "max"))
         row["monitor"] = row["monitor"] or conf.get("monitor")
-        row["task"] = row["task"] or conf.get("task")
+        row["task"] = row["task"] or conf.get("task_kind") or conf.get("task")  # task: runs before the rename
     return row
 
 

@@ -306,7 +306,7 @@ def test_sustersic_pipeline_segment_crop_classify(tiny_phantom, compose_cfg, tmp
     from tests.conftest import module_and_config
 
     module, saved = module_and_config(metrics["best_checkpoint"])
-    assert saved.task == "classification" and module.label_names == cfg.data.dataset.label_names
+    assert saved.task_kind == "classification" and module.label_names == cfg.data.dataset.label_names
 
 
 def test_ddp_sim_two_cpu_processes(cls_data_dir, compose_cfg):

@@ -146,3 +146,11 @@ def test_a_trained_checkpoint_records_its_training_data_without_patient_ids(tiny
     assert sum(s["patients"] for s in data["splits"].values()) == 10
     patients = json.loads((Path(cfg.paths.output_dir) / "splits.json").read_text())["splits"]["train"]
     assert not any(str(p) in json.dumps(data) for p in patients if len(str(p)) > 3)
+
+
+def test_task_kind_is_read_from_new_and_old_run_configs():
+    assert TaskKind.of_config({"task_kind": "classification"}) is TaskKind.CLASSIFICATION
+    assert TaskKind.of_config({"task": "classification"}) is TaskKind.CLASSIFICATION  # saved before the rename
+    assert TaskKind.of_config({}) is TaskKind.SEGMENTATION
+    with pytest.raises(ConfigError, match="the setting is task_kind now"):
+        TaskKind.of_config({"task_kind": "segmentation", "task": "classification"})

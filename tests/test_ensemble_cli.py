@@ -388,7 +388,7 @@ def test_classification_ensemble_and_eval(tiny_phantom, compose_cfg, tmp_path):
 
     common = [
         *_cls_overrides(axial)[1:],
-        "task=classification",
+        "task_kind=classification",
         "data=phantom_axial_crops",
         f"data.split.file={runs[0] / 'splits.json'}",
         "split=test",
@@ -432,7 +432,7 @@ def test_discnet_grid_composes_with_the_classification_experiment(compose_cfg):
     )
     net = hydra.utils.instantiate(trial.model.net)
     assert type(net).__name__ == "DiscNet" and net.head[0].p == 0.2
-    assert trial.task == "classification" and trial.data.batch_size == 8
+    assert trial.task_kind == "classification" and trial.data.batch_size == 8
 
 
 def test_a_run_member_is_the_checkpoint_its_test_used(tmp_path):
