@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from spinenet.contract import CONTRACT_KEY
+from spinenet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def choose_threshold(
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
     """Top-label expected calibration error (torchmetrics), in [0, 1]."""
-    from torchmetrics.functional.classification import multiclass_calibration_error
+    from torchmetrics.functional.classification import multiclass_calibration_error  # lazy: start-up
 
     return float(multiclass_calibration_error(probs.float(), labels.long(), num_classes=probs.shape[1],
                                               n_bins=bins, norm="l1"))
@@ -122,8 +123,6 @@ def calibrate_head(logits: torch.Tensor, labels: torch.Tensor) -> HeadCalibratio
 def given_calibration(setting: dict[str, Any]) -> HeadCalibration:
     """``calibrate={temperature: T, threshold: t}``: values chosen elsewhere (the folds of a cross-validation),
     checked like fitted ones."""
-    from spinenet.errors import ConfigError
-
     unknown = sorted(set(setting) - {"temperature", "threshold"})
     if unknown or "temperature" not in setting:
         raise ConfigError(f"calibrate: true, false or {{temperature: T, threshold: t}}; got {setting!r}")
@@ -163,7 +162,7 @@ def test_report(logits: torch.Tensor, labels: torch.Tensor, fit: HeadCalibration
 def reliability_diagram(probs_raw: torch.Tensor, probs_cal: torch.Tensor, labels: torch.Tensor, path: Path,
                         title: str, bins: int = ECE_BINS) -> Path:
     """Observed accuracy against confidence (top label), before and after calibration, with bin counts."""
-    import matplotlib
+    import matplotlib  # lazy: start-up (only the plot needs it)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,7 +220,7 @@ def _head_columns(contract: Any, logits: torch.Tensor, labels: torch.Tensor):
 def write_into_checkpoint(path: Path, fits: Sequence[HeadCalibration | None]) -> None:
     """Store each head's fit (None: left as it is) in the checkpoint's model contract (atomically: the file
     is replaced whole)."""
-    from spinenet.checkpoints import load_run_checkpoint
+    from spinenet.checkpoints import load_run_checkpoint  # lazy: lightning, hydra
 
     ckpt = load_run_checkpoint(path)
     contract = ckpt.get(CONTRACT_KEY)

@@ -129,7 +129,7 @@ def clahe_setting(clahe: Mapping[str, Any] | None, where: str) -> dict[str, Any]
 def _plain(value: Any) -> Any:
     """OmegaConf containers as plain Python (run configs arrive as either)."""
     if type(value).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
+        from omegaconf import OmegaConf  # lazy: only run configs are OmegaConf containers
 
         return OmegaConf.to_container(value, resolve=True)
     return value
@@ -184,7 +184,7 @@ class InputSpec:
         """One image (float in [0, 1], gray or 3-channel) as the model takes it: ``(C, H, W)`` float32 and the
         transform's output (its ``mask`` when one was given). ``transform``: a training pipeline with
         augmentation (its geometry must be this spec's); default the evaluation transform."""
-        from spinenet.data.transforms import apply_clahe, to_channels
+        from spinenet.data.transforms import apply_clahe, to_channels  # lazy: albumentations
 
         img = to_channels(np.asarray(image, np.float32), self.in_channels)
         if self.clahe:
@@ -196,14 +196,14 @@ class InputSpec:
 
     def region(self, size_hw: Sequence[int]) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)``: where an image of ``size_hw`` lies in the model input (``pad`` pads)."""
-        from spinenet.data.transforms import content_box
+        from spinenet.data.transforms import content_box  # lazy: albumentations
 
         top, left, h, w = content_box(size_hw, self.image_size, self.resize_mode)
         return top, top + h, left, left + w
 
     def batch(self, images: Sequence[np.ndarray]) -> tuple[Any, list[tuple[int, int, int, int]]]:
         """Images -> a float32 batch ``(B, C, H, W)`` and, per image, its :meth:`region` in the batch."""
-        import torch
+        import torch  # lazy: this module is read without torch (configs, sidecars)
 
         arrays = [self.prepare(image)[0] for image in images]
         regions = [self.region(np.asarray(image).shape[:2]) for image in images]
@@ -387,7 +387,7 @@ class ModelContract:
     def probabilities(self, logits: Any) -> Any:
         """Class probabilities of logits (or an ensemble's log-probabilities): per head, the softmax of its
         columns at its fitted temperature; ``(N, sum of the heads' classes)``."""
-        import torch
+        import torch  # lazy: this module is read without torch (configs, sidecars)
 
         logits = logits.float()
         if not self.heads:

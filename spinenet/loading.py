@@ -218,7 +218,7 @@ def _open(path: Path, device: str, allow_torchscript: bool) -> Predictor:
             "or an exported .pt (TorchScript) / .onnx file"
         )
     from spinenet.checkpoints import is_ensemble_artifact, load_run_model  # lazy: lightning, hydra
-    from spinenet.ensemble.artifact import load_ensemble
+    from spinenet.ensemble.artifact import load_ensemble  # lazy: as above
 
     module, saved, contract = load_ensemble(path) if is_ensemble_artifact(path) else load_run_model(path)
     return Predictor(module.to(device).eval(), contract, path, device, channels_last=True, config=saved)

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from spinenet.checkpoints import check_resume_checkpoint, check_weights_fit
+from spinenet.checkpoints import check_resume_checkpoint, check_weights_fit, load_run_checkpoint
 from spinenet.contract import TaskKind
 from spinenet.ddp import DDP_CONFIG_ENV, is_ddp_worker
 from spinenet.errors import ConfigError
@@ -280,8 +280,6 @@ def _calibrate(cfg: DictConfig, datamodule, checkpoints: list[str | None], teste
 def _checkpoint_epoch(path: str | None) -> int | None:
     if not path:
         return None
-    from spinenet.checkpoints import load_run_checkpoint
-
     epoch = load_run_checkpoint(path).get("epoch")
     return int(epoch) if epoch is not None else None
 
