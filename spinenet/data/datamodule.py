@@ -194,17 +194,15 @@ class SpineDataModule(L.LightningDataModule):
         self._refuse_unknown_settings(read_elsewhere)
         self.spec = DatasetSpec.from_config(_to_dict(dataset))
         self.extra_specs = self._extra_specs(_to_dict(dataset), _to_dict(extra_train))
-        self.image_size = tuple(int(s) for s in _to_dict(image_size))
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        # what the model trained here will expect (checked now, not in a worker process)
-        self.input_spec = InputSpec(self.image_size, int(in_channels), str(resize_mode), _to_dict(clahe) or None)
-        self.in_channels = self.input_spec.in_channels
+        # what the model trained here will expect (checked now, not in a worker process): size, channels,
+        # resize mode and CLAHE are read from here only
+        self.input_spec = InputSpec(tuple(_to_dict(image_size)), int(in_channels), str(resize_mode),
+                                    _to_dict(clahe) or None)
         self.split_cfg = {"ratios": (0.8, 0.1, 0.1), "seed": 0, "folds": None, "fold": 0, "fold_split": "val",
                           "file": None}
         self.split_cfg.update(_to_dict(split) or {})
         self.augment = _to_dict(augment) or {}
-        self.clahe = self.input_spec.clahe
-        self.resize_mode = self.input_spec.resize_mode
         self.synthesize = _to_dict(synthesize) or None
         self.output_dir = Path(output_dir) if output_dir else None
         if check not in CHECK_LEVELS:
@@ -346,10 +344,16 @@ class SpineDataModule(L.LightningDataModule):
             parts.append(rows)
         return pd.concat(parts, ignore_index=True)
 
+    def training_transform(self):
+        """The training split's pipeline: the input spec's geometry plus ``augment`` (evaluation splits use
+        the spec's own transform)."""
+        spec = self.input_spec
+        return build_transforms(spec.image_size, True, self.augment, spec.resize_mode)
+
     def make_dataset(self, rows: pd.DataFrame, train: bool, native: bool = False) -> Dataset:
         """``native``: samples also carry what native-resolution metrics need (masks only, never training)."""
-        transform = build_transforms(self.image_size, True, self.augment, self.resize_mode) if train else None
-        return _ImageSet(rows, self.spec, self.input_spec, transform, self.with_mask,
+        return _ImageSet(rows, self.spec, self.input_spec, self.training_transform() if train else None,
+                         self.with_mask,
                          native=native and not train and self.with_mask)
 
     # -- loaders --------------------------------------------------------------------------------------
@@ -476,7 +480,7 @@ class ClassificationDataModule(SpineDataModule):
         self.label_swap = {names.index(a): names.index(b) for a, b in flip_swap.items()}
 
     def make_dataset(self, rows: pd.DataFrame, train: bool, native: bool = False) -> Dataset:
-        transform = build_transforms(self.image_size, True, self.augment, self.resize_mode) if train else None
+        transform = self.training_transform() if train else None
         if train and self.label_swap:
             # replay tells whether the flip was applied, so the label can follow the image
             import albumentations as A
