@@ -17,7 +17,7 @@ import torch
 
 from spinenet.cli import main as cli_main
 from spinenet.data.splits import save_splits
-from spinenet.errors import DataError
+from spinenet.errors import ConfigError, DataError
 from spinenet.pipeline.combine import herniation_probability, is_herniated
 from spinenet.pipeline.findings_eval import auroc, evaluate_findings, wilson
 
@@ -330,3 +330,37 @@ def test_a_multi_task_classifiers_heads_are_scored_against_the_gradings():
         r["disc_bulging"] = int(r["patient"]) % 2  # graded bulging where the head said so
     scores = score_measurements(rows, ["L4-L5"], [*MEASUREMENT_PREDICTORS, ("p_bulging", "disc_bulging", 1)], 0)
     assert scores["p_bulging->disc_bulging"]["L4-L5"]["auroc"] == 1.0
+
+
+def test_cross_validated_folders_are_pooled_one_fold_each(tmp_path, capsys):
+    """With --folds, findings folder k is scored on fold k's patients only, so each patient counts once,
+    scored by the models of its own fold; the same patients diagnosed by another fold's models are ignored."""
+    from spinenet.data.splits import save_folds
+
+    truth = _write_truth(tmp_path / "truth.csv", TRUTH)
+    fold_of = {p: int(p) % 2 for p in TRUTH}
+    folds = save_folds(fold_of, tmp_path / "folds.csv")
+    # every folder diagnoses every patient; fold 0's folder has the hand-built calls, fold 1's the opposite
+    opposite = {p: {lv: round(1 - q, 2) for lv, q in c.items()} for p, c in CALLS.items()}
+    _write_findings(tmp_path / "f0", CALLS)
+    _write_findings(tmp_path / "f1", opposite)
+    r = evaluate_findings([tmp_path / "f0", tmp_path / "f1"], truth, bootstrap=0, folds_file=folds)
+    assert r["patients"]["evaluated"] == 11 and r["folds"] == str(folds)
+    got = {x["patient"]: x["p_herniation"]["L4-L5"] for x in r["per_patient"]}
+    for p in TRUTH:
+        want = (CALLS if fold_of[p] == 0 else opposite)[p].get("L4-L5")
+        assert got[p] == want, p
+
+    with pytest.raises(ConfigError, match="--folds has 2 folds but 1 --findings folder"):
+        evaluate_findings([tmp_path / "f0"], truth, bootstrap=0, folds_file=folds)
+    # pooled without --folds: a patient diagnosed in two folders is refused, naming both
+    with pytest.raises(DataError, match="patient '1' is diagnosed in both .*f0 and .*f1"):
+        evaluate_findings([tmp_path / "f0", tmp_path / "f1"], truth, bootstrap=0)
+
+    rc = cli_main(["findings-eval", "--findings", str(tmp_path / "f0"), str(tmp_path / "f1"), "--folds",
+                   str(folds), "--truth", str(truth), "--bootstrap", "0", "--out", str(tmp_path / "cv.json")])
+    assert rc == 0 and json.loads((tmp_path / "cv.json").read_text())["patients"]["evaluated"] == 11
+    capsys.readouterr()
+    rc = cli_main(["findings-eval", "--findings", str(tmp_path / "f0"), str(tmp_path / "f1"), "--folds",
+                   str(folds), "--truth", str(truth)])
+    assert rc == 2 and "name the JSON file to write" in capsys.readouterr().err

@@ -210,3 +210,62 @@ def test_test_folds_score_every_patient_once_with_validation_from_the_rest():
     assert sorted(tested) == ids
     with pytest.raises(ConfigError, match=r"split.fold_split must be one of \['val', 'test'\], got 'train'"):
         split_patients(ids, labels, folds=5, fold=0, fold_split="train")
+
+
+def test_a_folds_file_holds_out_the_same_patients_in_every_data_set(tmp_path, tiny_phantom, compose_cfg):
+    """`spinenet data folds` deals the first list evenly, then the next list's new patients; a data set
+    trained with data.split.folds_file tests exactly its patients of fold k."""
+    import hydra
+
+    from spinenet.cli import main as cli_main
+    from spinenet.data.splits import deal_folds, fold_counts, load_folds
+    from tests.conftest import tiny_train_overrides
+
+    small = [f"s{i}" for i in range(10)]
+    large = small[:4] + [f"l{i}" for i in range(17)]
+    fold_of = deal_folds([small, large], 5, seed=3)
+    assert fold_counts(fold_of, small) == [2, 2, 2, 2, 2]
+    assert sorted(fold_counts(fold_of, fold_of)) == [5, 5, 5, 6, 6] and len(fold_of) == 27  # the deal goes on
+    assert deal_folds([large[::-1], small], 5, seed=3) == deal_folds([large, small], 5, seed=3)  # order-free
+
+    manifest = tiny_phantom["sagittal"] / "manifest.csv"
+    folds = tmp_path / "folds.csv"
+    extra = tmp_path / "more.csv"
+    extra.write_text("Patient,x\nzz1,0\nzz2,1\n")
+    assert cli_main(["data", "folds", str(manifest), f"{extra}=Patient", "--k", "3", "--out", str(folds)]) == 0
+    assert cli_main(["data", "folds", str(manifest), "--k", "3", "--out", str(folds)]) == 2  # never overwritten
+    assigned = load_folds(folds)
+    assert {"zz1", "zz2"} <= set(assigned) and set(assigned.values()) == {0, 1, 2}
+
+    cfg = compose_cfg([*tiny_train_overrides(tiny_phantom["sagittal"]), f"data.split.folds_file={folds}",
+                       "data.split.fold=1"])
+    dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+    splits = dm.make_splits()
+    in_fold = sorted(p for p, f in assigned.items() if f == 1 and not p.startswith("zz"))
+    assert splits["test"] == in_fold and not set(splits["train"]) & set(in_fold)
+    assert splits["val"] and sorted(sum(splits.values(), [])) == sorted(p for p in assigned if not p.startswith("zz"))
+
+    cfg = compose_cfg([*tiny_train_overrides(tiny_phantom["sagittal"]), f"data.split.folds_file={folds}",
+                       "data.split.fold_split=val"])
+    with pytest.raises(ConfigError, match="folds_file=.*makes fold k the test split; data.split.fold_split='val'"):
+        hydra.utils.instantiate(cfg.data, _convert_="object").make_splits()
+
+
+def test_bad_folds_files_are_refused_naming_file_and_row(tmp_path):
+    from spinenet.data.splits import load_folds
+
+    cases = {
+        "nocol.csv": ("patient_id,split\na,0\n", "lacks column"),
+        "word.csv": ("patient_id,fold\na,0\nb,one\n", r"row 3: fold 'one' is not a whole number"),
+        "twice.csv": ("patient_id,fold\na,0\na,1\n", r"row 3: patient 'a' is empty or listed twice"),
+        "gap.csv": ("patient_id,fold\na,0\nb,2\n", r"\[1\] unused"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=message):
+            load_folds(tmp_path / name)
+    with pytest.raises(DataError, match="no folds file .*absent.csv"):
+        load_folds(tmp_path / "absent.csv")
+    ids = ["a", "b", "c", "d"]
+    with pytest.raises(DataError, match=r"1 patient\(s\) of the data set have no fold in the folds file: \['d'\]"):
+        split_patients(ids, assigned_folds={"a": 0, "b": 1, "c": 1}, ratios=(0.8, 0.2, 0.0))

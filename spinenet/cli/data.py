@@ -1,4 +1,4 @@
-"""``spinenet data synth|check|import|grade-crops``: make, check or import data sets (parsing only)."""
+"""``spinenet data synth|check|folds|import|grade-crops``: make, check or import data sets (parsing only)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ def main(argv: Sequence[str]) -> int:
     check.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar (one is shown on a terminal)")
 
+    folds = sub.add_parser(
+        "folds", help="deal patients into k folds that every data set of them shares (CSV patient_id,fold)",
+        description="Deal the patients of one or more CSV files into k folds and write patient_id,fold. The "
+        "first file's patients are dealt evenly, then the next file's new patients, and so on: list the smallest "
+        "data set first. Train with data.split.folds_file=FILE data.split.fold=K (fold K is the test split), "
+        "so that a segmenter, a grader and an end-to-end evaluation of fold K all hold out the same patients.")
+    folds.add_argument("csvs", nargs="+", metavar="CSV[=PATIENT_COLUMN]",
+                       help="manifests or gradings files; the patient column defaults to patient_id")
+    folds.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
+    folds.add_argument("--seed", type=int, default=0)
+    folds.add_argument("--out", required=True, help="CSV to write")
+    folds.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
     sub.add_parser("import", help="DICOM series or NIfTI/MHA volume -> slices in the project layout",
                    add_help=False)
 
@@ -68,7 +81,29 @@ def main(argv: Sequence[str]) -> int:
                                     overwrite=args.overwrite)
         print(f"phantom written: {manifest}")
         return 0
+    if args.action == "folds":
+        return _data_folds(args)
     return _data_check(args)
+
+
+def _data_folds(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from spinenet.data.splits import deal_folds, fold_counts, read_patient_column, save_folds
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SpinenetError(f"--out {out} exists; pass --overwrite to replace it")
+    lists = []
+    for item in args.csvs:
+        path, _, column = item.partition("=")
+        lists.append((path, read_patient_column(path, column or "patient_id")))
+    fold_of = deal_folds([patients for _, patients in lists], args.k, args.seed)
+    save_folds(fold_of, out)
+    print(f"{len(fold_of)} patients in {args.k} folds written: {out}")
+    for path, patients in lists:
+        print(f"  {path}: {len(patients)} patients, per fold {fold_counts(fold_of, patients)}")
+    return 0
 
 
 def _data_check(args: argparse.Namespace) -> int:

@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         "      --exclude-splits SEG_RUN/splits.json CLS_RUN/splits.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--findings", required=True, help="the --out folder of spinenet diagnose")
+    p.add_argument("--findings", required=True, nargs="+", metavar="FOLDER",
+                   help="the --out folder of spinenet diagnose; several are pooled (different patients each, "
+                   "or one per fold with --folds)")
+    p.add_argument("--folds", metavar="FOLDS_CSV",
+                   help="a folds file (spinenet data folds): --findings gives one folder per fold, in fold "
+                   "order, and folder k is scored on fold k's patients only (cross-validated end to end)")
     p.add_argument("--truth", required=True, help="CSV with a patient column and a 0/1 column per level")
     p.add_argument("--exclude-splits", nargs="+", default=[], metavar="SPLITS",
                    help="splits.json files (or run folders holding one): their train and val patients are "
@@ -60,9 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     levels = parse_levels(args.level or DEFAULT_LEVELS)
+    if not args.out and len(args.findings) > 1:
+        raise ConfigError("--out: name the JSON file to write when several --findings folders are pooled")
     result = evaluate_findings(args.findings, args.truth, args.exclude_splits, args.patient_col, levels,
-                               args.class_col, args.view, args.bootstrap, args.gradings)
-    out = Path(args.out) if args.out else Path(args.findings) / "eval.json"
+                               args.class_col, args.view, args.bootstrap, args.gradings, args.folds)
+    out = Path(args.out) if args.out else Path(args.findings[0]) / "eval.json"
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the JSON file to write")
     from spinenet.tasks.common import write_json

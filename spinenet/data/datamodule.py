@@ -23,7 +23,14 @@ from spinenet.contract import InputSpec
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, check_dataset, load_manifest, raise_if_bad
 from spinenet.data.phantom import generate_on_first_use
-from spinenet.data.splits import check_splits, load_splits, patient_labels, save_splits, split_patients
+from spinenet.data.splits import (
+    check_splits,
+    load_folds,
+    load_splits,
+    patient_labels,
+    save_splits,
+    split_patients,
+)
 from spinenet.data.transforms import build_transforms, content_box
 from spinenet.errors import ConfigError, DataError
 from spinenet.roi.phantom import phantom_crops_on_first_use
@@ -199,8 +206,8 @@ class SpineDataModule(L.LightningDataModule):
         # resize mode and CLAHE are read from here only
         self.input_spec = InputSpec(tuple(_to_dict(image_size)), int(in_channels), str(resize_mode),
                                     _to_dict(clahe) or None)
-        self.split_cfg = {"ratios": (0.8, 0.1, 0.1), "seed": 0, "folds": None, "fold": 0, "fold_split": "val",
-                          "file": None}
+        self.split_cfg = {"ratios": (0.8, 0.1, 0.1), "seed": 0, "folds": None, "fold": 0, "fold_split": None,
+                          "file": None, "folds_file": None}
         self.split_cfg.update(_to_dict(split) or {})
         self.augment = _to_dict(augment) or {}
         self.synthesize = _to_dict(synthesize) or None
@@ -279,6 +286,7 @@ class SpineDataModule(L.LightningDataModule):
                 per_patient = patient_labels(frame[pcol], frame["label_idx"], range(len(self.label_names)),
                                              rule=str(self.split_cfg.get("stratify", "majority")))
                 labels = [per_patient[p] for p in patients]
+            assigned, fold_split = self._assigned_folds()
             splits = split_patients(
                 patients,
                 labels,
@@ -286,10 +294,25 @@ class SpineDataModule(L.LightningDataModule):
                 seed=int(self.split_cfg["seed"]),
                 folds=self.split_cfg.get("folds"),
                 fold=int(self.split_cfg.get("fold", 0)),
-                fold_split=str(self.split_cfg.get("fold_split", "val")),
+                fold_split=fold_split,
+                assigned_folds=assigned,
             )
         check_splits(splits, frame[pcol])
         return splits
+
+    def _assigned_folds(self) -> tuple[dict[str, int] | None, str]:
+        """The folds file's patient -> fold (or None) and which split fold k is: with a folds file always
+        the test split, so the same patients are held out in every data set that uses the file."""
+        fold_split, folds_file = self.split_cfg.get("fold_split"), self.split_cfg.get("folds_file")
+        if not folds_file:
+            return None, str(fold_split or "val")
+        if fold_split not in (None, "test"):
+            raise ConfigError(f"data.split.folds_file={folds_file} makes fold k the test split; "
+                              f"data.split.fold_split={fold_split!r} contradicts it (leave it null or test)")
+        try:
+            return load_folds(folds_file), "test"
+        except DataError as e:
+            raise DataError(f"data.split.folds_file: {e}") from e
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:

@@ -185,6 +185,7 @@ def split_patients(
     folds: int | None = None,
     fold: int = 0,
     fold_split: str = "val",
+    assigned_folds: Mapping[str, int] | None = None,
 ) -> dict[str, list[str]]:
     """Split patient ids into ``{"train", "val", "test"}`` (each sorted).
 
@@ -202,6 +203,10 @@ def split_patients(
     folds, fold ``fold`` is the test split, and the validation split (``ratios[1]`` of all patients) is drawn
     from the other folds (``ratios[2]`` is not used). Over ``fold = 0..k-1`` every patient is tested exactly
     once, by a model that never saw it.
+
+    With ``assigned_folds`` (patient -> fold, from a folds file, see :func:`deal_folds`): as ``fold_split="test"``,
+    but the folds are the file's, so that runs on different data sets of the same patients (segmentation, disc
+    crops, whole slices) hold out the same patients in fold k. ``folds`` is then the file's fold count.
     """
     r = _check_ratios(ratios)
     ids = [str(p) for p in patients]
@@ -213,6 +218,8 @@ def split_patients(
         )
     if labels is not None and len(labels) != len(ids):
         raise DataError(f"{len(ids)} patients but {len(labels)} labels: pass one label per patient")
+    if assigned_folds is not None:
+        folds = _assigned_fold_count(assigned_folds, folds)
     if folds is not None:
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
             raise ConfigError(f"split.folds must be an integer >= 2 or null, got {folds!r}")
@@ -237,6 +244,13 @@ def split_patients(
         parts = _split_groups(groups, [sizes[s] for s in SPLITS], rng)
         return {name: sorted(part) for name, part in zip(SPLITS, parts, strict=True)}
 
+    if assigned_folds is not None:
+        missing = [p for p in ids if p not in assigned_folds]
+        if missing:
+            raise DataError(f"{len(missing)} patient(s) of the data set have no fold in the folds file: "
+                            f"{missing[:10]}; deal them with spinenet data folds (list this data set's manifest)")
+        dealt = [[p for p in ids if assigned_folds[p] == k] for k in range(folds)]
+        return _test_folds(groups, n, r, folds, fold, rng, dealt)
     if fold_split == "test":
         return _test_folds(groups, n, r, folds, fold, rng)
     rest_n = n - n_test
@@ -263,12 +277,17 @@ def split_patients(
 
 
 def _test_folds(groups: list[list[str]], n: int, r: tuple[float, float, float], folds: int, fold: int,
-                rng: np.random.Generator) -> dict[str, list[str]]:
-    """``fold_split="test"``: fold ``fold`` of all patients is the test split; validation comes from the rest."""
-    if n < folds:
-        raise _empty_split("test", n, r, {"patients": n}, f" and only {n} patients for {folds} folds")
-    dealt = _deal_folds([g for g in groups if g], folds, rng)
+                rng: np.random.Generator, dealt: list[list[str]] | None = None) -> dict[str, list[str]]:
+    """``fold_split="test"``: fold ``fold`` of all patients (dealt here, or given) is the test split;
+    validation comes from the rest."""
+    if dealt is None:
+        if n < folds:
+            raise _empty_split("test", n, r, {"patients": n}, f" and only {n} patients for {folds} folds")
+        dealt = _deal_folds([g for g in groups if g], folds, rng)
     test = dealt[fold]
+    if not test:
+        raise DataError(f"fold {fold} of the folds file holds none of this data set's {n} patients: "
+                        "nothing to test")
     rest = {p for i, f in enumerate(dealt) if i != fold for p in f}
     rest_groups = [[p for p in g if p in rest] for g in groups]
     n_val = _round(n * r[1])
@@ -347,3 +366,108 @@ def load_splits(path: str | Path) -> dict[str, list[str]]:
     except DataError as e:
         raise DataError(f"{path}: {e}") from e
     return {name: list(splits[name]) for name in SPLITS}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# folds files: one patient -> fold assignment shared by every data set of the same patients
+# ---------------------------------------------------------------------------------------------------------
+FOLDS_COLUMNS = ("patient_id", "fold")
+
+
+def _assigned_fold_count(assigned: Mapping[str, int], folds: int | None) -> int:
+    k = max(assigned.values(), default=-1) + 1
+    if folds is not None and folds != k:
+        raise ConfigError(f"split.folds={folds} but the folds file has {k} folds (0..{k - 1}); set split.folds=null")
+    return k
+
+
+def deal_folds(patient_lists: Sequence[Sequence[str]], k: int, seed: int = 0) -> dict[str, int]:
+    """Patient -> fold for ``k`` folds, balanced within each list in turn.
+
+    The patients of the first list are shuffled and dealt round the folds; then those of the next list not yet
+    dealt, continuing the deal; and so on. List the smallest data set first (e.g. the 30 segmentation
+    patients, then the disc-crop patients, then every graded patient): each then has its patients spread
+    over the folds as evenly as the earlier lists allow, and the same patient is in the same fold everywhere.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ConfigError(f"folds must be an integer >= 2, got {k!r}")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    turn = 0
+    for patients in patient_lists:
+        new = sorted({str(p) for p in patients} - set(fold_of))  # sorted: input order must not matter
+        for p in rng.permutation(new) if new else []:
+            fold_of[str(p)] = turn % k
+            turn += 1
+    if len(fold_of) < k:
+        raise DataError(f"{len(fold_of)} patient(s) for {k} folds: every fold needs at least one")
+    return fold_of
+
+
+def save_folds(fold_of: Mapping[str, int], path: str | Path) -> Path:
+    """Write a folds file: CSV with ``patient_id,fold``, sorted by fold then patient."""
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted(((int(f), str(p)) for p, f in fold_of.items()))
+    pd.DataFrame([(p, f) for f, p in rows], columns=list(FOLDS_COLUMNS)).to_csv(path, index=False)
+    return path
+
+
+def load_folds(path: str | Path) -> dict[str, int]:
+    """Read a folds file (``patient_id,fold``; folds 0..k-1, each used); ``DataError`` naming the file and
+    the row when it is not one."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError as e:
+        raise DataError(f"no folds file {path} (write one with spinenet data folds)") from e
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"cannot read folds file {path}: {e}") from e
+    absent = [c for c in FOLDS_COLUMNS if c not in frame.columns]
+    if absent:
+        raise DataError(f"folds file {path} lacks column(s) {absent}; it needs {list(FOLDS_COLUMNS)}")
+    fold_of: dict[str, int] = {}
+    for i, (pid, fold) in enumerate(zip(frame["patient_id"], frame["fold"], strict=True)):
+        row = i + 2  # 1-based, after the header
+        if not str(fold).strip().isdigit():
+            raise DataError(f"folds file {path}, row {row}: fold {fold!r} is not a whole number >= 0")
+        if not pid or pid in fold_of:
+            raise DataError(f"folds file {path}, row {row}: patient {pid!r} is empty or listed twice")
+        fold_of[pid] = int(fold)
+    k = max(fold_of.values(), default=-1) + 1
+    unused = sorted(set(range(k)) - set(fold_of.values()))
+    if k < 2 or unused:
+        raise DataError(f"folds file {path}: folds must be 0..k-1 with k >= 2, each used; got {k} fold(s)"
+                        + (f", {unused} unused" if unused else ""))
+    return fold_of
+
+
+def read_patient_column(path: str | Path, column: str = "patient_id") -> list[str]:
+    """The distinct patient ids of one column of a CSV (a data set's manifest, a gradings file), in order."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError as e:
+        raise DataError(f"no such file {path}") from e
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    if column not in frame.columns:
+        raise DataError(f"{path} has no column {column!r} (its columns: {list(frame.columns)}); "
+                        f"name the patient column as {path}={'{COLUMN}'}")
+    return list(dict.fromkeys(p for p in frame[column] if p))
+
+
+def fold_counts(fold_of: Mapping[str, int], patients: Iterable[str]) -> list[int]:
+    """How many of ``patients`` each fold holds."""
+    k = max(fold_of.values(), default=-1) + 1
+    counts = [0] * k
+    for p in patients:
+        if p in fold_of:
+            counts[fold_of[p]] += 1
+    return counts

@@ -446,8 +446,40 @@ def match_studies(studies: Sequence[str], patients: Sequence[str], findings: Pat
     return out
 
 
+def patient_findings(
+    findings: Sequence[Path],
+    patients: Sequence[str],
+    truth: Path,
+    patient_col: str,
+    unreadable: list[dict[str, str]],
+    fold_of: Mapping[str, int] | None = None,
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Patient -> (study, findings.json) over one or more diagnose output folders.
+
+    Several folders are pooled; a patient diagnosed in two of them is refused. With ``fold_of`` (a folds file,
+    one folder per fold in fold order) folder k contributes only the patients of fold k: those its models held
+    out, so that every patient is scored once, by models that never saw it."""
+    if fold_of is not None:
+        k = max(fold_of.values()) + 1
+        if len(findings) != k:
+            raise ConfigError(f"--folds has {k} folds but {len(findings)} --findings folder(s) were given: pass "
+                              "one per fold, in fold order (the diagnose output of fold 0's models first)")
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    where: dict[str, Path] = {}
+    for i, folder in enumerate(findings):
+        docs = load_findings(folder, unreadable)
+        for study, pid in match_studies(list(docs), list(patients), folder, truth, patient_col).items():
+            if fold_of is not None and fold_of.get(pid) != i:
+                continue
+            if pid in out:
+                raise DataError(f"patient {pid!r} is diagnosed in both {where[pid]} and {folder}: pooled folders "
+                                "must hold different patients (or pass --folds to take fold k from folder k)")
+            out[pid], where[pid] = (study, docs[study]), folder
+    return out
+
+
 def evaluate_findings(
-    findings: str | Path,
+    findings: str | Path | Sequence[str | Path],
     truth: str | Path,
     exclude_splits: Sequence[str | Path] = (),
     patient_col: str = "patient_id",
@@ -456,21 +488,29 @@ def evaluate_findings(
     view: str = "sagittal",
     bootstrap: int = 2000,
     disc_gradings: str | Path | None = None,
+    folds_file: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score the findings under ``findings`` against ``truth``; returns the eval.json document. Its
-    ``measurements`` score the sagittal measurements (:func:`measurement_rows`) against the truth's level
-    columns and, with per-disc ``disc_gradings`` (SPIDER's ``radiological_gradings.csv``), against herniation,
-    bulging and narrowing (:data:`MEASUREMENT_PREDICTORS`)."""
+    """Score the findings under ``findings`` (one diagnose output folder, or several pooled, see
+    :func:`patient_findings`) against ``truth``; returns the eval.json document. Its ``measurements`` score
+    the sagittal measurements (:func:`measurement_rows`) against the truth's level columns and, with per-disc
+    ``disc_gradings`` (SPIDER's ``radiological_gradings.csv``), against herniation, bulging and narrowing
+    (:data:`MEASUREMENT_PREDICTORS`)."""
     if view not in EVAL_VIEWS:
         raise ConfigError(f"--view: choose one of {', '.join(EVAL_VIEWS)}, got {view!r}")
     levels = dict(levels) if levels is not None else parse_levels(DEFAULT_LEVELS)
-    findings, truth = Path(findings), Path(truth)
+    folders = [Path(findings)] if isinstance(findings, str | Path) else [Path(f) for f in findings]
+    truth = Path(truth)
     gradings = load_truth(truth, patient_col, levels, class_col or DEFAULT_CLASS_COL,
                           class_col_required=class_col is not None)
+    fold_of = None
+    if folds_file is not None:
+        from spinenet.data.splits import load_folds
+
+        fold_of = load_folds(folds_file)
     unreadable: list[dict[str, str]] = []
-    docs = load_findings(findings, unreadable)
-    study_of = {pid: s for s, pid in match_studies(list(docs), list(gradings), findings, truth,
-                                                   patient_col).items()}
+    found_docs = patient_findings(folders, list(gradings), truth, patient_col, unreadable, fold_of)
+    study_of = {pid: study for pid, (study, _) in found_docs.items()}
+    doc_of = {pid: doc for pid, (_, doc) in found_docs.items()}
     excluded_where, split_files = load_exclusions(exclude_splits)
 
     diagnosed = sorted(study_of)
@@ -481,7 +521,7 @@ def evaluate_findings(
                         f"a train/val split of {', '.join(split_files) or '(no splits file)'}")
     names = list(levels)
     y = np.array([[gradings[p][lv] for lv in names] for p in evaluated], np.int64)
-    calls = [level_calls(docs[study_of[p]], view, names) for p in evaluated]
+    calls = [level_calls(doc_of[p], view, names) for p in evaluated]
     found = np.array([[c[lv] is not None for lv in names] for c in calls], bool)
     pred = np.array([[bool(c[lv] and c[lv]["herniated"]) for lv in names] for c in calls], np.int64)
     prob = np.array([[c[lv]["p_herniation"] if c[lv] else 0.0 for lv in names] for c in calls], np.float64)
@@ -524,11 +564,11 @@ def evaluate_findings(
     # studies none of whose images gave a finding: their levels count as not found (see NOT_FOUND_POLICY)
     unassessed = []
     for p in evaluated:
-        doc = docs[study_of[p]]
+        doc = doc_of[p]
         not_ok = unassessed_images(doc)
         if not_ok and len(not_ok) == len(doc.get("images") or []):
             unassessed.append({"patient": p, "study": study_of[p], "images": not_ok})
-    rows = measurement_rows({p: docs[study_of[p]] for p in evaluated}, names,
+    rows = measurement_rows({p: doc_of[p] for p in evaluated}, names,
                             {p: {lv: int(v) for lv, v in zip(names, row, strict=True)} for p, row in zip(evaluated, y, strict=True)},
                             disc_gradings)
     predictors = [(m, TRUTH_FINDING, d) for m, f, d in MEASUREMENT_PREDICTORS if f == "disc_herniation"]
@@ -536,17 +576,22 @@ def evaluate_findings(
         predictors += list(MEASUREMENT_PREDICTORS)
         # a multi-task classifier's probability of each graded finding, per level (one head per finding)
         graded_columns = {c for r in rows for c in r if c not in ("patient", "level", "unit")}
-        predictors += [(f"p_{name}", col, 1) for name, col in head_columns(docs).items() if col in graded_columns]
+        predictors += [(f"p_{name}", col, 1) for name, col in head_columns(doc_of).items() if col in graded_columns]
     units = sorted({r["unit"] for r in rows if r.get("unit")})
     measured = {"policy": MEASUREMENT_POLICY, "units": units,
                 "gradings": str(disc_gradings) if disc_gradings else None,
                 "truth_finding": f"{TRUTH_FINDING}: the truth manifest's level columns",
                 "scores": score_measurements(rows, names, predictors, bootstrap) if units else {}}
-    models = next((d.get("models") for d in docs.values() if d.get("models")), None)
+    models = [m for m in dict.fromkeys(json.dumps(d.get("models"), sort_keys=True)
+                                       for d in doc_of.values() if d.get("models"))]
+    models = [json.loads(m) for m in models]
     not_diagnosed = sorted(p for p in gradings if p not in study_of and p not in excluded_where)
     return {
-        "format": FORMAT, "version": VERSION, "findings": str(findings), "truth": str(truth), "view": view,
-        "levels": levels, "models": models,
+        "format": FORMAT, "version": VERSION,
+        "findings": str(folders[0]) if len(folders) == 1 else [str(f) for f in folders],
+        "folds": str(folds_file) if folds_file is not None else None,
+        "truth": str(truth), "view": view, "levels": levels,
+        "models": models[0] if len(models) == 1 else (models or None),
         "patients": {
             "truth": len(gradings), "diagnosed": len(diagnosed), "excluded": len(excluded),
             "evaluated": len(evaluated),
