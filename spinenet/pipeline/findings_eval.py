@@ -446,6 +446,61 @@ def match_studies(studies: Sequence[str], patients: Sequence[str], findings: Pat
     return out
 
 
+def score_levels(y: np.ndarray, pred: np.ndarray, prob: np.ndarray, found: np.ndarray, levels: Mapping[str, str],
+                 bootstrap: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per level and pooled metrics of the calls (patients x levels arrays), each with its not-found counts
+    and the metrics of the found levels alone."""
+    per_level = {}
+    for j, lv in enumerate(levels):
+        m = binary_metrics(y[:, j : j + 1], pred[:, j : j + 1], prob[:, j : j + 1], bootstrap)
+        nf = ~found[:, j]
+        m["not_found"] = {"total": int(nf.sum()), "positive": int((nf & (y[:, j] == 1)).sum()),
+                          "negative": int((nf & (y[:, j] == 0)).sum())}
+        keep = found[:, j]
+        m["found_only"] = binary_metrics(y[keep, j : j + 1], pred[keep, j : j + 1], prob[keep, j : j + 1], 0)
+        per_level[lv] = {"truth_column": levels[lv], **m}
+    pooled = binary_metrics(y, pred, prob, bootstrap)
+    pooled["not_found"] = {"total": int((~found).sum()), "positive": int((~found & (y == 1)).sum()),
+                           "negative": int((~found & (y == 0)).sum())}
+    pooled["found_only"] = binary_metrics(y[found][:, None], pred[found][:, None], prob[found][:, None], 0)
+    return per_level, pooled
+
+
+def four_way_agreement(names: Sequence[str], y: np.ndarray, pred: np.ndarray) -> dict[str, Any] | None:
+    """With exactly two levels: image-level agreement over healthy / first level / second level / both."""
+    if len(names) != 2:
+        return None
+    classes = [HEALTHY, names[0], names[1], BOTH]
+    t = [expected_class(dict(zip(names, row, strict=True))) for row in y]
+    q = [expected_class(dict(zip(names, row, strict=True))) for row in pred]
+    matrix = np.zeros((4, 4), np.int64)
+    for a, b in zip(t, q, strict=True):
+        matrix[classes.index(a), classes.index(b)] += 1
+    correct = int(np.trace(matrix))
+    return {"classes": classes, "n": len(t), "correct": correct,
+            "agreement": round(correct / len(t), 4), "agreement_ci95": wilson(correct, len(t)),
+            "confusion": matrix.tolist(), "confusion_axes": "rows: truth, columns: prediction"}
+
+
+def score_sagittal_measurements(docs: Mapping[str, Mapping[str, Any]], names: Sequence[str],
+                                truth: Mapping[str, Mapping[str, int]], disc_gradings: str | Path | None,
+                                bootstrap: int) -> dict[str, Any]:
+    """eval.json's ``measurements``: each measurement (and, with gradings, each multi-task head's
+    probability) scored as a predictor of the truth's levels and of the graded findings."""
+    rows = measurement_rows(docs, names, truth, disc_gradings)
+    predictors = [(m, TRUTH_FINDING, d) for m, f, d in MEASUREMENT_PREDICTORS if f == "disc_herniation"]
+    if disc_gradings is not None:
+        predictors += list(MEASUREMENT_PREDICTORS)
+        # a multi-task classifier's probability of each graded finding, per level (one head per finding)
+        graded_columns = {c for r in rows for c in r if c not in ("patient", "level", "unit")}
+        predictors += [(f"p_{name}", col, 1) for name, col in head_columns(docs).items() if col in graded_columns]
+    units = sorted({r["unit"] for r in rows if r.get("unit")})
+    return {"policy": MEASUREMENT_POLICY, "units": units,
+            "gradings": str(disc_gradings) if disc_gradings else None,
+            "truth_finding": f"{TRUTH_FINDING}: the truth manifest's level columns",
+            "scores": score_measurements(rows, names, predictors, bootstrap) if units else {}}
+
+
 def patient_findings(
     findings: Sequence[Path],
     patients: Sequence[str],
@@ -526,32 +581,8 @@ def evaluate_findings(
     pred = np.array([[bool(c[lv] and c[lv]["herniated"]) for lv in names] for c in calls], np.int64)
     prob = np.array([[c[lv]["p_herniation"] if c[lv] else 0.0 for lv in names] for c in calls], np.float64)
 
-    per_level = {}
-    for j, lv in enumerate(names):
-        m = binary_metrics(y[:, j : j + 1], pred[:, j : j + 1], prob[:, j : j + 1], bootstrap)
-        nf = ~found[:, j]
-        m["not_found"] = {"total": int(nf.sum()), "positive": int((nf & (y[:, j] == 1)).sum()),
-                          "negative": int((nf & (y[:, j] == 0)).sum())}
-        keep = found[:, j]
-        m["found_only"] = binary_metrics(y[keep, j : j + 1], pred[keep, j : j + 1], prob[keep, j : j + 1], 0)
-        per_level[lv] = {"truth_column": levels[lv], **m}
-    pooled = binary_metrics(y, pred, prob, bootstrap)
-    pooled["not_found"] = {"total": int((~found).sum()), "positive": int((~found & (y == 1)).sum()),
-                           "negative": int((~found & (y == 0)).sum())}
-    pooled["found_only"] = binary_metrics(y[found][:, None], pred[found][:, None], prob[found][:, None], 0)
-
-    four_way = None
-    if len(names) == 2:
-        classes = [HEALTHY, names[0], names[1], BOTH]
-        t = [expected_class(dict(zip(names, row, strict=True))) for row in y]
-        q = [expected_class(dict(zip(names, row, strict=True))) for row in pred]
-        matrix = np.zeros((4, 4), np.int64)
-        for a, b in zip(t, q, strict=True):
-            matrix[classes.index(a), classes.index(b)] += 1
-        correct = int(np.trace(matrix))
-        four_way = {"classes": classes, "n": len(t), "correct": correct,
-                    "agreement": round(correct / len(t), 4), "agreement_ci95": wilson(correct, len(t)),
-                    "confusion": matrix.tolist(), "confusion_axes": "rows: truth, columns: prediction"}
+    per_level, pooled = score_levels(y, pred, prob, found, levels, bootstrap)
+    four_way = four_way_agreement(names, y, pred)
 
     per_patient = []
     for p, c, row in zip(evaluated, calls, y, strict=True):
@@ -568,20 +599,9 @@ def evaluate_findings(
         not_ok = unassessed_images(doc)
         if not_ok and len(not_ok) == len(doc.get("images") or []):
             unassessed.append({"patient": p, "study": study_of[p], "images": not_ok})
-    rows = measurement_rows({p: doc_of[p] for p in evaluated}, names,
-                            {p: {lv: int(v) for lv, v in zip(names, row, strict=True)} for p, row in zip(evaluated, y, strict=True)},
-                            disc_gradings)
-    predictors = [(m, TRUTH_FINDING, d) for m, f, d in MEASUREMENT_PREDICTORS if f == "disc_herniation"]
-    if disc_gradings is not None:
-        predictors += list(MEASUREMENT_PREDICTORS)
-        # a multi-task classifier's probability of each graded finding, per level (one head per finding)
-        graded_columns = {c for r in rows for c in r if c not in ("patient", "level", "unit")}
-        predictors += [(f"p_{name}", col, 1) for name, col in head_columns(doc_of).items() if col in graded_columns]
-    units = sorted({r["unit"] for r in rows if r.get("unit")})
-    measured = {"policy": MEASUREMENT_POLICY, "units": units,
-                "gradings": str(disc_gradings) if disc_gradings else None,
-                "truth_finding": f"{TRUTH_FINDING}: the truth manifest's level columns",
-                "scores": score_measurements(rows, names, predictors, bootstrap) if units else {}}
+    truth_rows = {p: {lv: int(v) for lv, v in zip(names, row, strict=True)} for p, row in zip(evaluated, y, strict=True)}
+    measured = score_sagittal_measurements({p: doc_of[p] for p in evaluated}, names, truth_rows, disc_gradings,
+                                           bootstrap)
     models = [m for m in dict.fromkeys(json.dumps(d.get("models"), sort_keys=True)
                                        for d in doc_of.values() if d.get("models"))]
     models = [json.loads(m) for m in models]
