@@ -99,8 +99,9 @@ def number_slice(
     bottom, are exactly the graded ones keeps them; the others are left out. ``rule="position"`` (when the
     gradings are ``1..n`` and the manifest has the crop boxes): :func:`spinenet.roi.levels.number_discs`
     places every slice's discs by their spacing and the image's top edge, and leaves out a detection off the
-    spine, pieces of one disc, and discs whose number it cannot tell; a slice where it is unsure of the top
-    alone, and finds no false detection, keeps the count rule's numbers when that rule keeps it.
+    spine, pieces of one disc, and discs whose number it cannot tell. On a slice the count rule keeps, it only
+    leaves discs out: where it numbers a disc otherwise, the slice is left out; where it is unsure of the top
+    alone and finds no false detection, the count's numbers stand.
     """
     pid, source = str(rows["patient_id"].iloc[0]), str(rows["source_image"].iloc[0])
     none = rows.head(0).assign(ivd_label=pd.Series(dtype=int))
@@ -123,11 +124,14 @@ def number_slice(
     boxes = [Box(int(r.x0), int(r.y0), int(r.x1), int(r.y1), float(r.area), float(x), float(y))
              for r, x, y in zip(rows.itertuples(), cx, cy, strict=True)]
     placed, reasons = number_discs(boxes, len(graded))
-    whole_slice = all(p is None for p in placed) and len(set(reasons)) == 1
-    if counted and whole_slice:  # no disc found false; unsure where the top is, but the count says all are there
-        return _numbered(rows, numbers.astype(int)), []
-    if whole_slice:
-        count_differs.update(kind="level uncertain", reason=f"{count_differs['reason']}; by position: {reasons[0]}")
+    if counted and all(p is None for p in placed) and len(set(reasons)) == 1:
+        return _numbered(rows, numbers.astype(int)), []  # no false detection; unsure of the top, the count is sure
+    if counted and any(p is not None and p != k for p, k in zip(placed, numbers, strict=True)):
+        return none, [_left_out(pid, source, len(rows), "level uncertain", "the discs found are as many as the "
+                                "graded ones, but by their spacing some are not discs or are numbered otherwise")]
+    if all(p is None for p in placed):
+        why = "; ".join(dict.fromkeys(reasons))
+        count_differs.update(kind="level uncertain", reason=f"{count_differs['reason']}; by position: {why}")
         return none, [count_differs]
     left_out = [_left_out(pid, source, 1, "disc left out", why, image)
                 for p, why, image in zip(placed, reasons, rows["image"], strict=True) if p is None]

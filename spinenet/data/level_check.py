@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spinenet.data.gradings import RULES, graded_discs, number_slice, read_crop_manifest
 from spinenet.errors import DataError
 
 EXACT_RMS = 0.01  # r.m.s. difference (images in [0, 1]) under which a disc crop was cut from the slice
@@ -29,12 +30,12 @@ def _gray(path: Path) -> np.ndarray:
 
 
 def locate_known_discs(
-    slices: Iterable[tuple[str, str | Path]], disc_manifest: str | Path, series: str = "t2"
+    slices: Iterable[tuple[str, str, str | Path]], disc_manifest: str | Path, series: str = "t2"
 ) -> pd.DataFrame:
     """Where each disc crop of ``disc_manifest`` (rows of ``series``) lies in its patient's slice.
 
-    ``slices``: ``(patient_id, slice image path)`` pairs. Returns one row per disc crop of those patients:
-    ``patient_id, source_image`` (the slice's file name), ``ivd_label, x0, y0, x1, y1, rms`` and ``exact``
+    ``slices``: ``(patient_id, source_image, path of that image)``. Returns one row per disc crop of those
+    patients: ``patient_id, source_image, ivd_label, x0, y0, x1, y1, rms`` and ``exact``
     (``rms`` under :data:`EXACT_RMS`: cut from this slice; a patient whose crops are not all exact is from
     another slice and is not checked).
     """
@@ -50,7 +51,7 @@ def locate_known_discs(
         raise DataError(f"{disc_manifest}: not a disc crop manifest (needs columns {sorted(need)})")
     discs = discs[discs["series"].astype(str) == series]
     rows = []
-    for pid, slice_path in slices:
+    for pid, source, slice_path in slices:
         mine = discs[discs["patient_id"] == pid]
         if mine.empty:
             continue
@@ -63,7 +64,7 @@ def locate_known_discs(
                 scores = cv2.matchTemplate(image, crop, cv2.TM_SQDIFF) / crop.size
                 low, _, (x, y), _ = cv2.minMaxLoc(scores)
                 rms = float(np.sqrt(max(low, 0.0)))
-            rows.append({"patient_id": pid, "source_image": Path(slice_path).name, "ivd_label": int(disc.ivd_label),
+            rows.append({"patient_id": pid, "source_image": source, "ivd_label": int(disc.ivd_label),
                          "x0": x, "y0": y, "x1": x + crop.shape[1], "y1": y + crop.shape[0], "rms": rms})
     known = pd.DataFrame(rows, columns=["patient_id", "source_image", "ivd_label", "x0", "y0", "x1", "y1", "rms"])
     known["exact"] = known.groupby("patient_id")["rms"].transform("max") < EXACT_RMS
@@ -97,3 +98,65 @@ def check_levels(numbered: pd.DataFrame, known: pd.DataFrame) -> tuple[pd.DataFr
     counts = {"slices": int(len(per_slice)), "slices_right": int(per_slice.sum()),
               "discs": int(len(checked)), "discs_right": int(checked["right"].sum())}
     return checked, counts
+
+
+def check_rules(
+    crops_dir: str | Path, gradings: pd.DataFrame, disc_manifest: str | Path, series: str = "t2"
+) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+    """Both numbering rules of :func:`spinenet.data.gradings.number_slice` on the slices of ``crops_dir``
+    whose patients have disc crops in ``disc_manifest`` (whether or not grade-crops excludes them).
+
+    ``gradings``: :func:`spinenet.data.gradings.read_gradings`'s table. Returns the checked crops of both
+    rules (column ``rule``) and, per rule, :func:`check_levels`'s counts with ``known_slices`` (slices whose
+    discs were all found in them) and ``crops`` / ``patients`` (numbered crops over all slices, as grade-crops
+    without ``--exclude`` would keep).
+    """
+    import json
+
+    crops_dir = Path(crops_dir)
+    crops = read_crop_manifest(crops_dir)
+    summary = crops_dir / "summary.json"
+    try:
+        source_root = Path(json.loads(summary.read_text())["source"]).parent
+    except (OSError, ValueError, KeyError):
+        raise DataError(f"{summary}: no 'source' manifest recorded; the level check needs the slices spinenet roi "
+                        "cut the crops from") from None
+    pairs = crops[["patient_id", "source_image"]].drop_duplicates()
+    known = locate_known_discs(((p, s, source_root / s) for p, s in pairs.itertuples(index=False)),
+                               disc_manifest, series)
+    graded = graded_discs(gradings)
+    checked, counts = [], {}
+    for rule in RULES:
+        numbered = [number_slice(rows, graded.get(pid), rule)[0]
+                    for (pid, _), rows in crops.groupby(["patient_id", "source_image"], sort=False)]
+        numbered = pd.concat(numbered, ignore_index=True)
+        rows, counts[rule] = check_levels(numbered, known)
+        counts[rule].update(known_slices=int(known[known["exact"]].groupby(["patient_id", "source_image"]).ngroups),
+                            crops=len(numbered), patients=int(numbered["patient_id"].nunique()))
+        checked.append(rows.assign(rule=rule))
+    return pd.concat(checked, ignore_index=True), counts
+
+
+def level_check_path(crops_dir: str | Path, out_name: str = "graded.csv", overwrite: bool = False) -> Path:
+    """Where ``grade-crops --check-levels`` writes its table (``<stem>_levels.csv`` beside ``out_name``); refused
+    when it exists and ``overwrite`` is not given."""
+    path = Path(crops_dir) / f"{Path(out_name).stem}_levels.csv"
+    if path.exists() and not overwrite:
+        from spinenet.errors import ConfigError
+
+        raise ConfigError(f"{path} exists; choose another --out or pass --overwrite")
+    return path
+
+
+def write_level_check(
+    path: str | Path, crops_dir: str | Path, gradings: pd.DataFrame, disc_manifest: str | Path, series: str = "t2"
+) -> dict[str, dict[str, int]]:
+    """:func:`check_rules` with its checked crops written to ``path``; returns the counts per rule."""
+    from spinenet.utils.outdir import refuse_input_overlap
+    from spinenet.utils.safe_csv import neutralise_frame
+
+    refuse_input_overlap(Path(path), [(disc_manifest, "--check-levels manifest")])
+    checked, counts = check_rules(crops_dir, gradings, disc_manifest, series)
+    columns = ["rule", "patient_id", "source_image", "image", "roi_level", "level", "ivd_label", "true_label", "right"]
+    neutralise_frame(checked[[c for c in columns if c in checked]]).to_csv(path, index=False)
+    return counts

@@ -64,10 +64,12 @@ OFF_AXIS = 0.4  # sideways from the curve through the other discs (true discs: a
 SAME_DISC = 0.6  # closer detections are pieces of one disc or a false one (true neighbours: at least 0.74 apart)
 SAME_ROW = 0.35  # ... and so are detections side by side (true neighbours: at least 0.7 apart vertically)
 STEP_TOLERANCE = 0.3  # a gap is a whole number of spacings within this, else a missed disc there is uncertain
-# SPIDER grades the discs whose centre is inside the image: its top graded disc lies 0.25-0.92 spacings below
-# the top edge, so a disc that would lie more than TOP_EDGE below it would have been graded
-TOP_EDGE = 0.1
-EDGE_TOLERANCE = 0.15  # closer to TOP_EDGE than this: whether it was graded is uncertain
+# SPIDER grades the discs whose centre is about inside the image: its top graded disc lies 0.25-0.92 spacings
+# below the top edge on those 67 slices, but a disc about at the edge can be graded or not (one slice looked at) (and spacing shrinks
+# up the spine), so a disc that would lie within EDGE_TOLERANCE spacings of the edge leaves the count uncertain,
+# and so do more than MAX_ABOVE discs missed above the top one found (too far to count by extrapolated spacing)
+EDGE_TOLERANCE = 0.4
+MAX_ABOVE = 1
 MIN_DISCS_FOR_SPACING = 3
 
 
@@ -76,13 +78,13 @@ def number_discs(boxes: Sequence[Box], n_graded: int) -> tuple[list[int | None],
     discs ``1..n_graded`` were graded; ``None`` with the reason where the number is uncertain.
 
     :func:`assign_levels` ranks the discs from the bottom, right only when none is missed or extra. This
-    places them by position instead: a detection off the curve of the others is not a disc; two detections
+    places them by position instead: a detection off the curve of the others is not a disc; detections
     closer than a disc spacing are one disc in pieces (or a false one): left out, but they hold one place; a
     gap of two or three spacings holds missed discs; and the image's top edge says how many graded discs lie
-    above the top one found (a disc whose centre is in the image is graded), so the count of discs missed
-    below it (L5-S1 is the one most often missed) is ``n_graded`` minus those found and those above. A
-    gap that is no whole number of spacings, or a top disc about a spacing below the edge, leaves the whole
-    slice unnumbered. Numbers below 1 (an extra disc under L5-S1) are left out.
+    above the top one found (a disc whose centre is in the image is graded), so the discs missed below it
+    (L5-S1 missed, say) are ``n_graded`` minus those found and those above. A gap that is no whole number of
+    spacings, a disc that would lie about at the top edge, or more than :data:`MAX_ABOVE` discs above the top
+    one leave the whole slice unnumbered. Numbers below 1 (an extra disc under L5-S1) are left out.
     """
     n = len(boxes)
     if n == 0:
@@ -139,16 +141,16 @@ def number_discs(boxes: Sequence[Box], n_graded: int) -> tuple[list[int | None],
             return unnumbered(f"the gap of {g:.0f} px between the discs at rows {a:.0f} and {b:.0f} is {r:.2f} "
                               "disc spacings: whether a disc was missed there is uncertain")
     place = np.concatenate([[0], np.cumsum(steps)]).astype(int)  # bottom slot = 0
+    places = int(place[-1]) + 1
     top_room = centres[-1, 1] / float(np.polyval(local, centres[-1, 1]))  # top edge, in spacings above the top disc
-    above = 0
-    for k in range(1, n_graded + 1):
-        if abs(top_room - k - TOP_EDGE) < EDGE_TOLERANCE:
-            return unnumbered(f"the top disc is {top_room:.2f} disc spacings below the image's top edge: "
-                              "whether a disc above it was graded is uncertain")
-        above += top_room - k > TOP_EDGE
-    missed_below = n_graded - (place[-1] + 1) - above
-    if missed_below < 0 and place[-1] + 1 <= n_graded:
-        return unnumbered(f"{place[-1] + 1} disc places found and room for {above} more above the top one, "
+    top_unsure = round(top_room) >= 1 and abs(top_room - round(top_room)) < EDGE_TOLERANCE
+    above = max(int(np.ceil(top_room - EDGE_TOLERANCE)) - 1, 0)  # discs whose centre would lie clearly inside
+    if top_unsure or above > MAX_ABOVE:
+        return unnumbered(f"the top disc is {top_room:.2f} disc spacings below the image's top edge: how many "
+                          "graded discs lie above it is uncertain")
+    missed_below = n_graded - places - above
+    if missed_below < 0 and places <= n_graded:
+        return unnumbered(f"{places} disc places found and room for {above} more above the top one, "
                           f"but {n_graded} graded")
     numbers: list[int | None] = [None] * n
     for s, p in zip(slots, place, strict=True):
