@@ -6,10 +6,11 @@ then one column per finding). Joining the two by (patient, disc number) turns sl
 classification set, e.g. more training crops for ``cls/spider_*`` through ``data.extra_train``.
 
 A level is only as good as the disc count: one missed or extra disc below L5-S1 renames every disc above it.
-So a slice is kept only when its discs, numbered from the bottom, are exactly its patient's graded discs
-(as many, and no gaps in the gradings); the others are
-listed with the reason, never silently dropped. On the 68 SPIDER mid-sagittal slices whose discs are also in
-``disc_crops/`` (so their true levels are known), this rule kept 51 slices, 49 of them with every level right.
+So a slice keeps the bottom-up numbers only when its discs are exactly its patient's graded discs (as many, and
+no gaps in the gradings); the others are numbered by position (:func:`number_slice`,
+:func:`spinenet.roi.levels.number_discs`) or left out, and every left-out slice or crop is listed with the reason,
+never silently dropped. :mod:`spinenet.data.level_check` measures how right the numbers are where the true ones
+are known (SPIDER's ``disc_crops/``; ``grade-crops --check-levels``).
 """
 
 from __future__ import annotations
