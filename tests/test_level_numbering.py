@@ -147,6 +147,10 @@ def test_level_check_finds_known_discs_in_the_slice_and_counts_right_and_wrong(t
     assert check_levels(false_disc, known)[0].true_label.isna().all()
 
     grades = _gradings(tmp_path / "g.csv", {"1": 6, "2": 6, "3": 6})
+    # a manifest that is not one of disc crops: one line, and nothing written
+    assert cli_main(["data", "grade-crops", str(crops), "--gradings", str(grades),
+                     "--check-levels", str(src / "manifest.csv")]) == 2
+    assert "not a disc crop manifest" in capsys.readouterr().err and not (crops / "graded.csv").exists()
     assert cli_main(["data", "grade-crops", str(crops), "--gradings", str(grades),
                      "--check-levels", str(discs / "manifest.csv")]) == 0
     out = capsys.readouterr().out

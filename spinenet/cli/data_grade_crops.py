@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from spinenet.data.gradings import RULES, grade_crops, read_gradings
-from spinenet.data.level_check import level_check_path, write_level_check
+from spinenet.data.level_check import prepare_level_check, write_level_check
 
 
 def main(argv: Sequence[str]) -> int:
@@ -41,7 +41,7 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     levels = None
     if args.check_levels:  # before anything is written
-        levels = level_check_path(args.crops, args.out, args.overwrite)
+        levels = prepare_level_check(args.crops, args.check_levels, args.check_series, args.out, args.overwrite)
     out, kept, skipped = grade_crops(args.crops, args.gradings, args.out, args.exclude, args.overwrite,
                                      args.patient_col, args.disc_col, args.rule)
     print(f"graded crops: {out} ({len(kept)} crops of {kept['patient_id'].nunique()} patients)")

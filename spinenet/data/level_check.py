@@ -10,6 +10,7 @@ number it got: every graded disc of these patients is in ``disc_crops/``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,6 +30,30 @@ def _gray(path: Path) -> np.ndarray:
     return (image.mean(axis=-1) if image.ndim == 3 else image).astype(np.float32)
 
 
+def read_disc_manifest(path: str | Path, series: str = "t2") -> pd.DataFrame:
+    """The rows of ``series`` of a disc crop manifest (SPIDER's ``disc_crops/manifest.csv`` layout)."""
+    try:
+        discs = pd.read_csv(path, dtype={"patient_id": str})
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"--check-levels: no disc crop manifest {path}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"--check-levels: cannot read {path}: {exc}") from None
+    need = {"patient_id", "series", "image", "ivd_label"}
+    if not need <= set(discs.columns):
+        raise DataError(f"{path}: not a disc crop manifest (needs columns {sorted(need)})")
+    return discs[discs["series"].astype(str) == series]
+
+
+def source_root(crops_dir: str | Path) -> Path:
+    """The folder of the slices ``spinenet roi`` cut ``crops_dir`` from (its ``summary.json`` names their manifest)."""
+    summary = Path(crops_dir) / "summary.json"
+    try:
+        return Path(json.loads(summary.read_text())["source"]).parent
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{summary}: no 'source' manifest recorded; the level check needs the slices spinenet roi "
+                        "cut the crops from") from None
+
+
 def locate_known_discs(
     slices: Iterable[tuple[str, str, str | Path]], disc_manifest: str | Path, series: str = "t2"
 ) -> pd.DataFrame:
@@ -42,14 +67,7 @@ def locate_known_discs(
     import cv2  # lazy: start-up
 
     disc_manifest = Path(disc_manifest)
-    try:
-        discs = pd.read_csv(disc_manifest, dtype={"patient_id": str})
-    except FileNotFoundError:
-        raise DataError(f"--check-levels: no disc crop manifest {disc_manifest}") from None
-    need = {"patient_id", "series", "image", "ivd_label"}
-    if not need <= set(discs.columns):
-        raise DataError(f"{disc_manifest}: not a disc crop manifest (needs columns {sorted(need)})")
-    discs = discs[discs["series"].astype(str) == series]
+    discs = read_disc_manifest(disc_manifest, series)
     rows = []
     for pid, source, slice_path in slices:
         mine = discs[discs["patient_id"] == pid]
@@ -111,18 +129,10 @@ def check_rules(
     discs were all found in them) and ``crops`` / ``patients`` (numbered crops over all slices, as grade-crops
     without ``--exclude`` would keep).
     """
-    import json
-
-    crops_dir = Path(crops_dir)
     crops = read_crop_manifest(crops_dir)
-    summary = crops_dir / "summary.json"
-    try:
-        source_root = Path(json.loads(summary.read_text())["source"]).parent
-    except (OSError, ValueError, KeyError):
-        raise DataError(f"{summary}: no 'source' manifest recorded; the level check needs the slices spinenet roi "
-                        "cut the crops from") from None
+    root = source_root(crops_dir)
     pairs = crops[["patient_id", "source_image"]].drop_duplicates()
-    known = locate_known_discs(((p, s, source_root / s) for p, s in pairs.itertuples(index=False)),
+    known = locate_known_discs(((p, s, root / s) for p, s in pairs.itertuples(index=False)),
                                disc_manifest, series)
     graded = graded_discs(gradings)
     checked, counts = [], {}
@@ -137,14 +147,19 @@ def check_rules(
     return pd.concat(checked, ignore_index=True), counts
 
 
-def level_check_path(crops_dir: str | Path, out_name: str = "graded.csv", overwrite: bool = False) -> Path:
-    """Where ``grade-crops --check-levels`` writes its table (``<stem>_levels.csv`` beside ``out_name``); refused
-    when it exists and ``overwrite`` is not given."""
+def prepare_level_check(
+    crops_dir: str | Path, disc_manifest: str | Path, series: str = "t2", out_name: str = "graded.csv",
+    overwrite: bool = False,
+) -> Path:
+    """Where ``grade-crops --check-levels`` writes its table (``<stem>_levels.csv`` beside ``out_name``), after
+    checking, before anything is written, that it may and that its inputs can be read."""
+    from spinenet.errors import ConfigError
+
     path = Path(crops_dir) / f"{Path(out_name).stem}_levels.csv"
     if path.exists() and not overwrite:
-        from spinenet.errors import ConfigError
-
         raise ConfigError(f"{path} exists; choose another --out or pass --overwrite")
+    read_disc_manifest(disc_manifest, series)
+    source_root(crops_dir)
     return path
 
 
