@@ -6,10 +6,11 @@ then one column per finding). Joining the two by (patient, disc number) turns sl
 classification set, e.g. more training crops for ``cls/spider_*`` through ``data.extra_train``.
 
 A level is only as good as the disc count: one missed or extra disc below L5-S1 renames every disc above it.
-So a slice is kept only when its discs, numbered from the bottom, are exactly its patient's graded discs
-(as many, and no gaps in the gradings); the others are
-listed with the reason, never silently dropped. On the 68 SPIDER mid-sagittal slices whose discs are also in
-``disc_crops/`` (so their true levels are known), this rule kept 51 slices, 49 of them with every level right.
+So a slice keeps the bottom-up numbers only when its discs are exactly its patient's graded discs (as many, and
+no gaps in the gradings); the others are numbered by position (:func:`number_slice`,
+:func:`spinenet.roi.levels.number_discs`) or left out, and every left-out slice or crop is listed with the reason,
+never silently dropped. :mod:`spinenet.data.level_check` measures how right the numbers are where the true ones
+are known (SPIDER's ``disc_crops/``; ``grade-crops --check-levels``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ from pathlib import Path
 import pandas as pd
 
 from spinenet.errors import ConfigError, DataError
-from spinenet.roi.levels import LUMBAR_LEVELS, THORACIC_LEVELS
+from spinenet.roi.geometry import Box
+from spinenet.roi.levels import LUMBAR_LEVELS, THORACIC_LEVELS, number_discs
 
 # disc number counted from the bottom (SPIDER's "IVD label"), by the level names spinenet roi gives
 DISC_NUMBER = {name: i + 1 for i, name in enumerate(LUMBAR_LEVELS + THORACIC_LEVELS)}
+LEVEL_NAME = {number: name for name, number in DISC_NUMBER.items()}
+# how a slice's discs get their numbers: "count": only when the discs found are exactly the graded ones,
+# numbered from the bottom; "position": also the others, placed by their spacing (spinenet.roi.levels.number_discs)
+RULES = ("count", "position")
+BOX_COLUMNS = ("x0", "y0", "x1", "y1", "area")  # the crop box spinenet roi writes: positions for the position rule
+SKIPPED_COLUMNS = ["patient_id", "source_image", "crops", "kind", "reason", "image"]
 # SPIDER's spelling -> the name in its disc_crops manifest (and the cls/spider_pfirrmann label column)
 SPIDER_COLUMNS = {"pfirrman_grade": "pfirrmann"}
 
@@ -61,6 +69,81 @@ def read_gradings(path: str | Path, patient_col: str = "Patient", disc_col: str 
     return table
 
 
+def read_crop_manifest(crops_dir: str | Path) -> pd.DataFrame:
+    """The crop manifest ``spinenet roi`` wrote into ``crops_dir`` (sagittal: one row per disc crop)."""
+    manifest = Path(crops_dir) / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(f"no crop manifest {manifest}: run spinenet roi --out {crops_dir} first")
+    crops = pd.read_csv(manifest, dtype={"patient_id": str})
+    need = {"patient_id", "image", "source_image", "level"}
+    if not need <= set(crops.columns):
+        raise DataError(f"{manifest}: not a sagittal crop manifest of spinenet roi (needs columns {sorted(need)})")
+    return crops
+
+
+def graded_discs(table: pd.DataFrame) -> pd.Series:
+    """Each patient's set of graded disc numbers, from :func:`read_gradings`'s table."""
+    return table.groupby("patient_id")["ivd_label"].agg(set)
+
+
+def _left_out(pid: str, source: str, n: int, kind: str, reason: str, image: str = "") -> dict[str, object]:
+    return {"patient_id": pid, "source_image": source, "crops": n, "kind": kind, "reason": reason, "image": image}
+
+
+def number_slice(
+    rows: pd.DataFrame, graded: set[int] | None, rule: str = "position"
+) -> tuple[pd.DataFrame, list[dict[str, object]]]:
+    """The crops of one slice (``spinenet roi``'s manifest rows) that get a graded disc number, with it in
+    ``ivd_label`` (``level``: its name; ``roi_level``: roi's bottom-up name), and the left-out ones with the reason.
+
+    ``graded``: the patient's graded disc numbers. ``rule="count"``: a slice whose discs, numbered from the
+    bottom, are exactly the graded ones keeps them; the others are left out. ``rule="position"`` (when the
+    gradings are ``1..n`` and the manifest has the crop boxes): :func:`spinenet.roi.levels.number_discs`
+    places every slice's discs by their spacing and the image's top edge, and leaves out a detection off the
+    spine, pieces of one disc, and discs whose number it cannot tell. On a slice the count rule keeps, it only
+    leaves discs out: where it numbers a disc otherwise, the slice is left out; where it is unsure of the top
+    alone and finds no false detection, the count's numbers stand.
+    """
+    pid, source = str(rows["patient_id"].iloc[0]), str(rows["source_image"].iloc[0])
+    none = rows.head(0).assign(ivd_label=pd.Series(dtype=int))
+    numbers = rows["level"].map(DISC_NUMBER)
+    if graded is None:
+        return none, [_left_out(pid, source, len(rows), "not graded", "patient not graded")]
+    if numbers.isna().any():
+        names = sorted(set(rows["level"][numbers.isna()].astype(str)))
+        return none, [_left_out(pid, source, len(rows), "unnamed level", f"discs without a level name: {names}")]
+    counted = set(numbers) == graded
+    if counted and rule == "count":
+        return _numbered(rows, numbers.astype(int)), []
+    count_differs = _left_out(pid, source, len(rows), "disc count differs",
+                              f"{len(rows)} discs found, graded discs {sorted(graded)}: levels uncertain")
+    if rule == "count" or graded != set(range(1, len(graded) + 1)) or not set(BOX_COLUMNS) <= set(rows.columns):
+        return (_numbered(rows, numbers.astype(int)), []) if counted else (none, [count_differs])
+    # the disc's centroid where roi wrote it (older manifests: the crop box's centre, off where it is clipped)
+    cx = rows["cx"] if "cx" in rows else (rows["x0"] + rows["x1"]) / 2
+    cy = rows["cy"] if "cy" in rows else (rows["y0"] + rows["y1"]) / 2
+    boxes = [Box(int(r.x0), int(r.y0), int(r.x1), int(r.y1), float(r.area), float(x), float(y))
+             for r, x, y in zip(rows.itertuples(), cx, cy, strict=True)]
+    placed, reasons = number_discs(boxes, len(graded))
+    if counted and all(p is None for p in placed) and len(set(reasons)) == 1:
+        return _numbered(rows, numbers.astype(int)), []  # no false detection; unsure of the top, the count is sure
+    if counted and any(p is not None and p != k for p, k in zip(placed, numbers, strict=True)):
+        return none, [_left_out(pid, source, len(rows), "level uncertain", "the discs found are as many as the "
+                                "graded ones, but by their spacing some are not discs or are numbered otherwise")]
+    if all(p is None for p in placed):
+        why = "; ".join(dict.fromkeys(reasons))
+        count_differs.update(kind="level uncertain", reason=f"{count_differs['reason']}; by position: {why}")
+        return none, [count_differs]
+    left_out = [_left_out(pid, source, 1, "disc left out", why, image)
+                for p, why, image in zip(placed, reasons, rows["image"], strict=True) if p is None]
+    keep = pd.Series([p is not None for p in placed], index=rows.index)
+    return _numbered(rows[keep], pd.Series([p for p in placed if p is not None], index=rows.index[keep])), left_out
+
+
+def _numbered(rows: pd.DataFrame, numbers: pd.Series) -> pd.DataFrame:
+    return rows.assign(roi_level=rows["level"], level=numbers.map(LEVEL_NAME), ivd_label=numbers)
+
+
 def grade_crops(
     crops_dir: str | Path,
     gradings: str | Path,
@@ -69,13 +152,18 @@ def grade_crops(
     overwrite: bool = False,
     patient_col: str = "Patient",
     disc_col: str = "IVD label",
+    rule: str = "position",
 ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Join ``spinenet roi``'s sagittal crops in ``crops_dir`` with per-disc ``gradings``.
 
     Writes ``crops_dir/out_name`` (the crop manifest with ``ivd_label`` and the finding columns) and
-    ``crops_dir/<stem>_skipped.csv`` (each left-out slice with its reason); returns the manifest's path, the
-    graded crops and the skipped slices. ``exclude``: manifests whose patients are left out (e.g. the set a model is tested on).
+    ``crops_dir/<stem>_skipped.csv`` (each left-out slice, or crop with its ``image``, with the reason); returns
+    the manifest's path, the graded crops and the skipped table. ``exclude``: manifests whose patients are left
+    out (e.g. the set a model is tested on). ``rule``: how discs get their numbers (:data:`RULES`,
+    :func:`number_slice`); in the manifest ``level`` is the name of the number given, ``roi_level`` roi's own.
     """
+    if rule not in RULES:
+        raise ConfigError(f"--rule: choose one of {', '.join(RULES)}, got {rule!r}")
     crops_dir = Path(crops_dir)
     manifest = crops_dir / "manifest.csv"
     if not manifest.is_file():
@@ -91,12 +179,9 @@ def grade_crops(
         refuse_input_overlap(written, inputs)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
-    crops = pd.read_csv(manifest, dtype={"patient_id": str})
-    need = {"patient_id", "image", "source_image", "level"}
-    if not need <= set(crops.columns):
-        raise DataError(f"{manifest}: not a sagittal crop manifest of spinenet roi (needs columns {sorted(need)})")
+    crops = read_crop_manifest(crops_dir)
     table = read_gradings(gradings, patient_col, disc_col)
-    graded = table.groupby("patient_id")["ivd_label"].agg(set)  # each patient's graded disc numbers
+    graded = graded_discs(table)
     excluded: dict[str, str] = {}
     for path in exclude:
         other = pd.read_csv(path, dtype={"patient_id": str}) if Path(path).is_file() else None
@@ -106,28 +191,18 @@ def grade_crops(
 
     kept, skipped = [], []
     for (pid, source), rows in crops.groupby(["patient_id", "source_image"], sort=False):
-        kind = reason = None
-        numbers = rows["level"].map(DISC_NUMBER)
         if pid in excluded:
-            kind, reason = "excluded", f"patient in {excluded[pid]}"
-        elif pid not in graded.index:
-            kind, reason = "not graded", "patient not graded"
-        elif numbers.isna().any():
-            kind = "unnamed level"
-            reason = f"discs without a level name: {sorted(set(rows['level'][numbers.isna()].astype(str)))}"
-        elif set(numbers) != graded[pid]:
-            kind = "disc count differs"
-            reason = f"{len(rows)} discs found, graded discs {sorted(graded[pid])}: levels uncertain"
-        if kind:
-            skipped.append({"patient_id": pid, "source_image": source, "crops": len(rows), "kind": kind,
-                            "reason": reason})
+            skipped.append(_left_out(pid, source, len(rows), "excluded", f"patient in {excluded[pid]}"))
             continue
-        kept.append(rows.assign(ivd_label=numbers.astype(int)))
+        numbered, left_out = number_slice(rows, graded.get(pid), rule)
+        kept.append(numbered)
+        skipped += left_out
+    kept = [k for k in kept if len(k)]
     result = pd.concat(kept, ignore_index=True) if kept else crops.head(0).assign(ivd_label=pd.Series(dtype=int))
     result = result.merge(table, on=["patient_id", "ivd_label"], how="left", validate="many_to_one")
     from spinenet.utils.safe_csv import neutralise_frame
 
     neutralise_frame(result).to_csv(out, index=False)
-    skipped_table = pd.DataFrame(skipped, columns=["patient_id", "source_image", "crops", "kind", "reason"])
+    skipped_table = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
     neutralise_frame(skipped_table).to_csv(skipped_path, index=False)
     return out, result, skipped_table

@@ -83,8 +83,8 @@ def crop_dataset(
     image from the largest disc contour. ``square`` makes boxes square before the margin.
 
     Written to ``out_dir``: ``images/<source stem>_<level>.png``; ``manifest.csv`` with ``patient_id, image,
-    source_image, level, disc_index, x0, y0, x1, y1, area`` (the box actually cropped, after margin and
-    clipping), the source row's other columns, and ``label``: axial: the slice's ``dataset.label_col`` value;
+    source_image, level, disc_index, x0, y0, x1, y1, area, cx, cy`` (the box actually cropped, after margin and
+    clipping; ``cx, cy``: the disc's centroid), the source row's other columns, and ``label``: axial: the slice's ``dataset.label_col`` value;
     sagittal: ``herniated`` (0/1, see :func:`_disc_label`) and ``label`` = the level if herniated, else
     ``healthy`` (so labels are Šušteršič's sagittal classes healthy / L4-L5 / L5-S1); ``missing.csv``
     (``patient_id, source_image, reason``) for images without a disc; ``summary.json`` (with ``n_ok``,
@@ -240,6 +240,8 @@ def _manifest_row(
         x1=roi.x1,
         y1=roi.y1,
         area=disc.area,
+        cx=round(disc.cx, 1),  # the disc's centroid: the box above is clipped at the image edge
+        cy=round(disc.cy, 1),
     )
     if recipe.view == "sagittal":
         herniated = _disc_label(rec, level, recipe.spec.label_col)
