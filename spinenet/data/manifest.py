@@ -469,6 +469,121 @@ def _mask_info(path: str, values: list[int] | None) -> tuple[tuple[int, int] | N
     return shape, None, f"values {shown} in {path}; the configured map is {values}"
 
 
+def _duplicate_images(
+    image_rel: np.ndarray, image_abs: list[str], lines: np.ndarray, col: str
+) -> list[Problem]:
+    """Each repeat is reported on its own line and names the line that listed the file first, so the user
+    knows which row to remove."""
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, p in enumerate(image_abs):
+        if not p:
+            continue
+        first = seen.setdefault(p, int(lines[i]))
+        if first != lines[i]:
+            problems.append(
+                Problem(
+                    int(lines[i]),
+                    col,
+                    "duplicate_image",
+                    f"{image_rel[i]} is already listed on line {first}",
+                )
+            )
+    return problems
+
+
+def _image_problems(
+    image_abs: list[str],
+    image_ok: np.ndarray,
+    lines: np.ndarray,
+    col: str,
+    deep: bool,
+    progress: bool | None,
+) -> tuple[list[Problem], dict[str, tuple[int, int] | str]]:
+    """Each existing image is read once however many rows list it, and only images whose header reads are
+    decoded; the header sizes are returned for the mask-size check rather than read again."""
+    problems: list[Problem] = []
+    unique_images = sorted({p for p, ok in zip(image_abs, image_ok, strict=True) if ok})
+    img_size = _pmap(_header, unique_images, threads=False)  # GIL-bound
+    img_err: dict[str, str | None] = {p: s for p, s in img_size.items() if isinstance(s, str)}
+    if deep:
+        todo = [p for p in unique_images if p not in img_err]
+        with progress_bar(len(todo), "decoding images", progress) as bar:
+            img_err.update(_pmap(_decodes, todo, bar=bar))
+    for i in np.flatnonzero(image_ok):
+        err = img_err.get(image_abs[i])
+        if err:
+            problems.append(Problem(int(lines[i]), col, "unreadable_image", err))
+    return problems, img_size
+
+
+def _read_masks(
+    mask_abs: list[str], mask_ok: np.ndarray, values: list[int] | None, deep: bool, progress: bool | None
+) -> tuple[dict[str, tuple[int, int] | str], dict[str, tuple]]:
+    """Each existing mask is read once however many rows list it; only masks whose header reads are
+    decoded, as a broken header is already reported."""
+    unique_masks = sorted({p for p, ok in zip(mask_abs, mask_ok, strict=True) if ok})
+    mask_size = _pmap(_header, unique_masks, threads=False)
+    mask_deep: dict[str, tuple] = {}
+    if deep:
+        todo = [p for p in unique_masks if not isinstance(mask_size[p], str)]
+        with progress_bar(len(todo), "decoding masks", progress) as bar:
+            mask_deep = _pmap(lambda p: _mask_info(p, values), todo, bar=bar)
+    return mask_size, mask_deep
+
+
+def _mask_problems(
+    df: pd.DataFrame,
+    spec: DatasetSpec,
+    lines: np.ndarray,
+    image_abs: list[str],
+    image_ok: np.ndarray,
+    img_size: dict[str, tuple[int, int] | str],
+    deep: bool,
+    progress: bool | None,
+) -> list[Problem]:
+    """A row's mask is judged only once it exists and decodes: a missing or unreadable mask is one problem,
+    not also a size or value mismatch."""
+    problems: list[Problem] = []
+    image_rel = df[spec.image_col].to_numpy()
+    mask_rel = df[spec.mask_col].to_numpy()
+    mask_abs = _abs_paths(spec.root, df[spec.mask_col])
+    mask_ok = existing_files(mask_abs)
+    mask_size, mask_deep = _read_masks(mask_abs, mask_ok, spec.mask_values, deep, progress)
+    for i in range(len(df)):
+        line = int(lines[i])
+        if not mask_ok[i]:
+            msg = f"no such file: {mask_abs[i]}" if mask_abs[i] else "empty mask cell"
+            problems.append(Problem(line, spec.mask_col, "missing_mask", msg))
+            continue
+        m_size = mask_size[mask_abs[i]]
+        shape, unreadable, bad_values = mask_deep.get(mask_abs[i], (None, None, None))
+        if isinstance(m_size, str) or unreadable:
+            problems.append(
+                Problem(
+                    line,
+                    spec.mask_col,
+                    "unreadable_mask",
+                    m_size if isinstance(m_size, str) else unreadable,
+                )
+            )
+            continue
+        i_size = img_size.get(image_abs[i]) if image_ok[i] else None
+        if isinstance(i_size, tuple) and i_size != m_size:
+            problems.append(
+                Problem(
+                    line,
+                    spec.mask_col,
+                    "mask_size",
+                    f"mask {mask_rel[i]} is {m_size[0]}x{m_size[1]} (HxW) but image "
+                    f"{image_rel[i]} is {i_size[0]}x{i_size[1]}",
+                )
+            )
+        if bad_values:
+            problems.append(Problem(line, spec.mask_col, "mask_values", bad_values))
+    return problems
+
+
 def check_dataset(
     spec: DatasetSpec, deep: bool = True, max_examples: int = 20, progress: bool | None = None
 ) -> DataReport:
@@ -494,84 +609,18 @@ def check_dataset(
     df = df[~df[LINE_COL].isin({p.row for p in outside})].reset_index(drop=True)
     lines = df[LINE_COL].to_numpy()
 
-    image_rel = df[spec.image_col].to_numpy()
     image_abs = _abs_paths(spec.root, df[spec.image_col])
-    seen: dict[str, int] = {}
-    for i, p in enumerate(image_abs):
-        if not p:
-            continue
-        first = seen.setdefault(p, int(lines[i]))
-        if first != lines[i]:
-            problems.append(
-                Problem(
-                    int(lines[i]),
-                    spec.image_col,
-                    "duplicate_image",
-                    f"{image_rel[i]} is already listed on line {first}",
-                )
-            )
-
+    problems += _duplicate_images(df[spec.image_col].to_numpy(), image_abs, lines, spec.image_col)
     image_ok = existing_files(image_abs)
     for i in np.flatnonzero(~image_ok):
         msg = f"no such file: {image_abs[i]}" if image_abs[i] else "empty image cell"
         problems.append(Problem(int(lines[i]), spec.image_col, "missing_image", msg))
 
     with quiet_opencv():
-        unique_images = sorted({p for p, ok in zip(image_abs, image_ok, strict=True) if ok})
-        img_size = _pmap(_header, unique_images, threads=False)  # GIL-bound
-        img_err: dict[str, str | None] = {p: s for p, s in img_size.items() if isinstance(s, str)}
-        if deep:
-            todo = [p for p in unique_images if p not in img_err]
-            with progress_bar(len(todo), "decoding images", progress) as bar:
-                img_err.update(_pmap(_decodes, todo, bar=bar))
-        for i in np.flatnonzero(image_ok):
-            err = img_err.get(image_abs[i])
-            if err:
-                problems.append(Problem(int(lines[i]), spec.image_col, "unreadable_image", err))
-
+        unreadable, img_size = _image_problems(image_abs, image_ok, lines, spec.image_col, deep, progress)
+        problems += unreadable
         if spec.mask_col:
-            mask_rel = df[spec.mask_col].to_numpy()
-            mask_abs = _abs_paths(spec.root, df[spec.mask_col])
-            mask_ok = existing_files(mask_abs)
-            unique_masks = sorted({p for p, ok in zip(mask_abs, mask_ok, strict=True) if ok})
-            mask_size = _pmap(_header, unique_masks, threads=False)
-            mask_deep: dict[str, tuple] = {}
-            if deep:
-                values = spec.mask_values
-                todo = [p for p in unique_masks if not isinstance(mask_size[p], str)]
-                with progress_bar(len(todo), "decoding masks", progress) as bar:
-                    mask_deep = _pmap(lambda p: _mask_info(p, values), todo, bar=bar)
-            for i in range(len(df)):
-                line = int(lines[i])
-                if not mask_ok[i]:
-                    msg = f"no such file: {mask_abs[i]}" if mask_abs[i] else "empty mask cell"
-                    problems.append(Problem(line, spec.mask_col, "missing_mask", msg))
-                    continue
-                m_size = mask_size[mask_abs[i]]
-                shape, unreadable, bad_values = mask_deep.get(mask_abs[i], (None, None, None))
-                if isinstance(m_size, str) or unreadable:
-                    problems.append(
-                        Problem(
-                            line,
-                            spec.mask_col,
-                            "unreadable_mask",
-                            m_size if isinstance(m_size, str) else unreadable,
-                        )
-                    )
-                    continue
-                i_size = img_size.get(image_abs[i]) if image_ok[i] else None
-                if isinstance(i_size, tuple) and i_size != m_size:
-                    problems.append(
-                        Problem(
-                            line,
-                            spec.mask_col,
-                            "mask_size",
-                            f"mask {mask_rel[i]} is {m_size[0]}x{m_size[1]} (HxW) but image "
-                            f"{image_rel[i]} is {i_size[0]}x{i_size[1]}",
-                        )
-                    )
-                if bad_values:
-                    problems.append(Problem(line, spec.mask_col, "mask_values", bad_values))
+            problems += _mask_problems(df, spec, lines, image_abs, image_ok, img_size, deep, progress)
     # Problems of one row together, in CSV order, manifest-level first.
     problems.sort(key=lambda p: (-1 if p.row is None else p.row, list(KINDS).index(p.kind)))
     report.elapsed_s = time.perf_counter() - t0
