@@ -257,22 +257,32 @@ class WeightScorer:
         cpu = self.device.type == "cpu"
         # Cache-sized blocks on CPU; large blocks on a GPU, where launch overhead dominates.
         self._bv, self._bm = (64, 8192) if cpu else (2048, 16384)
+        self._set_scale(Pf)
+        if self.objective.needs == "scores":
+            self._keep_all_scores(Pf, yf)
+            return
+        self._partition_pixels(Pf, yf, prune, pixel_chunk)
 
+    def _set_scale(self, Pf: torch.Tensor) -> None:
+        """The fixed-point grid 2^-q on which every weighted sum and difference is exact in float64 (see the
+        module doc)."""
         amax = float(Pf.abs().max()) if Pf.numel() else 1.0
         if not math.isfinite(amax):
             raise DataError("member probabilities contain NaN or infinite values")
         self.q = 52 - math.ceil(math.log2(2 * self.max_total * max(amax, 2.0**-20)))
         self._scale = 2.0**self.q
 
-        c = self.c
-        if self.objective.needs == "scores":
-            # AUROC ranks all samples: no pruning, keep every snapped probability.
-            self._q_all = self._snap(Pf.to(self.device)).reshape(self.k, -1)
-            self._y = yf.to(self.device)
-            self.settled_fraction = 0.0
-            self.n_binary, self.n_ternary, self.n_multi = 0, 0, self.m
-            return
+    def _keep_all_scores(self, Pf: torch.Tensor, yf: torch.Tensor) -> None:
+        """AUROC ranks all samples: no pruning, keep every snapped probability."""
+        self._q_all = self._snap(Pf.to(self.device)).reshape(self.k, -1)
+        self._y = yf.to(self.device)
+        self.settled_fraction = 0.0
+        self.n_binary, self.n_ternary, self.n_multi = 0, 0, self.m
 
+    def _partition_pixels(self, Pf: torch.Tensor, yf: torch.Tensor, prune: bool, pixel_chunk: int) -> None:
+        """Settled pixels are counted into the confusion matrix once here, so scoring a weight vector only
+        touches the pixels whose decision can change; those are sorted by their number of candidates."""
+        c = self.c
         # Snapping is the identity on float16 values (multiples of 2^-24) when q >= 24, so the agreement test
         # can run on an exact float32 copy and only disagreeing pixels need float64.
         raw_exact = Pf.dtype == torch.float16 and self.q >= 24
@@ -304,17 +314,9 @@ class WeightScorer:
                 sel = ncand == width
                 if not sel.any():
                     continue
-                cls = ranked[sel, :width]  # (m', width) candidate classes a < b (< c)
-                qs = q[:, sel]
-                pick = [
-                    qs.gather(2, cls[:, j].view(1, -1, 1).expand(self.k, -1, 1)).squeeze(2)
-                    for j in range(width)
-                ]
-                cols.append(torch.stack([pick[j] - pick[0] for j in range(1, width)]))  # exact differences
-                key = torch.zeros_like(yr[sel])
-                for j in range(width):
-                    key = key * c + cls[:, j]
-                keys.append(key * c + yr[sel])
+                key, col = self._narrow_key_and_columns(q[:, sel], yr[sel], ranked[sel, :width])
+                keys.append(key)
+                cols.append(col)
             many = ncand >= 4
             if many.any():
                 multi_q.append(q[:, many])
@@ -325,13 +327,31 @@ class WeightScorer:
         self._three = self._grouped(keys3, cols3, 3)
         self.n_binary = self._two.n if self._two else 0
         self.n_ternary = self._three.n if self._three else 0
-        # Pixels with 4+ candidates: blocks of (k, pixels * C) snapped probabilities and their targets.
+        self._block_multi(multi_q, multi_y)
+
+    def _narrow_key_and_columns(
+        self, qs: torch.Tensor, ys: torch.Tensor, cls: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pixel with 2 or 3 candidates (`cls`, (m', width), ascending) is decided by the differences of its
+        candidates' probabilities to the first one's; the key (candidates, target) lets `_grouped` count a
+        whole group's decisions with one row sum."""
+        c, width = self.c, cls.shape[1]
+        pick = [qs.gather(2, cls[:, j].view(1, -1, 1).expand(self.k, -1, 1)).squeeze(2) for j in range(width)]
+        col = torch.stack([pick[j] - pick[0] for j in range(1, width)])  # exact differences
+        key = torch.zeros_like(ys)
+        for j in range(width):
+            key = key * c + cls[:, j]
+        return key * c + ys, col
+
+    def _block_multi(self, multi_q: list[torch.Tensor], multi_y: list[torch.Tensor]) -> None:
+        """Pixels with 4+ candidates need the full weighted sums and an argmax: blocks of (k, pixels * C)
+        snapped probabilities and their targets, sized like the other blocks."""
         self._multi_blocks = []
         self.n_multi = 0
         if multi_q:
             mq, my = torch.cat(multi_q, 1), torch.cat(multi_y)
             self.n_multi = mq.shape[1]
-            bm = max(1, self._bm // c)
+            bm = max(1, self._bm // self.c)
             for s in range(0, mq.shape[1], bm):
                 self._multi_blocks.append((mq[:, s : s + bm].reshape(self.k, -1), my[s : s + bm]))
 
