@@ -105,5 +105,23 @@ def draw_labels(
 PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
 
 
+# JPEG quality 90 with full-resolution colour (4:4:4; 4:2:0 smears 1-px coloured outlines and box edges):
+# on 512x512 diagnose overlays about 6x faster to encode than the PNG above (0.8 vs 5 ms) and a third of its
+# size, with outlines, lines and labels looking the same at 3x zoom
+JPEG_PARAMS = (cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)
+# file formats of pictures people look at: lossy and fast, or lossless
+IMAGE_FORMATS = ("jpg", "png")
+
+
 def save_png(rgb: np.ndarray, path) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS)
+
+
+def save_image(rgb: np.ndarray, path) -> None:
+    """``rgb`` (uint8) as a JPEG (``.jpg``, :data:`JPEG_PARAMS`) or PNG (``.png``), by ``path``'s suffix."""
+    suffix = str(path).rsplit(".", 1)[-1].lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: save as one of {', '.join('.' + f for f in IMAGE_FORMATS)}")
+    params = JPEG_PARAMS if suffix == "jpg" else PNG_PARAMS
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
+        raise OSError(f"{path}: could not be written")
