@@ -561,6 +561,34 @@ def test_labels_never_overlap_and_grow_with_the_image():
     assert label_style(2048)[0] > label_style(512)[0] and label_style(2048)[1] > label_style(512)[1]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_overlay_blends_and_outlines_every_class_pixel(dtype):
+    """The blend and outlines are worked out in the classes' bounding box only: the picture must be the one
+    the whole image gives, classes on the image's border and single pixels included."""
+    from spinenet.utils.overlay import PALETTE, overlay_mask
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (60, 80), dtype=np.uint8)
+    mask = np.zeros((60, 80), dtype)
+    mask[0:6, 5:14] = 1  # on the top border (and the classes' box starts at x 5)
+    mask[20:31, 30:44] = 2
+    mask[59, 79] = 3  # one pixel in the far corner
+    mask[25, 70] = 1
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    want = rgb.copy()
+    fg = mask > 0
+    blend = np.rint(0.6 * rgb.astype(np.float64) + 0.4 * PALETTE[mask].astype(np.float64))
+    want[fg] = blend[fg].astype(np.uint8)
+    for c in (1, 2, 3):
+        contours, _ = cv2.findContours((mask == c).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(want, contours, -1, tuple(int(v) for v in PALETTE[c]), 1)
+    got = overlay_mask(image, mask)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # addWeighted's rounding
+    assert (got[~fg] == rgb[~fg]).all()  # nothing drawn outside the classes
+    assert (got[59, 79] == PALETTE[3]).all() and (got[0, 5] == PALETTE[1]).all()  # outlines at the borders
+    assert (overlay_mask(image, np.zeros_like(mask)) == rgb).all()
+
+
 def test_phantom_ground_truth_is_plausible_in_its_own_view_only(tiny_phantom):
     import pandas as pd
 
