@@ -19,11 +19,11 @@ an implausible image gets status ``implausible for <view>``, its reason, and no 
 Faults stay with their input (:func:`diagnose_chunk`): an unreadable file is ``failed``, a file that is not an
 image ``skipped``, each with its reason; the others are diagnosed, and the CLI exits with ``EXIT_PARTIAL``.
 
-Outputs in ``--out``: per study ``<folder>/findings.json``, ``<folder>/overlay.jpg`` (JPEG; ``.png`` with
-``--overlay-format png``; masks, boxes, labels at the image's resolution, at least 512 px tall; up to 8 images side by side; sagittal: the measured posterior
-line, protrusion, disc heights and, at the classified levels, the canal diameter at the disc, of
-:mod:`spinenet.pipeline.measurements`, whose values each sagittal disc carries as ``measurements``, in mm when
-the DICOM header gives the pixel spacing, else in px; ``--overlays flagged`` or ``none`` leaves it out of
+Outputs in ``--out``: per study ``<folder>/findings.json``, ``<folder>/overlay.jpg`` (``.png`` with
+``--overlay-format png``; masks, boxes, labels at the image's resolution, at least 512 px tall; up to 8 images
+side by side; sagittal: the measured posterior line, protrusion, disc heights and, at the classified levels,
+the canal diameter at the disc, of :mod:`spinenet.pipeline.measurements`, whose values each sagittal disc
+carries as ``measurements``, in mm when the DICOM header gives the pixel spacing, else in px; ``--overlays flagged`` or ``none`` leaves it out of
 studies without a herniated disc or an image that is not ok, or of every study) and ``<folder>/report.txt``
 (folder: :func:`study_folders`); ``findings.csv`` (every disc), ``summary.json`` (counts, every input's status
 and reason, study id -> folder) and ``index.html``. Privacy: nothing from a DICOM header but :func:`~spinenet.utils.privacy.safe_dicom_metadata`
