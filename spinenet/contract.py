@@ -224,10 +224,26 @@ def masks_from_logits(
         lg = lg[None, :, y0:y1, x0:x1]
         if lg.shape[-2:] != (h, w):
             lg = F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False)
-        # NumPy's arg-max: torch's strided reduction over a small C took 12 ms per 256x256 image on CPU (a
-        # quarter of the U-Net's own time), NumPy's under 3 ms
-        masks.append(np.argmax(lg[0].float().cpu().numpy(), axis=0))
+        masks.append(_class_argmax(lg[0].float().cpu().numpy()))
     return masks
+
+
+def _class_argmax(scores: np.ndarray) -> np.ndarray:
+    """``np.argmax(scores, axis=0)`` (int64; ties and NaN alike) of ``(C, H, W)`` float32 scores, as a running
+    maximum in OpenCV: 0.05 ms per 4x256x256 where NumPy's strided arg-max takes 1 ms (and torch's 12)."""
+    import cv2  # lazy: start-up (this module is read without OpenCV: configs, sidecars)
+
+    if scores.ndim != 3 or scores.shape[0] > 255 or scores.dtype != np.float32 or np.isnan(scores).any():
+        return np.argmax(scores, axis=0)
+    best = np.ascontiguousarray(scores[0])
+    ids = np.zeros(best.shape, np.uint8)
+    for c in range(1, scores.shape[0]):
+        s = np.ascontiguousarray(scores[c])
+        greater = cv2.compare(s, best, cv2.CMP_GT)  # 255 where class c beats every class before it
+        # class ids grow with c, so the latest class to beat the running maximum is the largest id that did
+        ids = cv2.max(ids, cv2.bitwise_and(greater, c))
+        best = cv2.max(best, s)
+    return ids.astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------- crops

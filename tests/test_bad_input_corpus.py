@@ -292,7 +292,7 @@ def missing_image_diagnose(a: Assets, tmp: Path) -> Call:
     return Call(["diagnose", "--manifest", csv, "--study-col", "patient_id", "--segmenter", a.models / "seg.ckpt",
                  "--classifier", a.models / "cls.ckpt", "--out", out, "--no-progress", "--min-area", "5"],
                 [root, csv], ["images/gone.png", "manifest line 3: file not found"],
-                outputs=[out / "P1" / "findings.json", out / "P1" / "overlay.png"], check=check)
+                outputs=[out / "P1" / "findings.json", out / "P1" / "overlay.jpg"], check=check)
 
 
 def _mask_other_size(root: Path) -> None:
@@ -445,7 +445,7 @@ def bad_file_in_folder(name: str, content: Callable[[Assets], bytes], reason: st
             assert got["good.png"]["status"] not in ("failed", "skipped"), got["good.png"]
 
         return Call(diagnose_argv(a, src, out), [src], [f"{status}: {name}: ", reason],
-                    outputs=[out / "good" / "findings.json", out / "good" / "overlay.png", out / "index.html"], check=check)
+                    outputs=[out / "good" / "findings.json", out / "good" / "overlay.jpg", out / "index.html"], check=check)
     return build
 
 
@@ -466,7 +466,7 @@ def dicom_slice_without_pixels(a: Assets, tmp: Path) -> Call:
         assert images[0]["status"] != "failed" and images[2]["status"] != "failed"
 
     return Call(diagnose_argv(a, tmp / "series", out), [tmp / "series"], ["series1_slice_001", "without pixel data"],
-                outputs=[out / "study1" / "overlay.png", out / "study1" / "report.txt"], check=check)
+                outputs=[out / "study1" / "overlay.jpg", out / "study1" / "report.txt"], check=check)
 
 
 def axial_as_sagittal(a: Assets, tmp: Path) -> Call:

@@ -182,7 +182,7 @@ def test_phantom_study_gives_its_finding(phantom_study, tmp_path):
     assert sag["L5-S1"]["box"] == list(boxes[-1].as_tuple())  # the lowest disc
     report = (tmp_path / "out" / "P1" / "report.txt").read_text()
     assert "L5-S1: herniation, left" in report
-    overlay = cv2.imread(str(tmp_path / "out" / "P1" / "overlay.png"))
+    overlay = cv2.imread(str(tmp_path / "out" / "P1" / "overlay.jpg"))
     # drawn at the source's resolution, small sources (128 px) enlarged to 512 px tall, both images side by side
     assert overlay is not None and overlay.shape[0] == 512 and overlay.shape[1] == 2 * 512 + 4
     # the herniation probability of each level, not the probability of the predicted class
@@ -403,7 +403,7 @@ def test_a_folder_with_bad_files_is_diagnosed_file_by_file(phantom_study, checkp
     assert by_file["dicom_file_000"]["status"] == "skipped"  # a header without an image: nothing to read
     assert "DICOM file without" in by_file["dicom_file_000"]["reason"]
     assert by_file["good.png"]["status"] not in ("failed", "skipped")  # the good image was diagnosed
-    assert (out / "good" / "findings.json").is_file() and (out / "good" / "overlay.png").is_file()
+    assert (out / "good" / "findings.json").is_file() and (out / "good" / "overlay.jpg").is_file()
     assert json.loads((out / "zero" / "findings.json").read_text())["images"][0]["reason"] == "empty file (0 bytes)"
     assert "empty file (0 bytes)" in (out / "zero" / "report.txt").read_text()
     page = (out / "index.html").read_text()
@@ -539,7 +539,7 @@ def test_study_ids_keep_distinct_folders_inside_out(phantom_study, tmp_path):
     assert {r["file"]: r["status"] for r in summary["inputs"]}["missing.png"] == "failed"
     page = (out / "index.html").read_text()
     assert "&lt;b&gt;&amp;x" in page and "<b>&x" not in page
-    assert f'<img src="{mapping["AB_123"]}/overlay.png" width="240"' in page
+    assert f'<img src="{mapping["AB_123"]}/overlay.jpg" width="240"' in page
     assert "<script" not in page and "http" not in page
 
 
@@ -559,6 +559,34 @@ def test_labels_never_overlap_and_grow_with_the_image():
         for b in boxes[i + 1 :]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
     assert label_style(2048)[0] > label_style(512)[0] and label_style(2048)[1] > label_style(512)[1]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_overlay_blends_and_outlines_every_class_pixel(dtype):
+    """The blend and outlines are worked out in the classes' bounding box only: the picture must be the one
+    the whole image gives, classes on the image's border and single pixels included."""
+    from spinenet.utils.overlay import PALETTE, overlay_mask
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (60, 80), dtype=np.uint8)
+    mask = np.zeros((60, 80), dtype)
+    mask[0:6, 5:14] = 1  # on the top border (and the classes' box starts at x 5)
+    mask[20:31, 30:44] = 2
+    mask[59, 79] = 3  # one pixel in the far corner
+    mask[25, 70] = 1
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    want = rgb.copy()
+    fg = mask > 0
+    blend = np.rint(0.6 * rgb.astype(np.float64) + 0.4 * PALETTE[mask].astype(np.float64))
+    want[fg] = blend[fg].astype(np.uint8)
+    for c in (1, 2, 3):
+        contours, _ = cv2.findContours((mask == c).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(want, contours, -1, tuple(int(v) for v in PALETTE[c]), 1)
+    got = overlay_mask(image, mask)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # addWeighted's rounding
+    assert (got[~fg] == rgb[~fg]).all()  # nothing drawn outside the classes
+    assert (got[59, 79] == PALETTE[3]).all() and (got[0, 5] == PALETTE[1]).all()  # outlines at the borders
+    assert (overlay_mask(image, np.zeros_like(mask)) == rgb).all()
 
 
 def test_phantom_ground_truth_is_plausible_in_its_own_view_only(tiny_phantom):
@@ -616,7 +644,7 @@ def test_pipeline_keeps_input_order_and_study_grouping(phantom_study, tmp_path):
     assert rows[rows.status == "ok"].level.notna().all() and (rows.status == "ok").sum() > 11  # several discs each
     shared = json.loads((out / summary["study_folders"][study[2]] / "findings.json").read_text())
     assert [im["image"] for im in shared["images"]] == ["02.png", "09.png"]
-    assert (out / summary["study_folders"][study[2]] / "overlay.png").is_file()
+    assert (out / summary["study_folders"][study[2]] / "overlay.jpg").is_file()
     page = (out / "index.html").read_text()
     positions = [page.index(f"<h2>{s}</h2>") for s in dict.fromkeys(i.study for i in items)]
     assert positions == sorted(positions)  # index.html lists studies in input order
@@ -656,9 +684,9 @@ def test_a_long_study_keeps_only_the_pixels_its_overlay_draws(phantom_study, tmp
     items = [Item("long", f"{k:02d}.png", "sagittal", lambda im=im: im) for k, im in enumerate(images)]
     written = []
 
-    def spy(out, study, recs, models, folder=None, overlays="all"):
+    def spy(out, study, recs, models, *args):
         written.append([r.get("pixels") is not None for r in recs])
-        return write_study(out, study, recs, models, folder, overlays)
+        return write_study(out, study, recs, models, *args)
 
     write_study = diagnose.write_study
     monkeypatch.setattr(diagnose, "write_study", spy)
@@ -686,12 +714,47 @@ def test_overlays_only_for_flagged_studies_or_none(phantom_study, tmp_path, over
     summary = run(items, {"sagittal": seg}, {"sagittal": cls}, out, batch_size=2, progress=False, overlays=overlays)
     assert summary["status_counts"]["ok"] == 2 and summary["discs"] > 2
     fine, p9 = (json.loads((out / s / "findings.json").read_text()) for s in ("fine", "P9"))
-    assert not (out / "fine" / "overlay.png").exists() and fine["overlay"] is None
-    assert (out / "P9" / "overlay.png").is_file() == (overlays == "flagged")
-    assert p9["overlay"] == ("overlay.png" if overlays == "flagged" else None)
-    assert ("P9/overlay.png" in (out / "index.html").read_text()) == (overlays == "flagged")
+    assert not (out / "fine" / "overlay.jpg").exists() and fine["overlay"] is None
+    assert (out / "P9" / "overlay.jpg").is_file() == (overlays == "flagged")
+    assert p9["overlay"] == ("overlay.jpg" if overlays == "flagged" else None)
+    assert ("P9/overlay.jpg" in (out / "index.html").read_text()) == (overlays == "flagged")
     with pytest.raises(ConfigError, match="--overlays"):
         run(items, {"sagittal": seg}, {"sagittal": cls}, tmp_path / "o2", overlays="some")
+
+
+def _jpeg_sampling_factors(data: bytes) -> list[int]:
+    """Each colour component's sampling factors in a baseline JPEG's frame header (0x11: full resolution)."""
+    sof = data.index(b"\xff\xc0")
+    n = data[sof + 9]
+    return [data[sof + 10 + 3 * i + 1] for i in range(n)]
+
+
+def test_overlay_is_a_full_colour_jpeg_by_default_or_a_lossless_png(phantom_study, tmp_path):
+    s_img, s_mask = phantom_study["sagittal"]
+    items = [Item("P1", "a.png", "sagittal", lambda: s_img)]
+    crop = CropRecipe(size=[32, 32], margin=0.1, clahe=CLAHE, levels=None)
+    cls = Predictor(lambda x: torch.zeros((len(x), len(SAG_LABELS))),
+                    ModelContract("classification", SAG_LABELS, InputSpec((32, 32)), crop=crop), Path("c"))
+    seg = stub_segmenter([(s_img, s_mask)], size=128)
+    pictures = {}
+    for fmt in ("jpg", "png"):
+        out = tmp_path / fmt
+        kwargs = {} if fmt == "jpg" else {"overlay_format": "png"}  # jpg: the default
+        run(items, {"sagittal": seg}, {"sagittal": cls}, out, batch_size=2, progress=False, **kwargs)
+        doc = json.loads((out / "P1" / "findings.json").read_text())
+        assert doc["overlay"] == f"overlay.{fmt}" and sorted(p.name for p in (out / "P1").glob("overlay.*")) == [
+            f"overlay.{fmt}"]
+        assert f'<img src="P1/overlay.{fmt}"' in (out / "index.html").read_text()
+        data = (out / "P1" / doc["overlay"]).read_bytes()
+        assert data.startswith(b"\xff\xd8" if fmt == "jpg" else b"\x89PNG")
+        pictures[fmt] = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).astype(np.int16)
+    # colour at full resolution (4:2:0 would smear the 1-px outlines and box edges) and close to the PNG
+    assert _jpeg_sampling_factors((tmp_path / "jpg" / "P1" / "overlay.jpg").read_bytes()) == [0x11] * 3
+    assert pictures["jpg"].shape == pictures["png"].shape
+    error = np.abs(pictures["jpg"] - pictures["png"])
+    assert error.mean() < 2.5 and np.percentile(error, 99) < 24
+    with pytest.raises(ConfigError, match="--overlay-format"):
+        run(items, {"sagittal": seg}, {"sagittal": cls}, tmp_path / "o2", overlay_format="gif")
 
 
 def test_inputs_are_collected_from_typed_arguments(tmp_path):

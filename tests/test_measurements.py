@@ -199,7 +199,7 @@ def test_diagnose_and_findings_eval_report_measurements(tmp_path, capsys):
     doc = json.loads(next((tmp_path / "out").glob("*/findings.json")).read_text())
     assert "measurements" in doc["findings"]["sagittal"][0] and doc["images"][0]["orientation"] == ANTERIOR_LEFT
     # the overlay carries the drawn protrusion (magenta) somewhere
-    overlay = cv2.imread(str(next((tmp_path / "out").glob("*/overlay.png"))))[..., ::-1]
+    overlay = cv2.imread(str(next((tmp_path / "out").glob("*/overlay.jpg"))))[..., ::-1]
     assert ((overlay[..., 0] > 230) & (overlay[..., 1] < 30) & (overlay[..., 2] > 230)).any()
 
     # truth: the phantom's own manifest (herniation_L4L5/L5S1); gradings: the same per disc, SPIDER-style

@@ -7,9 +7,10 @@ added (x10) before the arg-max; everything else is what ``spinenet diagnose FOLD
 (:func:`spinenet.pipeline.diagnose.folder_items` and :func:`~spinenet.pipeline.diagnose.run`): the slices are
 PNG files in a temporary folder, decoded, preprocessed, segmented (batched U-Net), turned into masks, disc
 contours, level names, crops + CLAHE, classified (batched DiscNet) and written (per study findings.json,
-overlay.png, report.txt; findings.csv, summary.json, index.html), in the overlapped pipeline of ``run``.
+overlay.jpg, report.txt; findings.csv, summary.json, index.html), in the overlapped pipeline of ``run``.
 
-Printed: images/s end to end and of the U-Net alone (same engine, batch size and run) and their ratio, peak
+Printed: images/s end to end and of the U-Net alone (same engine, batch size and run) and their ratio, the
+process's CPU time per image end to end (all threads; on a shared machine steadier than images/s), peak
 memory (CPU: process peak RSS; CUDA: max allocated), FLOPs per image (``torch.utils.flop_counter.FlopCounterMode``:
 U-Net + DiscNet x discs per image) and the achieved FLOP/s as a fraction of a practical peak, measured as a
 2048x2048 float32 matmul's FLOP/s with the same threads (not the vendor's theoretical peak). Target on 2 CPU
@@ -109,13 +110,14 @@ def _engines(requested: Sequence[str] | None, dev: str) -> list[str]:
 
 def benchmark(images: int | None = None, distinct: int | None = None, batch_sizes: Sequence[int] | None = None,
               pipeline_threads: int | None = None, threads: int | None = None, channels_last: bool = True,
-              engines: Sequence[str] | None = None, repeats: int | None = None, device: str | None = None, overlays: str = "all") -> int:
+              engines: Sequence[str] | None = None, repeats: int | None = None, device: str | None = None,
+              overlays: str = "all", overlay_format: str = "jpg") -> int:
     """Print images/s of the diagnosis pipeline end to end and of the U-Net alone, per engine and batch size.
 
     ``images`` slices per timed pass made of ``distinct`` phantom slices, ``repeats`` timed passes (the best is
     reported); defaults 64, 16, [8, 16, 32], 3 (4, 2, [2], 1 in smoke mode). ``engines``: default torch, and
-    onnxruntime where installed (CPU). ``device``: default cuda when available. ``overlays``: as ``spinenet
-    diagnose --overlays`` (the target is measured with all)."""
+    onnxruntime where installed (CPU). ``device``: default cuda when available. ``overlays``, ``overlay_format``:
+    as ``spinenet diagnose --overlays``, ``--overlay-format`` (the target is measured with their defaults)."""
     images = images if images is not None else (4 if smoke() else 64)
     distinct = distinct if distinct is not None else (2 if smoke() else 16)
     batch_sizes = list(batch_sizes) if batch_sizes is not None else ([2] if smoke() else [8, 16, 32])
@@ -153,7 +155,7 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
     pairs = list(zip(slices, masks, strict=True))
 
     print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last (torch): {channels_last}, "
-          f"torch {torch.__version__}, engines: {', '.join(engines)}, overlays: {overlays}")
+          f"torch {torch.__version__}, engines: {', '.join(engines)}, overlays: {overlays} ({overlay_format})")
     x1 = torch.rand(1, 1, 256, 256, device=dev)
     unet_flops = _flops(unet, x1)
     disc_flops = _flops(discnet, torch.rand(1, 1, 64, 64, device=dev))
@@ -171,15 +173,16 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
     for engine, (seg_model, cls_model) in models.items():
         seg = _Oracle(seg_model, pairs)
         for bs in batch_sizes:
-            times = []
+            times, cpu = [], []
             for r in range(repeats):
                 _sync(dev)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 summary = run(items, {"sagittal": seg}, {"sagittal": cls_model}, Path(tmp.name) / f"out_{r}", bs,
                               overwrite=True, progress=False, threads=pipeline_threads,
-                              overlays=overlays)
+                              overlays=overlays, overlay_format=overlay_format)
                 _sync(dev)
                 times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
             assert summary["status_counts"]["ok"] == len(items), summary["status_counts"]
             ips = len(items) / min(times)
             # the U-Net alone, same engine and batch size
@@ -193,7 +196,8 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
             unet_ips = bs * max(1, images // bs) / (time.perf_counter() - t)
             if ips > best.get(engine, (0.0, 0.0, 0))[0]:
                 best[engine] = (ips, unet_ips, bs)
-            print(f"{engine:11s} batch {bs:3d}: end to end {ips:6.1f} images/s ({1000 / ips:.1f} ms/image), "
+            print(f"{engine:11s} batch {bs:3d}: end to end {ips:6.1f} images/s ({1000 / ips:.1f} ms/image, "
+                  f"CPU {1000 * cpu[times.index(min(times))] / len(items):.1f} ms/image), "
                   f"U-Net alone {unet_ips:6.1f} images/s, end to end / U-Net alone {ips / unet_ips:.0%}; "
                   f"achieved {ips * per_image / 1e9:.1f} GFLOP/s = {ips * per_image / peak:.0%} of the practical peak")
     if dev.startswith("cuda"):

@@ -11,6 +11,8 @@ import numpy as np
 PALETTE = np.array([[0, 0, 0], [255, 80, 80], [80, 200, 255], [255, 220, 60], [120, 255, 120],
                     [220, 120, 255], [255, 150, 40], [40, 160, 120]], dtype=np.uint8)
 
+_CHANNEL_LUTS = [np.ascontiguousarray(PALETTE[np.arange(256) % len(PALETTE), c]) for c in range(3)]
+
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """(H, W), (H, W, 3) or (C, H, W) float in [0, 1] or uint8 -> (H, W, 3) uint8."""
@@ -30,21 +32,31 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4, outlin
     mask = np.asarray(mask)
     if mask.dtype != np.uint8 and mask.size and mask.min() >= 0 and mask.max() < 256:
         mask = mask.astype(np.uint8)  # OpenCV's look-up, blend and masked copy below work on bytes
+    fg = (mask > 0).view(np.uint8)
+    # only the classes' bounding box is blended and traced: a spine is a fraction of a slice
+    x0, y0, w, h = cv2.boundingRect(fg)
+    if w == 0:
+        return rgb
+    y1, x1 = y0 + h, x0 + w
+    mask, fg, box = mask[y0:y1, x0:x1], fg[y0:y1, x0:x1], rgb[y0:y1, x0:x1]
     if mask.dtype == np.uint8:
+        mask = np.ascontiguousarray(mask)
         present = np.flatnonzero(cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel())  # np.bincount: 10x
-        lut = PALETTE[np.arange(256) % len(PALETTE)][None]  # (1, 256, 3)
-        colours = cv2.LUT(cv2.merge([mask, mask, mask]), lut)
+        # one look-up per channel: twice as fast as a 3-channel look-up of the mask merged three times
+        colours = cv2.merge([cv2.LUT(mask, lut) for lut in _CHANNEL_LUTS])
     else:  # class ids beyond a byte
         present = np.unique(mask)
         colours = PALETTE[mask.astype(np.int64) % len(PALETTE)]
-    fg = (mask > 0).view(np.uint8)
-    blended = cv2.addWeighted(rgb, 1 - alpha, colours, alpha, 0)
-    cv2.copyTo(blended, fg, rgb)
+    blended = cv2.addWeighted(box, 1 - alpha, colours, alpha, 0)
+    done = cv2.copyTo(blended, fg, box)  # into the view (np.copyto with where= takes 40x as long)
+    if done is not box:  # had OpenCV copied the view instead of writing into it
+        box[...] = done
     if outline:
         for c in present:
             if c == 0:
                 continue
-            contours, _ = cv2.findContours((mask == c).view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            contours, _ = cv2.findContours((mask == c).view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
+                                           offset=(x0, y0))
             cv2.drawContours(rgb, contours, -1, tuple(int(v) for v in PALETTE[int(c) % len(PALETTE)]), 1)
     return rgb
 
@@ -105,5 +117,23 @@ def draw_labels(
 PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
 
 
+# JPEG quality 90 with full-resolution colour (4:4:4; 4:2:0 smears 1-px coloured outlines and box edges):
+# on 512x512 diagnose overlays about 6x faster to encode than the PNG above (0.8 vs 5 ms) and a third of its
+# size, with outlines, lines and labels looking the same at 3x zoom
+JPEG_PARAMS = (cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)
+# file formats of pictures people look at: lossy and fast, or lossless
+IMAGE_FORMATS = ("jpg", "png")
+
+
 def save_png(rgb: np.ndarray, path) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS)
+
+
+def save_image(rgb: np.ndarray, path) -> None:
+    """``rgb`` (uint8) as a JPEG (``.jpg``, :data:`JPEG_PARAMS`) or PNG (``.png``), by ``path``'s suffix."""
+    suffix = str(path).rsplit(".", 1)[-1].lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: save as one of {', '.join('.' + f for f in IMAGE_FORMATS)}")
+    params = JPEG_PARAMS if suffix == "jpg" else PNG_PARAMS
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
+        raise OSError(f"{path}: could not be written")
