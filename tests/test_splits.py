@@ -269,3 +269,31 @@ def test_bad_folds_files_are_refused_naming_file_and_row(tmp_path):
     ids = ["a", "b", "c", "d"]
     with pytest.raises(DataError, match=r"1 patient\(s\) of the data set have no fold in the folds file: \['d'\]"):
         split_patients(ids, assigned_folds={"a": 0, "b": 1, "c": 1}, ratios=(0.8, 0.2, 0.0))
+
+
+def test_a_folds_file_also_holds_fold_k_out_of_extra_training_data(tmp_path, tiny_phantom, compose_cfg):
+    """Extra training rows of patients in the held-out fold are dropped (they are fold k's patients in the
+    shared folds file, e.g. graded crops of slices that fold k's end-to-end evaluation diagnoses)."""
+    import hydra
+    import pandas as pd
+
+    from spinenet.data.splits import save_folds
+    from tests.conftest import tiny_train_overrides
+
+    root = tiny_phantom["sagittal"]
+    main = pd.read_csv(root / "manifest.csv", dtype=str)
+    extra = main.copy()
+    extra["patient_id"] = "x" + extra["patient_id"]  # other patients, the same images
+    extra_manifest = tmp_path / "extra.csv"
+    extra.to_csv(extra_manifest, index=False)
+    patients = sorted(set(main["patient_id"])) + sorted(set(extra["patient_id"]))
+    fold_of = {p: i % 3 for i, p in enumerate(patients)}
+    folds = save_folds(fold_of, tmp_path / "folds.csv")
+    cfg = compose_cfg([*tiny_train_overrides(root), f"data.split.folds_file={folds}", "data.split.fold=2",
+                       f"+data.extra_train=[{{root: {root}, manifest: {extra_manifest}}}]"])
+    dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+    dm.setup()
+    kept = dm.load_extra_train(dm.load_frame())
+    assert set(kept["patient_id"]) == {p for p in set(extra["patient_id"]) if fold_of[p] != 2}
+    n_main_train = main["patient_id"].isin(dm.splits["train"]).sum()
+    assert len(dm.datasets["train"]) == n_main_train + len(kept)

@@ -352,6 +352,7 @@ class SpineDataModule(L.LightningDataModule):
             rows = load_manifest(spec)
             if self.check != "off":
                 raise_if_bad(check_dataset(spec, deep=self.check == "deep"), f"data.extra_train[{i}]")
+            rows = self._without_held_out_folds(rows, spec.patient_col, f"data.extra_train[{i}]")
             leaked = sorted({str(p) for p in rows[spec.patient_col]} & set(held_out))
             if leaked:
                 shown = ", ".join(f"{p} ({held_out[p]})" for p in leaked[:10])
@@ -366,6 +367,20 @@ class SpineDataModule(L.LightningDataModule):
                 rows = rows.rename(columns={spec.level_col: self.spec.level_col})
             parts.append(rows)
         return pd.concat(parts, ignore_index=True)
+
+    def _without_held_out_folds(self, rows: pd.DataFrame, patient_col: str, source: str) -> pd.DataFrame:
+        """With a folds file, the rows of patients in the held-out fold are dropped: the file holds out fold k's
+        patients in every data set, also those only this extra data has (e.g. graded crops of slices the
+        end-to-end evaluation of fold k diagnoses)."""
+        folds_file = self.split_cfg.get("folds_file")
+        if not folds_file:
+            return rows
+        fold_of, fold = load_folds(folds_file), int(self.split_cfg.get("fold", 0))
+        held = rows[patient_col].astype(str).map(lambda p: fold_of.get(p) == fold)
+        if held.any():
+            log.info("%s: %d row(s) of %d patient(s) in held-out fold %d of %s left out", source, int(held.sum()),
+                     rows.loc[held, patient_col].nunique(), fold, folds_file)
+        return rows[~held]
 
     def training_transform(self):
         """The training split's pipeline: the input spec's geometry plus ``augment`` (evaluation splits use
