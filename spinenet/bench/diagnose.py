@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,6 +109,33 @@ def _engines(requested: Sequence[str] | None, dev: str) -> list[str]:
     return ["torch", "onnxruntime"] if dev == "cpu" else ["torch"]
 
 
+def _unet_alone_rate(seg_model: Any, batch_size: int, images: int, dev: str) -> float:
+    """Images/s of the segmenter alone on random input, same engine and batch size (after one warm-up call)."""
+    xb = torch.rand(batch_size, 1, 256, 256, device=dev)
+    seg_model(xb)
+    _sync(dev)
+    t = time.perf_counter()
+    calls = max(1, images // batch_size)
+    for _ in range(calls):
+        seg_model(xb)
+    _sync(dev)
+    return batch_size * calls / (time.perf_counter() - t)
+
+
+def _flops_per_image(unet: torch.nn.Module, discnet: torch.nn.Module, slices: Sequence[np.ndarray], seg: Any,
+                     cls: Any, dev: str) -> float:
+    """U-Net FLOPs plus DiscNet FLOPs times the discs classified per image (counted on 8 slices); printed."""
+    unet_flops = _flops(unet, torch.rand(1, 1, 256, 256, device=dev))
+    disc_flops = _flops(discnet, torch.rand(1, 1, 64, 64, device=dev))
+    res = diagnose_images(slices[:8], "sagittal", seg, cls, 8)
+    classified = sum(d["classified"] for r in res for d in r["discs"]) / len(res)
+    found = sum(len(r["discs"]) for r in res) / len(res)
+    per_image = unet_flops + classified * disc_flops
+    print(f"FLOPs per image: U-Net {unet_flops / 1e9:.3f} G + DiscNet {disc_flops / 1e6:.2f} M x {classified:.1f} "
+          f"classified discs ({found:.1f} found) = {per_image / 1e9:.3f} GFLOP")
+    return per_image
+
+
 def benchmark(images: int | None = None, distinct: int | None = None, batch_sizes: Sequence[int] | None = None,
               pipeline_threads: int | None = None, threads: int | None = None, channels_last: bool = True,
               engines: Sequence[str] | None = None, repeats: int | None = None, device: str | None = None,
@@ -156,15 +184,7 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
 
     print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last (torch): {channels_last}, "
           f"torch {torch.__version__}, engines: {', '.join(engines)}, overlays: {overlays} ({overlay_format})")
-    x1 = torch.rand(1, 1, 256, 256, device=dev)
-    unet_flops = _flops(unet, x1)
-    disc_flops = _flops(discnet, torch.rand(1, 1, 64, 64, device=dev))
-    res = diagnose_images(slices[:8], "sagittal", _Oracle(torch_seg, pairs), torch_cls, 8)
-    classified = sum(d["classified"] for r in res for d in r["discs"]) / len(res)
-    found = sum(len(r["discs"]) for r in res) / len(res)
-    per_image = unet_flops + classified * disc_flops
-    print(f"FLOPs per image: U-Net {unet_flops / 1e9:.3f} G + DiscNet {disc_flops / 1e6:.2f} M x {classified:.1f} "
-          f"classified discs ({found:.1f} found) = {per_image / 1e9:.3f} GFLOP")
+    per_image = _flops_per_image(unet, discnet, slices, _Oracle(torch_seg, pairs), torch_cls, dev)
     peak = _matmul_peak(dev)
     print(f"practical peak (2048^2 float32 matmul, measured): {peak / 1e9:.1f} GFLOP/s")
     if dev.startswith("cuda"):
@@ -185,15 +205,7 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
                 cpu.append(time.process_time() - c)
             assert summary["status_counts"]["ok"] == len(items), summary["status_counts"]
             ips = len(items) / min(times)
-            # the U-Net alone, same engine and batch size
-            xb = torch.rand(bs, 1, 256, 256, device=dev)
-            seg_model(xb)
-            _sync(dev)
-            t = time.perf_counter()
-            for _ in range(max(1, images // bs)):
-                seg_model(xb)
-            _sync(dev)
-            unet_ips = bs * max(1, images // bs) / (time.perf_counter() - t)
+            unet_ips = _unet_alone_rate(seg_model, bs, images, dev)
             if ips > best.get(engine, (0.0, 0.0, 0))[0]:
                 best[engine] = (ips, unet_ips, bs)
             print(f"{engine:11s} batch {bs:3d}: end to end {ips:6.1f} images/s ({1000 / ips:.1f} ms/image, "
