@@ -87,22 +87,13 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _data_folds(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from spinenet.data.splits import fold_counts, write_folds_file
 
-    from spinenet.data.splits import deal_folds, fold_counts, read_patient_column, save_folds
-
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SpinenetError(f"--out {out} exists; pass --overwrite to replace it")
-    lists = []
-    for item in args.csvs:
-        path, _, column = item.partition("=")
-        lists.append((path, read_patient_column(path, column or "patient_id")))
-    fold_of = deal_folds([patients for _, patients in lists], args.k, args.seed)
-    save_folds(fold_of, out)
-    print(f"{len(fold_of)} patients in {args.k} folds written: {out}")
-    for path, patients in lists:
-        print(f"  {path}: {len(patients)} patients, per fold {fold_counts(fold_of, patients)}")
+    sources = [(path, column or "patient_id") for path, _, column in (c.partition("=") for c in args.csvs)]
+    fold_of, patients = write_folds_file(sources, args.out, args.k, args.seed, args.overwrite)
+    print(f"{len(fold_of)} patients in {args.k} folds written: {args.out}")
+    for path, ids in patients.items():
+        print(f"  {path}: {len(ids)} patients, per fold {fold_counts(fold_of, ids)}")
     return 0
 
 

@@ -7,6 +7,7 @@ repeated exactly. Subclasses only say what one sample is.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
@@ -300,6 +301,17 @@ class SpineDataModule(L.LightningDataModule):
         check_splits(splits, frame[pcol])
         return splits
 
+    @functools.cached_property
+    def fold_assignment(self) -> dict[str, int] | None:
+        """The folds file's patient -> fold (``data.split.folds_file``, read once), or None without one."""
+        folds_file = self.split_cfg.get("folds_file")
+        if not folds_file:
+            return None
+        try:
+            return load_folds(folds_file)
+        except DataError as e:
+            raise DataError(f"data.split.folds_file: {e}") from e
+
     def _assigned_folds(self) -> tuple[dict[str, int] | None, str]:
         """The folds file's patient -> fold (or None) and which split fold k is: with a folds file always
         the test split, so the same patients are held out in every data set that uses the file."""
@@ -309,10 +321,7 @@ class SpineDataModule(L.LightningDataModule):
         if fold_split not in (None, "test"):
             raise ConfigError(f"data.split.folds_file={folds_file} makes fold k the test split; "
                               f"data.split.fold_split={fold_split!r} contradicts it (leave it null or test)")
-        try:
-            return load_folds(folds_file), "test"
-        except DataError as e:
-            raise DataError(f"data.split.folds_file: {e}") from e
+        return self.fold_assignment, "test"
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
@@ -372,14 +381,14 @@ class SpineDataModule(L.LightningDataModule):
         """With a folds file, the rows of patients in the held-out fold are dropped: the file holds out fold k's
         patients in every data set, also those only this extra data has (e.g. graded crops of slices the
         end-to-end evaluation of fold k diagnoses)."""
-        folds_file = self.split_cfg.get("folds_file")
-        if not folds_file:
+        fold_of = self.fold_assignment
+        if fold_of is None:
             return rows
-        fold_of, fold = load_folds(folds_file), int(self.split_cfg.get("fold", 0))
-        held = rows[patient_col].astype(str).map(lambda p: fold_of.get(p) == fold)
+        fold = int(self.split_cfg.get("fold", 0))
+        held = rows[patient_col].astype(str).isin({p for p, f in fold_of.items() if f == fold})
         if held.any():
             log.info("%s: %d row(s) of %d patient(s) in held-out fold %d of %s left out", source, int(held.sum()),
-                     rows.loc[held, patient_col].nunique(), fold, folds_file)
+                     rows.loc[held, patient_col].nunique(), fold, self.split_cfg["folds_file"])
         return rows[~held]
 
     def training_transform(self):

@@ -374,8 +374,13 @@ def load_splits(path: str | Path) -> dict[str, list[str]]:
 FOLDS_COLUMNS = ("patient_id", "fold")
 
 
+def fold_count(fold_of: Mapping[str, int]) -> int:
+    """How many folds a patient -> fold assignment has (folds are numbered from 0)."""
+    return max(fold_of.values(), default=-1) + 1
+
+
 def _assigned_fold_count(assigned: Mapping[str, int], folds: int | None) -> int:
-    k = max(assigned.values(), default=-1) + 1
+    k = fold_count(assigned)
     if folds is not None and folds != k:
         raise ConfigError(f"split.folds={folds} but the folds file has {k} folds (0..{k - 1}); set split.folds=null")
     return k
@@ -391,14 +396,15 @@ def deal_folds(patient_lists: Sequence[Sequence[str]], k: int, seed: int = 0) ->
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ConfigError(f"folds must be an integer >= 2, got {k!r}")
-    rng = np.random.default_rng(seed)
-    fold_of: dict[str, int] = {}
-    turn = 0
+    seen: set[str] = set()
+    groups = []  # each list's patients not dealt before, sorted: input order must not matter
     for patients in patient_lists:
-        new = sorted({str(p) for p in patients} - set(fold_of))  # sorted: input order must not matter
-        for p in rng.permutation(new) if new else []:
-            fold_of[str(p)] = turn % k
-            turn += 1
+        new = sorted({str(p) for p in patients} - seen)
+        seen.update(new)
+        if new:
+            groups.append(new)
+    dealt = _deal_folds(groups, k, np.random.default_rng(seed))  # the deal goes on from list to list
+    fold_of = {p: i for i, members in enumerate(dealt) for p in members}
     if len(fold_of) < k:
         raise DataError(f"{len(fold_of)} patient(s) for {k} folds: every fold needs at least one")
     return fold_of
@@ -415,18 +421,24 @@ def save_folds(fold_of: Mapping[str, int], path: str | Path) -> Path:
     return path
 
 
+def _read_text_csv(path: Path, missing: str, unreadable: str):
+    """A CSV with every cell as text (empty cells as ""); ``DataError`` with ``missing`` / ``unreadable``."""
+    import pandas as pd  # lazy: start-up
+
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError as e:
+        raise DataError(missing) from e
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{unreadable}: {e}") from e
+
+
 def load_folds(path: str | Path) -> dict[str, int]:
     """Read a folds file (``patient_id,fold``; folds 0..k-1, each used); ``DataError`` naming the file and
     the row when it is not one."""
-    import pandas as pd
-
     path = Path(path)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError as e:
-        raise DataError(f"no folds file {path} (write one with spinenet data folds)") from e
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"cannot read folds file {path}: {e}") from e
+    frame = _read_text_csv(path, f"no folds file {path} (write one with spinenet data folds)",
+                           f"cannot read folds file {path}")
     absent = [c for c in FOLDS_COLUMNS if c not in frame.columns]
     if absent:
         raise DataError(f"folds file {path} lacks column(s) {absent}; it needs {list(FOLDS_COLUMNS)}")
@@ -438,7 +450,7 @@ def load_folds(path: str | Path) -> dict[str, int]:
         if not pid or pid in fold_of:
             raise DataError(f"folds file {path}, row {row}: patient {pid!r} is empty or listed twice")
         fold_of[pid] = int(fold)
-    k = max(fold_of.values(), default=-1) + 1
+    k = fold_count(fold_of)
     unused = sorted(set(range(k)) - set(fold_of.values()))
     if k < 2 or unused:
         raise DataError(f"folds file {path}: folds must be 0..k-1 with k >= 2, each used; got {k} fold(s)"
@@ -448,15 +460,8 @@ def load_folds(path: str | Path) -> dict[str, int]:
 
 def read_patient_column(path: str | Path, column: str = "patient_id") -> list[str]:
     """The distinct patient ids of one column of a CSV (a data set's manifest, a gradings file), in order."""
-    import pandas as pd
-
     path = Path(path)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError as e:
-        raise DataError(f"no such file {path}") from e
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+    frame = _read_text_csv(path, f"no such file {path}", f"cannot read {path}")
     if column not in frame.columns:
         raise DataError(f"{path} has no column {column!r} (its columns: {list(frame.columns)}); "
                         f"name the patient column as {path}={'{COLUMN}'}")
@@ -465,9 +470,23 @@ def read_patient_column(path: str | Path, column: str = "patient_id") -> list[st
 
 def fold_counts(fold_of: Mapping[str, int], patients: Iterable[str]) -> list[int]:
     """How many of ``patients`` each fold holds."""
-    k = max(fold_of.values(), default=-1) + 1
-    counts = [0] * k
+    counts = [0] * fold_count(fold_of)
     for p in patients:
         if p in fold_of:
             counts[fold_of[p]] += 1
     return counts
+
+
+def write_folds_file(
+    sources: Sequence[tuple[str | Path, str]], out: str | Path, k: int = 5, seed: int = 0, overwrite: bool = False
+) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """``spinenet data folds``: the patients of each ``(csv, patient column)`` in turn, dealt into ``k`` folds
+    (:func:`deal_folds`) and written to ``out`` (never over an existing file unless ``overwrite``). Returns the
+    assignment and each source's patients."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} exists; pass --overwrite to replace it")
+    patients = {str(path): read_patient_column(path, column) for path, column in sources}
+    fold_of = deal_folds(list(patients.values()), k, seed)
+    save_folds(fold_of, out)
+    return fold_of, patients
