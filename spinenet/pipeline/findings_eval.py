@@ -154,6 +154,7 @@ def measurement_rows(docs: Mapping[str, Mapping[str, Any]], levels: Sequence[str
 
     graded: dict[tuple[str, int], dict[str, Any]] = {}
     findings = sorted({f for _, f, _ in MEASUREMENT_PREDICTORS})
+    heads = head_columns(docs)
     if gradings is not None:
         from spinenet.data.gradings import read_gradings
 
@@ -162,7 +163,7 @@ def measurement_rows(docs: Mapping[str, Mapping[str, Any]], levels: Sequence[str
         if absent:
             raise DataError(f"--gradings {gradings}: no column(s) {absent} (columns: {list(table.columns)})")
         # the graded findings a multi-task classifier's binary heads were trained on, scored like measurements
-        findings = sorted(set(findings) | {c for c in head_columns(docs).values() if c in table.columns})
+        findings = sorted(set(findings) | {c for c in heads.values() if c in table.columns})
         for r in table.to_dict("records"):
             graded[(str(r["patient_id"]), int(r["ivd_label"]))] = {
                 f: (None if r[f] is None or (isinstance(r[f], float) and math.isnan(r[f])) else int(r[f] > 0))
@@ -186,7 +187,7 @@ def measurement_rows(docs: Mapping[str, Mapping[str, Any]], levels: Sequence[str
             ms = per_level.get(lv, [])
             unit = next((m["unit"] for m in ms if m.get("unit")), None)
             row: dict[str, Any] = {"patient": pid, "level": lv, TRUTH_FINDING: truth[pid][lv], "unit": unit}
-            for k in (*VALUE_FIELDS, *(f"p_{name}" for name in head_columns(docs))):
+            for k in (*VALUE_FIELDS, *(f"p_{name}" for name in heads)):
                 vals = [float(m[k]) for m in ms if m.get(k) is not None]
                 row[k] = round(float(np.mean(vals)), 4) if vals else None
             if gradings is not None:
@@ -515,7 +516,9 @@ def patient_findings(
     one folder per fold in fold order) folder k contributes only the patients of fold k: those its models held
     out, so that every patient is scored once, by models that never saw it."""
     if fold_of is not None:
-        k = max(fold_of.values()) + 1
+        from spinenet.data.splits import fold_count
+
+        k = fold_count(fold_of)
         if len(findings) != k:
             raise ConfigError(f"--folds has {k} folds but {len(findings)} --findings folder(s) were given: pass "
                               "one per fold, in fold order (the diagnose output of fold 0's models first)")
@@ -602,9 +605,9 @@ def evaluate_findings(
     truth_rows = {p: {lv: int(v) for lv, v in zip(names, row, strict=True)} for p, row in zip(evaluated, y, strict=True)}
     measured = score_sagittal_measurements({p: doc_of[p] for p in evaluated}, names, truth_rows, disc_gradings,
                                            bootstrap)
-    models = [m for m in dict.fromkeys(json.dumps(d.get("models"), sort_keys=True)
-                                       for d in doc_of.values() if d.get("models"))]
-    models = [json.loads(m) for m in models]
+    # the distinct model sets: one per fold when folders are pooled
+    models = [json.loads(m) for m in dict.fromkeys(json.dumps(d["models"], sort_keys=True)
+                                                   for d in doc_of.values() if d.get("models"))]
     not_diagnosed = sorted(p for p in gradings if p not in study_of and p not in excluded_where)
     return {
         "format": FORMAT, "version": VERSION,
