@@ -119,9 +119,7 @@ def number_slice(
                               f"{len(rows)} discs found, graded discs {sorted(graded)}: levels uncertain")
     if rule == "count" or graded != set(range(1, len(graded) + 1)) or not set(BOX_COLUMNS) <= set(rows.columns):
         return (_numbered(rows, numbers.astype(int)), []) if counted else (none, [count_differs])
-    # the disc's centroid where roi wrote it (older manifests: the crop box's centre, off where it is clipped)
-    cx = rows["cx"] if "cx" in rows else (rows["x0"] + rows["x1"]) / 2
-    cy = rows["cy"] if "cy" in rows else (rows["y0"] + rows["y1"]) / 2
+    cx, cy = disc_centres(rows)
     boxes = [Box(int(r.x0), int(r.y0), int(r.x1), int(r.y1), float(r.area), float(x), float(y))
              for r, x, y in zip(rows.itertuples(), cx, cy, strict=True)]
     placed, reasons = number_discs(boxes, len(graded))
@@ -138,6 +136,14 @@ def number_slice(
                 for p, why, image in zip(placed, reasons, rows["image"], strict=True) if p is None]
     keep = pd.Series([p is not None for p in placed], index=rows.index)
     return _numbered(rows[keep], pd.Series([p for p in placed if p is not None], index=rows.index[keep])), left_out
+
+
+def disc_centres(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Each crop's disc centre: the centroid ``spinenet roi`` wrote (``cx, cy``), or in older manifests the crop
+    box's centre (off where the box is clipped at the image edge)."""
+    cx = rows["cx"] if "cx" in rows else (rows["x0"] + rows["x1"]) / 2
+    cy = rows["cy"] if "cy" in rows else (rows["y0"] + rows["y1"]) / 2
+    return cx, cy
 
 
 def _numbered(rows: pd.DataFrame, numbers: pd.Series) -> pd.DataFrame:

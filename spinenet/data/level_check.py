@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spinenet.data.gradings import RULES, graded_discs, number_slice, read_crop_manifest
+from spinenet.data.gradings import RULES, disc_centres, graded_discs, number_slice, read_crop_manifest
 from spinenet.errors import DataError
 
 EXACT_RMS = 0.01  # r.m.s. difference (images in [0, 1]) under which a disc crop was cut from the slice
@@ -98,8 +98,7 @@ def check_levels(numbered: pd.DataFrame, known: pd.DataFrame) -> tuple[pd.DataFr
     numbered crop), ``slices_right`` (every crop right), ``discs``, ``discs_right``.
     """
     known = known[known["exact"]]
-    cx = numbered["cx"] if "cx" in numbered else (numbered["x0"] + numbered["x1"]) / 2
-    cy = numbered["cy"] if "cy" in numbered else (numbered["y0"] + numbered["y1"]) / 2
+    cx, cy = disc_centres(numbered)
     checked = numbered.assign(cx=cx, cy=cy)
     checked = checked[checked.set_index(["patient_id", "source_image"]).index.isin(
         known.set_index(["patient_id", "source_image"]).index)].copy()
