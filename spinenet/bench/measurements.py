@@ -97,7 +97,7 @@ def draw(root: Path, out: Path, patients: int, ids: Sequence[str] = ()) -> list[
 
     from spinenet.data.io import read_image
     from spinenet.pipeline.measurements import draw_measurements, measure_sagittal
-    from spinenet.utils.overlay import overlay_mask, save_png
+    from spinenet.utils.overlay import overlay_mask, save_image
 
     df = pd.read_csv(root / "seg_t2space" / "manifest.csv", dtype={"patient_id": str})
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def draw(root: Path, out: Path, patients: int, ids: Sequence[str] = ()) -> list[
                 cv2.putText(rgb, text, (max(0, int(x * s) - 420), int(y * s)), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
                             (255, 255, 0), 2, cv2.LINE_AA)
         path = out / f"{pid}_slice{int(row['slice'])}_measurements.png"
-        save_png(rgb, path)
+        save_image(rgb, path)
         written.append(path)
     return written
 

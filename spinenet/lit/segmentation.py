@@ -21,7 +21,7 @@ from spinenet.metrics.segmentation import (
     flatten_metrics,
     to_native_resolution,
 )
-from spinenet.utils.overlay import comparison_grid, save_png
+from spinenet.utils.overlay import comparison_grid, save_image
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class SegmentationModule(WritesContract, L.LightningModule):
                                [p.numpy() for p in b["pred"]])
         out = Path(self.trainer.default_root_dir) / "overlays"
         out.mkdir(parents=True, exist_ok=True)
-        save_png(grid, out / f"val_epoch{self.current_epoch:03d}.png")
+        save_image(grid, out / f"val_epoch{self.current_epoch:03d}.png")
         for logger in self.loggers:
             if hasattr(logger, "log_image"):  # W&B
                 logger.log_image(key="val/overlay", images=[grid],

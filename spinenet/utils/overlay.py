@@ -125,10 +125,6 @@ JPEG_PARAMS = (cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, c
 IMAGE_FORMATS = ("jpg", "png")
 
 
-def save_png(rgb: np.ndarray, path) -> None:
-    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), PNG_PARAMS)
-
-
 def save_image(rgb: np.ndarray, path) -> None:
     """``rgb`` (uint8) as a JPEG (``.jpg``, :data:`JPEG_PARAMS`) or PNG (``.png``), by ``path``'s suffix."""
     suffix = str(path).rsplit(".", 1)[-1].lower()
