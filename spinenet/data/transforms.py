@@ -91,35 +91,101 @@ def build_transforms(
     """The albumentations pipeline for one split (augmentation only when ``train``)."""
     ops: list[A.BasicTransform] = list(_geometry(image_size, resize_mode))
     if train and augment:
-        known = {"crop", "hflip", "brightness", "rotate", "shift", "p_affine"}
-        unknown = set(augment) - known
+        unknown = set(augment) - set(AUGMENT_KEYS)
         if unknown:
-            raise ConfigError(f"data.augment: unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        if augment.get("crop"):
-            # patch training: a random window of the resized image, so a finer resolution costs no more
-            # per step; validation and test still see the whole image (the networks are fully convolutional)
-            ch, cw = _size(augment["crop"])
-            h, w = _size(image_size)
-            if ch > h or cw > w:
-                raise ConfigError(
-                    f"data.augment.crop {[ch, cw]} must fit inside data.image_size {[h, w]} (height, width)"
-                )
-            ops.append(A.RandomCrop(ch, cw))
-        if augment.get("hflip", 0) > 0:
-            ops.append(A.HorizontalFlip(p=float(augment["hflip"])))
-        if augment.get("brightness", 0) > 0:
-            b = float(augment["brightness"])
-            ops.append(A.RandomBrightnessContrast(brightness_limit=b, contrast_limit=b / 2, p=0.5))
-        rotate, shift = float(augment.get("rotate", 0)), float(augment.get("shift", 0))
-        if rotate > 0 or shift > 0:
-            ops.append(
-                A.Affine(
-                    rotate=(-rotate, rotate),
-                    translate_percent=(-shift, shift),
-                    border_mode=cv2.BORDER_CONSTANT,
-                    fill=0,
-                    fill_mask=0,
-                    p=float(augment.get("p_affine", 0.5)),
-                )
-            )
+            raise ConfigError(f"data.augment: unknown keys {sorted(unknown)}; valid keys: {sorted(AUGMENT_KEYS)}")
+        ops += _crop(augment, image_size) + _geometric(augment) + _photometric(augment)
     return A.Compose(ops)
+
+
+# data.augment's keys (each 0 or null: off); the photometric ones apply each with probability 0.5
+AUGMENT_KEYS = {
+    "crop": "[h, w]: train on random patches of the resized image",
+    "hflip": "probability of a horizontal flip",
+    "rotate": "degrees, uniform in [-rotate, rotate]",
+    "shift": "fraction of the size, uniform in [-shift, shift]",
+    "scale": "zoom, uniform in [1 - scale, 1 + scale]",
+    "p_affine": "probability of the rotation/shift/zoom",
+    "brightness": "brightness limit (and contrast limit, unless contrast is set: brightness / 2)",
+    "contrast": "contrast limit",
+    "gamma": "gamma, uniform in [1 - gamma, 1 + gamma]",
+    "intensity_curve": "jitter of a random monotone intensity curve (another MRI contrast), 0-1",
+    "blur": "largest Gaussian blur sigma in pixels (thicker slices, coarser scanners)",
+}
+
+
+def _crop(augment: Mapping, image_size: Sequence[int]) -> list[A.BasicTransform]:
+    if not augment.get("crop"):
+        return []
+    # patch training: a random window of the resized image, so a finer resolution costs no more per step;
+    # validation and test still see the whole image (the networks are fully convolutional)
+    ch, cw = _size(augment["crop"])
+    h, w = _size(image_size)
+    if ch > h or cw > w:
+        raise ConfigError(f"data.augment.crop {[ch, cw]} must fit inside data.image_size {[h, w]} (height, width)")
+    return [A.RandomCrop(ch, cw)]
+
+
+def _geometric(augment: Mapping) -> list[A.BasicTransform]:
+    ops: list[A.BasicTransform] = []
+    if augment.get("hflip", 0) > 0:
+        ops.append(A.HorizontalFlip(p=float(augment["hflip"])))
+    rotate, shift = float(augment.get("rotate") or 0), float(augment.get("shift") or 0)
+    scale = float(augment.get("scale") or 0)
+    if rotate > 0 or shift > 0 or scale > 0:
+        ops.append(
+            A.Affine(
+                rotate=(-rotate, rotate),
+                translate_percent=(-shift, shift),
+                scale=(1 - scale, 1 + scale),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=0,
+                p=float(augment.get("p_affine", 0.5)),
+            )
+        )
+    return ops
+
+
+def _photometric(augment: Mapping) -> list[A.BasicTransform]:
+    ops: list[A.BasicTransform] = []
+    brightness = float(augment.get("brightness") or 0)
+    contrast = float(augment["contrast"]) if augment.get("contrast") is not None else brightness / 2
+    if brightness > 0 or contrast > 0:
+        ops.append(A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5))
+    if augment.get("gamma"):
+        g = float(augment["gamma"])
+        if not 0 < g < 1:
+            raise ConfigError(f"data.augment.gamma must be in (0, 1), got {g}")
+        ops.append(A.RandomGamma(gamma_limit=(100 * (1 - g), 100 * (1 + g)), p=0.5))
+    if augment.get("intensity_curve"):
+        ops.append(RandomIntensityCurve(float(augment["intensity_curve"]), p=0.5))
+    if augment.get("blur"):
+        ops.append(A.GaussianBlur(sigma_limit=(0.1, float(augment["blur"])), p=0.5))
+    return ops
+
+
+class RandomIntensityCurve(A.ImageOnlyTransform):
+    """A random monotone piecewise-linear intensity curve through ``knots`` evenly spaced points, each moved
+    by up to ``jitter`` of the spacing (0 and 1 stay): what one MRI sequence shows bright another shows mid-gray
+    (fat in T2 TSE against T2-SPACE), so a segmenter trained on one contrast learns shapes, not gray levels.
+    The idea of MONAI's RandHistogramShift, drawn from albumentations' seeded generator. Float images in [0, 1]."""
+
+    def __init__(self, jitter: float = 0.5, knots: int = 4, p: float = 0.5):
+        super().__init__(p=p)
+        if not 0 < jitter <= 1:
+            raise ConfigError(f"data.augment.intensity_curve must be in (0, 1], got {jitter}")
+        self.jitter, self.knots = float(jitter), int(knots)
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        x = np.linspace(0.0, 1.0, self.knots + 2)
+        step = x[1] - x[0]
+        moved = x[1:-1] + self.random_generator.uniform(-self.jitter, self.jitter, self.knots) * step
+        return {"x": x, "y": np.concatenate([[0.0], np.sort(moved), [1.0]])}
+
+    def apply(self, img: np.ndarray, x: np.ndarray, y: np.ndarray, **params) -> np.ndarray:
+        return np.interp(img, x, y).astype(img.dtype)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("jitter", "knots")
+
