@@ -516,6 +516,53 @@ def test_the_canal_must_run_on_one_side_of_the_discs(alternate, plausible):
         assert "canal is not on one side" in why
 
 
+def test_canal_marked_far_in_front_of_the_spine_does_not_turn_it_round():
+    """The canal right behind five discs, and a wide canal-labelled strip far in front of two of them (the
+    bright edge of the body, as a T2-SPACE U-Net marked on T2 TSE slices): still a spine, facing left, and
+    measured as such; the strip alone near the discs would make it implausible."""
+    from spinenet.pipeline.diagnose import checked_disc_boxes
+    from spinenet.pipeline.measurements import ANTERIOR_LEFT, orientation
+
+    names = ["background", "disc", "vertebra", "canal"]
+    mask = np.zeros((200, 220), np.uint8)
+    mask[5:195, 100:140] = 2
+    mask[5:195, 144:152] = 3  # the canal, behind (right of) the discs
+    for row in (30, 65, 100, 135, 170):
+        mask[row - 4:row + 4, 98:142] = 1
+    mask[20:80, 2:40] = 3  # far in front of two discs: 38 px wide, more canal than the real one there
+    boxes, _, why = checked_disc_boxes(mask, "sagittal", 1, 20, names)
+    assert why is None and len(boxes) == 5
+    assert orientation(mask, discs=[b.as_tuple() for b in boxes]) == ANTERIOR_LEFT
+    near = mask.copy()
+    near[20:80, 60:98] = 3  # the same strip beside the discs: the canal on both sides
+    assert "canal is not on one side" in checked_disc_boxes(near, "sagittal", 1, 20, names)[2]
+
+
+def test_a_false_disc_beside_the_column_is_left_out_not_the_whole_slice():
+    """Five discs stacked with vertebrae and the canal behind them, and a disc-labelled blob far in front (bright
+    fat on another MRI contrast): the blob is listed as off the spine and the five discs keep their levels;
+    with the blob counted, the stack would be implausible ("not stacked along the spine")."""
+    from spinenet.pipeline.diagnose import checked_disc_boxes
+    from spinenet.pipeline.plausibility import sagittal_implausibility
+
+    names = ["background", "disc", "vertebra", "canal"]
+    mask = np.zeros((200, 160), np.uint8)
+    mask[5:195, 60:100] = 2  # vertebrae
+    mask[5:195, 104:112] = 3  # canal behind the discs
+    rows = (30, 65, 100, 135, 170)
+    for row in rows:
+        mask[row - 4:row + 4, 58:102] = 1
+    mask[150:158, 4:30] = 1  # in front of the spine, between two discs' rows
+    components = disc_boxes(mask, 1, 20)
+    assert "not stacked along the spine" in sagittal_implausibility(mask, components, names)
+    boxes, rejected, why = checked_disc_boxes(mask, "sagittal", 1, 20, names)
+    assert why is None
+    assert sorted(b.cy for b in boxes) == pytest.approx(rows, abs=1)
+    (off,) = rejected
+    assert off["box"] == [4, 150, 30, 158] and "not on the spine" in off["reason"]
+    assert assign_levels(boxes)[boxes.index(max(boxes, key=lambda b: b.cy))] == "L5-S1"
+
+
 def test_study_ids_keep_distinct_folders_inside_out(phantom_study, tmp_path):
     from spinenet.pipeline.diagnose import study_folders
 

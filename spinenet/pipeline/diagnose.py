@@ -57,14 +57,13 @@ from spinenet.pipeline.combine import (
     herniation_probability,
     is_herniated,
 )
-from spinenet.pipeline.plausibility import axial_implausibility, merge_fragments, sagittal_implausibility
+from spinenet.pipeline.plausibility import axial_implausibility, sagittal_discs
 from spinenet.roi import (
     Box,
     assign_levels,
     crop_roi,
     disc_boxes,
     enlarge_box,
-    plausible_sagittal_discs,
     square_box,
 )
 from spinenet.utils.outdir import prepare_output_dir
@@ -143,14 +142,13 @@ def checked_disc_boxes(
     mask: np.ndarray, view: str, disc_class: int, min_area: int, mask_classes: Sequence[str]
 ) -> tuple[list[Box], list[dict[str, Any]], str | None]:
     """The disc boxes levels are named on (sagittal: implausible components left out and listed, pieces of
-    one disc merged; axial: the largest), and why the mask is implausible for ``view`` (None when it is not)."""
+    one disc merged, discs off the curve of the others left out and listed; axial: the largest), and why the
+    mask is implausible for ``view`` (None when it is not)."""
     boxes = disc_boxes(mask, disc_class, min_area)
     if view == "axial":
         implausible = axial_implausibility(mask, boxes, mask_classes)
         return ([max(boxes, key=lambda b: b.area)] if boxes else []), [], implausible
-    boxes, rejected = plausible_sagittal_discs(boxes)
-    boxes = merge_fragments(boxes)
-    return boxes, rejected, sagittal_implausibility(mask, boxes, mask_classes)
+    return sagittal_discs(boxes, mask, mask_classes)
 
 
 def find_discs(

@@ -54,7 +54,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from spinenet.roi import Box, assign_levels, disc_boxes, plausible_sagittal_discs
+from spinenet.roi import Box, assign_levels, disc_boxes
 
 UNITS = ("mm", "px")
 ANTERIOR_LEFT, ANTERIOR_RIGHT = "anterior left", "anterior right"
@@ -140,13 +140,23 @@ def spacing_from_dicom(meta: dict[str, Any] | None) -> tuple[float, float] | Non
     return (row, col) if row > 0 and col > 0 and math.isfinite(row + col) else None
 
 
-def orientation(mask: np.ndarray, classes: MaskClasses = MaskClasses()) -> str | None:
-    """``anterior left`` when the canal's centroid lies right of the discs' (and vertebrae's), ``anterior
-    right`` when left of it; None without canal or disc pixels."""
+def orientation(mask: np.ndarray, classes: MaskClasses = MaskClasses(),
+                discs: Sequence[Sequence[float]] = ()) -> str | None:
+    """``anterior left`` when the canal lies right of the discs, ``anterior right`` when left of them; None
+    without canal or disc pixels. With ``discs`` (boxes ``x0, y0, x1, y1``): the side where the canal lies
+    beside most of them, only the canal near each disc counting
+    (:func:`~spinenet.pipeline.plausibility.canal_sides`: canal marked far in front of the spine does not
+    turn it round); otherwise, or on a tie, the canal's centroid against the discs'."""
+    from spinenet.pipeline.plausibility import canal_sides
+
     canal = np.nonzero(mask == classes.canal)[1]
     front = np.nonzero(mask == classes.disc)[1]
     if canal.size == 0 or front.size == 0:
         return None
+    boxes = [Box(*(int(v) for v in b[:4]), cx=(b[0] + b[2]) / 2, cy=(b[1] + b[3]) / 2) for b in discs]
+    vote = sum(canal_sides(mask, boxes, classes.canal))
+    if vote:
+        return ANTERIOR_LEFT if vote > 0 else ANTERIOR_RIGHT
     return ANTERIOR_LEFT if canal.mean() > front.mean() else ANTERIOR_RIGHT
 
 
@@ -447,17 +457,14 @@ def _mirror_box(box: Sequence[float], width: int) -> tuple[int, int, int, int]:
 def find_levels(mask: np.ndarray, classes: MaskClasses = MaskClasses(), min_area: int = 20
                 ) -> tuple[list[tuple[str, Box]], str | None]:
     """The discs of a sagittal mask with their level names, as ``spinenet diagnose`` finds them
-    (:func:`~spinenet.roi.disc_boxes`, :func:`~spinenet.roi.plausible_sagittal_discs`, pieces of one disc
-    merged, :func:`~spinenet.roi.assign_levels`: bottom-up, the lowest disc is L5-S1), and why the mask is no
-    plausible sagittal spine (:func:`~spinenet.pipeline.plausibility.sagittal_implausibility`; then no
-    level is named and the list is empty), else None."""
-    from spinenet.pipeline.plausibility import merge_fragments, sagittal_implausibility
+    (:func:`~spinenet.pipeline.plausibility.sagittal_discs`, then :func:`~spinenet.roi.assign_levels`:
+    bottom-up, the lowest disc is L5-S1), and why the mask is no plausible sagittal spine (then no level is
+    named and the list is empty), else None."""
+    from spinenet.pipeline.plausibility import sagittal_discs
 
-    boxes, _ = plausible_sagittal_discs(disc_boxes(mask, classes.disc, min_area))
-    boxes = merge_fragments(boxes)
     names = [""] * max(classes.disc, classes.vertebra, classes.canal, 0) + [""]
     names[classes.disc], names[classes.vertebra], names[classes.canal] = "disc", "vertebra", "canal"
-    why = sagittal_implausibility(mask, boxes, names)
+    boxes, _, why = sagittal_discs(disc_boxes(mask, classes.disc, min_area), mask, names)
     if why:
         return [], why
     return list(zip(assign_levels(boxes), boxes, strict=True)), None
@@ -488,7 +495,7 @@ def measure_sagittal(
     if mask.dtype != np.uint8 and mask.size and np.issubdtype(mask.dtype, np.integer) and 0 <= mask.min() \
             and mask.max() < 256:
         mask = mask.astype(np.uint8)  # diagnose's arg-max masks are int64: comparisons on bytes are faster
-    side = orientation(mask, classes)
+    side = orientation(mask, classes, [b for _, b in named])
     if side is None:
         why = "no canal or no disc in the mask: the posterior side is unknown"
         return SliceMeasurements(unit, None, [LevelMeasurement(lv, unit, reason=why) for lv, _ in named], why)

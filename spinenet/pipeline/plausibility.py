@@ -4,7 +4,8 @@ Levels are counted from the bottom disc, so a segmentation that is not a sagitta
 given as sagittal, noise, another body part) would still get levels and findings. These checks say "I don't
 know" instead: the image is reported as ``implausible for <view>`` with the reason, and no level is named.
 
-Sagittal (discs as found by :func:`spinenet.roi.geometry.disc_boxes`, implausible components already left out):
+Sagittal (discs as found by :func:`spinenet.roi.geometry.disc_boxes`, components that cannot be discs and
+discs off the spine's curve already left out, by :func:`sagittal_discs`):
 
 - 1 to :data:`SAGITTAL_MAX_DISCS` discs (a lumbar field of view shows L5-S1 up to the lower thoracic spine);
 - stacked along one axis: consecutive discs (by centroid row) are apart vertically by at least half the
@@ -24,10 +25,12 @@ phantom's (sagittal plausible; axial given as sagittal implausible); see tests/t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from spinenet.roi.geometry import Box
+from spinenet.roi.levels import off_the_spine, plausible_sagittal_discs
 
 SAGITTAL_MAX_DISCS = 10  # SPIDER's T2-SPACE ground truth shows up to 10 (T8-T9 .. L5-S1, the top ones cut)
 MAX_STEP_SLOPE = 1.5  # sideways shift / vertical distance between consecutive discs (up to 0.96 in SPIDER, 1.2 in the phantom)
@@ -36,6 +39,8 @@ MIN_CANAL_PIXELS = 20
 # the canal runs behind the discs: on one side of the stack at every disc's height (all 175 plausible SPIDER
 # ground-truth slices agree at >= 6 of 7 discs, where the band of an end disc can catch a curve of the canal)
 MIN_CANAL_SIDE_AGREEMENT = 0.8
+# how far from a disc's centre its canal is looked for, in disc widths (the canal touches the disc's back)
+CANAL_REACH = 1.5
 SPECK_FRACTION = 0.2
 
 
@@ -66,6 +71,25 @@ def merge_fragments(boxes: Sequence[Box]) -> list[Box]:
             if merged:
                 break
     return sorted(out, key=lambda b: (b.cy, b.cx))
+
+
+def sagittal_discs(
+    components: Sequence[Box], mask: np.ndarray, classes: Sequence[str]
+) -> tuple[list[Box], list[dict[str, Any]], str | None]:
+    """The discs levels are named on, from the disc class's ``components``
+    (:func:`~spinenet.roi.geometry.disc_boxes`), with the components left out and why, and why ``mask`` is no
+    plausible sagittal spine (None when it is): components that cannot be discs left out
+    (:func:`~spinenet.roi.levels.plausible_sagittal_discs`), pieces of one disc merged
+    (:func:`merge_fragments`), then discs off the curve of the others left out
+    (:func:`~spinenet.roi.levels.off_the_spine`): a false disc beside the column (bright fat or bowel on
+    another MRI contrast) would otherwise make the whole slice implausible, or rename every level below it."""
+    boxes, rejected = plausible_sagittal_discs(components)
+    boxes = merge_fragments(boxes)
+    off = off_the_spine(boxes)
+    rejected += [{"box": list(b.as_tuple()), "area": float(b.area), "reason": off[i]}
+                 for i, b in enumerate(boxes) if i in off]
+    boxes = [b for i, b in enumerate(boxes) if i not in off]
+    return boxes, rejected, sagittal_implausibility(mask, boxes, classes)
 
 
 def _class_id(classes: Sequence[str], name: str) -> int | None:
@@ -120,19 +144,27 @@ def sagittal_implausibility(mask: np.ndarray, discs: Sequence[Box], classes: Seq
     if canal is not None and int((mask == canal).sum()) < MIN_CANAL_PIXELS:
         return "no spinal canal segmented"
     if canal is not None:
-        sides = _canal_sides(mask, order, canal)
+        sides = canal_sides(mask, order, canal)
         if len(sides) >= 2 and max(sides.count(1), sides.count(-1)) < MIN_CANAL_SIDE_AGREEMENT * len(sides):
             return (f"the canal is not on one side of the discs (on one side at {sides.count(1)} discs, on the "
                     f"other at {sides.count(-1)})")
     return None
 
 
-def _canal_sides(mask: np.ndarray, discs: Sequence[Box], canal: int) -> list[int]:
-    """For each disc with canal pixels in its row band: +1 if the canal lies to its right, -1 to its left."""
+def canal_sides(mask: np.ndarray, discs: Sequence[Box], canal: int) -> list[int]:
+    """For each disc with canal pixels beside it: +1 if the canal lies to its right, -1 to its left.
+
+    Only the canal pixels in the disc's row band (one disc height above and below its centre) and within
+    :data:`CANAL_REACH` disc widths of its centre count: the canal runs right behind the disc, while a
+    U-Net trained on one MRI contrast can mark the bright edge of the body or bowel far in front of the spine
+    as canal on another."""
     sides = []
+    w = mask.shape[1]
     for b in discs:
-        band = mask[max(0, int(b.cy - b.height)):int(b.cy + b.height) + 1] == canal
-        xs = np.nonzero(band)[1]
+        reach = CANAL_REACH * max(b.width, 1)
+        x0 = max(0, int(b.cx - reach))
+        band = mask[max(0, int(b.cy - b.height)):int(b.cy + b.height) + 1, x0:min(w, int(b.cx + reach) + 1)] == canal
+        xs = np.nonzero(band)[1] + x0
         if xs.size >= 5:
             sides.append(1 if xs.mean() > b.cx else -1)
     return sides

@@ -48,6 +48,7 @@ from spinenet.roi.levels import (
     THORACIC_LEVELS,
     assign_levels,
     level_names,
+    off_the_spine,
     plausible_sagittal_discs,
 )
 from spinenet.roi.mask_crops import VIEWS, MaskSource, crop_dataset
@@ -68,6 +69,7 @@ __all__ = [
     "disc_boxes",
     "enlarge_box",
     "level_names",
+    "off_the_spine",
     "phantom_crops",
     "phantom_crops_on_first_use",
     "plausible_sagittal_discs",

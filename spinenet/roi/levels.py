@@ -73,6 +73,31 @@ MAX_ABOVE = 1
 MIN_DISCS_FOR_SPACING = 3
 
 
+def off_the_spine(boxes: Sequence[Box]) -> dict[int, str]:
+    """Boxes (by index) that lie sideways off the spine, with the reason: a curve x(y) (quadratic, for the
+    lordosis) is fitted through the centres and the one furthest from it dropped, until every one left lies
+    within :data:`OFF_AXIS` disc spacings of it (the median centre-to-centre step). Needs four boxes: with
+    fewer, no curve tells the spine from an outlier."""
+    n = len(boxes)
+    if n < 4:
+        return {}
+    order = sorted(range(n), key=lambda i: -boxes[i].cy)  # bottom first
+    xy = np.array([[boxes[i].cx, boxes[i].cy] for i in order], float)
+    spacing = float(np.median(np.hypot(*np.diff(xy, axis=0).T)))
+    out: dict[int, str] = {}
+    on = list(range(n))
+    while len(on) >= 4:
+        fit = np.polyfit(xy[on, 1], xy[on, 0], 2)
+        off = np.abs(np.polyval(fit, xy[on, 1]) - xy[on, 0])
+        worst = int(np.argmax(off))
+        if off[worst] <= OFF_AXIS * spacing:
+            break
+        out[order[on[worst]]] = (f"{off[worst]:.0f} px sideways from the curve of the other discs "
+                                 f"(spacing {spacing:.0f} px): not on the spine")
+        del on[worst]
+    return out
+
+
 def number_discs(boxes: Sequence[Box], n_graded: int) -> tuple[list[int | None], list[str]]:
     """Disc number (1 = L5-S1, SPIDER's ``IVD label``) of each sagittal disc box, given that the slice's
     discs ``1..n_graded`` were graded; ``None`` with the reason where the number is uncertain.
@@ -97,17 +122,10 @@ def number_discs(boxes: Sequence[Box], n_graded: int) -> tuple[list[int | None],
     xy = np.array([[boxes[i].cx, boxes[i].cy] for i in order], float)
     spacing = float(np.median(np.hypot(*np.diff(xy, axis=0).T)))
     reasons = [""] * n
-
-    on = list(range(n))  # positions in `order` still taken for discs
-    while len(on) >= 4:
-        fit = np.polyfit(xy[on, 1], xy[on, 0], 2)
-        off = np.abs(np.polyval(fit, xy[on, 1]) - xy[on, 0])
-        worst = int(np.argmax(off))
-        if off[worst] <= OFF_AXIS * spacing:
-            break
-        reasons[order[on[worst]]] = (f"{off[worst]:.0f} px sideways from the curve of the other discs "
-                                     f"(spacing {spacing:.0f} px): not on the spine")
-        del on[worst]
+    off_spine = off_the_spine(boxes)
+    for i, why in off_spine.items():
+        reasons[i] = why
+    on = [j for j in range(n) if order[j] not in off_spine]  # positions in `order` still taken for discs
 
     slots: list[list[int]] = []  # detections holding one disc place each, bottom-up
     for j in on:
