@@ -43,20 +43,57 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".ts")
 TORCHSCRIPT_WARNING = "TorchScript files can run arbitrary operations; load only files you trust"
 
 
+PRECISIONS = ("auto", "32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS[1:]:
+        raise ConfigError(f"precision: choose one of {', '.join(PRECISIONS[1:])}, got {precision!r}")
+    return precision
+
+
+def inference_precision(requested: str, device: str) -> str:
+    """``32`` or ``bf16`` for ``requested`` (``auto``, ``32``, ``bf16``) on ``device``: ``auto`` is bf16 where
+    the hardware computes it natively (a CUDA GPU that supports it, a CPU with AVX-512 BF16 or AMX, as oneDNN
+    reports), float32 elsewhere (emulated bf16 is slower than float32)."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision: choose one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16(device) else "32"
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bf16 in hardware (a CUDA GPU that supports it; a CPU with AVX-512 BF16 or
+    AMX, as oneDNN reports)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class Predictor:
     """``predictor(x)`` -> logits (or log-probabilities for ensembles) for a float32 batch (B, C, H, W)."""
 
     kind = "module"
 
     def __init__(self, net: Any, contract: ModelContract, source: Path, device: str = "cpu",
-                 channels_last: bool = False, config: Any = None):
+                 channels_last: bool = False, config: Any = None, precision: str = "32"):
         self.net, self.contract, self.source, self.device = net, contract, Path(source), device
+        self.precision = check_precision(precision)
         # a checkpoint's or ensemble's run config (None for an exported file)
         self.config = config
         # NHWC inputs and weights: the U-Net ran 1.6-2x faster on CPU (spinenet bench diagnose --no-channels-last)
         self.channels_last = channels_last
         if channels_last:
             self.net = net.to(memory_format=torch.channels_last)
+
+    def at_precision(self, precision: str) -> Predictor:
+        """This model (the same weights, not a copy of them) run at ``precision``."""
+        import copy
+
+        other = copy.copy(self)
+        other.precision = check_precision(precision)
+        return other
 
     @property
     def task(self) -> TaskKind:
@@ -75,7 +112,8 @@ class Predictor:
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        bf16 = self.precision == "bf16"
+        with torch.inference_mode(), torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=bf16):
             if levels is not None and hasattr(self.net, "level_offset_table"):
                 return self.net(x, list(levels)).float().cpu()  # a ClassificationModule adds its offsets
             return self.with_level_offsets(self.net(x).float().cpu(), levels)
@@ -166,15 +204,23 @@ def open_torchscript(path: Path, device: str = "cpu") -> Predictor:
 
 
 def load_model(
-    path: str | Path, device: str = "cpu", allow_torchscript: bool = False
+    path: str | Path, device: str = "cpu", allow_torchscript: bool = False, precision: str = "32"
 ) -> tuple[Predictor, ModelContract]:
     """``(model, contract)`` of a checkpoint, ensemble JSON, export sidecar JSON, ONNX or TorchScript
-    (``.pt``/``.ts``) file: the one loader (module docstring).
+    (``.pt``/``.ts``) file: the one loader (module docstring). ``precision``: ``32``, ``bf16`` (autocast;
+    checkpoints and ensembles only) or ``auto`` (:func:`inference_precision`; float32 for an exported file,
+    which runs as exported).
 
     TorchScript runs code from the file: it is refused (:class:`ConfigError`, before the file is read) unless
     ``allow_torchscript``, and then loaded with a warning.
     """
+    inference_precision(precision, device)  # a bad choice fails before the file is read
     model = _open(Path(path), device, allow_torchscript)
+    if model.kind == "module":
+        model.precision = inference_precision(precision, device)
+    elif precision == "bf16":
+        raise ConfigError(f"{path}: an exported {model.kind} file runs in float32; --precision bf16 needs the "
+                          "checkpoint or ensemble")
     return model, model.contract
 
 

@@ -17,6 +17,7 @@ def test_bench_diagnose_prints_both_engines(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert re.search(r"FLOPs per image: U-Net 1\.\d+ G \+ DiscNet", out)  # 8->256 U-Net at 256x256
+    assert re.search(r"segmenter precision \(torch\): (32|bf16),", out)
     for engine in ("torch", "onnxruntime"):
         assert re.search(rf"^{engine}\s+batch\s+2: end to end\s+[\d.]+ images/s", out, re.M), engine
     assert "onnxruntime / torch (best batch each, same run):" in out

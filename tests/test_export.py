@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from spinenet.cli import main as cli_main
+from spinenet.errors import ConfigError
 from spinenet.loading import Predictor, load_model
 from spinenet.pipeline.export import ATOL, RTOL, export_model
 from tests.test_diagnose import CLS_OVERRIDES, SEG_OVERRIDES, make_checkpoint
@@ -204,3 +205,12 @@ def test_an_ordinal_classifier_exports_its_class_probabilities(tmp_path):
     assert got.shape == (2, 3)  # class log-probabilities, not the 2 CORN logits
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(contract.probabilities(got).sum(1), torch.ones(2))
+
+
+def test_an_exported_segmenter_runs_as_exported_in_float32(exported):
+    """``auto`` leaves an exported file in float32 (it runs as exported); asking it for bf16 names the file."""
+    root, _ = exported
+    onnx = root / "seg_export" / "segmenter.onnx"
+    assert load_model(onnx, precision="auto")[0].precision == "32"
+    with pytest.raises(ConfigError, match=r"segmenter.onnx: an exported onnx file runs in float32; --precision bf16"):
+        load_model(onnx, precision="bf16")

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spinenet.bench import smoke
 from spinenet.contract import CropRecipe, InputSpec, ModelContract, TaskKind
-from spinenet.loading import Predictor
+from spinenet.loading import Predictor, inference_precision
 from spinenet.pipeline.diagnose import diagnose_images, folder_items, run
 
 
@@ -139,13 +139,14 @@ def _flops_per_image(unet: torch.nn.Module, discnet: torch.nn.Module, slices: Se
 def benchmark(images: int | None = None, distinct: int | None = None, batch_sizes: Sequence[int] | None = None,
               pipeline_threads: int | None = None, threads: int | None = None, channels_last: bool = True,
               engines: Sequence[str] | None = None, repeats: int | None = None, device: str | None = None,
-              overlays: str = "all", overlay_format: str = "jpg") -> int:
+              overlays: str = "all", overlay_format: str = "jpg", precision: str = "auto") -> int:
     """Print images/s of the diagnosis pipeline end to end and of the U-Net alone, per engine and batch size.
 
     ``images`` slices per timed pass made of ``distinct`` phantom slices, ``repeats`` timed passes (the best is
     reported); defaults 64, 16, [8, 16, 32], 3 (4, 2, [2], 1 in smoke mode). ``engines``: default torch, and
-    onnxruntime where installed (CPU). ``device``: default cuda when available. ``overlays``, ``overlay_format``:
-    as ``spinenet diagnose --overlays``, ``--overlay-format`` (the target is measured with their defaults)."""
+    onnxruntime where installed (CPU). ``device``: default cuda when available. ``overlays``, ``overlay_format``,
+    ``precision``: as ``spinenet diagnose --overlays``, ``--overlay-format``, ``--precision`` (the PyTorch
+    segmenter's; the target is measured with their defaults)."""
     images = images if images is not None else (4 if smoke() else 64)
     distinct = distinct if distinct is not None else (2 if smoke() else 16)
     batch_sizes = list(batch_sizes) if batch_sizes is not None else ([2] if smoke() else [8, 16, 32])
@@ -172,7 +173,8 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
     crop = CropRecipe(size=(64, 64), margin=0.1, clahe={"clip": 2.0, "tiles": [4, 4]}, levels=("L4-L5", "L5-S1"))
     cls_prep = ModelContract(TaskKind.CLASSIFICATION, ("healthy", "L4-L5", "L5-S1"), InputSpec((64, 64)), crop=crop)
     # channels-last, as `spinenet diagnose` runs a checkpoint (--no-channels-last here to compare)
-    torch_seg = Predictor(unet, seg_prep, Path("unet_sustersic"), dev, channels_last=channels_last)
+    torch_seg = Predictor(unet, seg_prep, Path("unet_sustersic"), dev, channels_last=channels_last,
+                          precision=inference_precision(precision, dev))
     torch_cls = Predictor(discnet, cls_prep, Path("discnet"), dev, channels_last=channels_last)
     models = {}
     for engine in engines:
@@ -183,10 +185,12 @@ def benchmark(images: int | None = None, distinct: int | None = None, batch_size
     pairs = list(zip(slices, masks, strict=True))
 
     print(f"device: {dev}, torch threads: {torch.get_num_threads()}, channels_last (torch): {channels_last}, "
+          f"segmenter precision (torch): {torch_seg.precision}, "
           f"torch {torch.__version__}, engines: {', '.join(engines)}, overlays: {overlays} ({overlay_format})")
     per_image = _flops_per_image(unet, discnet, slices, _Oracle(torch_seg, pairs), torch_cls, dev)
     peak = _matmul_peak(dev)
-    print(f"practical peak (2048^2 float32 matmul, measured): {peak / 1e9:.1f} GFLOP/s")
+    print(f"practical peak (2048^2 float32 matmul, measured; a bf16 segmenter can exceed it): "
+          f"{peak / 1e9:.1f} GFLOP/s")
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     best: dict[str, float] = {}

@@ -95,6 +95,7 @@ def _ensemble(bench, argv: list[str]) -> int:
 def _diagnose(bench, argv: list[str]) -> int:
     import torch  # lazy: start-up (only this benchmark's default device needs it)
 
+    from spinenet.loading import PRECISIONS  # lazy: start-up
     from spinenet.pipeline.diagnose import ENGINES, OVERLAY_FORMATS, OVERLAYS  # lazy: start-up
 
     p = argparse.ArgumentParser(prog="spinenet bench diagnose", description=bench.__doc__,
@@ -114,11 +115,15 @@ def _diagnose(bench, argv: list[str]) -> int:
                    help="as `spinenet diagnose --overlay-format` (the target is measured with jpg)")
     p.add_argument("--repeats", type=int, default=1 if smoke() else 3, help="timed passes; the best is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the PyTorch segmenter's arithmetic, as `spinenet diagnose --precision` (the target is "
+                        "measured with auto)")
     args = p.parse_args(argv)
     return bench.benchmark(images=args.images, distinct=args.distinct, batch_sizes=args.batch_size,
                            pipeline_threads=args.pipeline_threads, threads=args.threads,
                            channels_last=not args.no_channels_last, engines=args.engine, repeats=args.repeats,
-                           device=args.device, overlays=args.overlays, overlay_format=args.overlay_format)
+                           device=args.device, overlays=args.overlays, overlay_format=args.overlay_format,
+                           precision=args.precision)
 
 
 def _measurements(bench, argv: list[str]) -> int:
