@@ -37,3 +37,16 @@ def test_every_benchmark_has_a_command_line(capsys):
             cli_main(["bench", name, "--help"])
         assert done.value.code == 0
         assert f"spinenet bench {name}" in capsys.readouterr().out
+
+
+def test_a_config_error_in_bench_train_is_one_line(capsys):
+    """A config that Hydra composes outside ``spinenet train`` (here ``bench train --override``) fails on one
+    line naming the setting, not with a traceback."""
+    from spinenet.cli import main as cli_main
+
+    rc = cli_main(["bench", "train", "--experiment", "demo", "--override", "model=smp", "--steps", "1",
+                   "--warmup", "0", "--rounds", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("spinenet bench: error: model.net: unknown option(s) ['base_channels', 'depth'")
+    assert "Traceback" not in "\n".join(err)

@@ -90,6 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"spinenet {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        # a config that Hydra composes outside `spinenet train` (bench train --override, eval): one line too
+        from spinenet.cli.hydra_app import _config_error_line  # lazy: hydra
+
+        line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else _config_error_line(exc)
+        if line is None:
+            raise  # a bug: its traceback
+        print(f"spinenet {command}: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
