@@ -113,6 +113,32 @@ def test_sustersic_options():
         plain(torch.randn(1, 1, 18, 18))
 
 
+def test_deep_supervision_adds_the_coarser_levels_loss_in_training_only():
+    """Aux heads on the 1/4- and 1/2-size decoder levels: their logits exist in training, their loss reaches
+    their weights through the module's training step; in eval the net is the plain one (same logits as
+    without the heads), and off (0 or null) there is no extra checkpoint key."""
+    from spinenet.lit.segmentation import SegmentationModule
+    from spinenet.losses import DiceFocalLoss
+
+    torch.manual_seed(0)
+    net = build_segmenter("unet_sustersic", 4, base_channels=4, depth=3, dropout=0.0, deep_supervision=0.5)
+    assert [m.in_channels for m in net.aux_heads] == [16, 8]  # decoder widths at 1/4 and 1/2 size
+    plain = build_segmenter("unet_sustersic", 4, base_channels=4, depth=3, dropout=0.0)
+    assert not any("aux" in k for k in plain.state_dict())
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("aux_heads")})
+    x, mask = torch.randn(2, 1, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    net.eval(), plain.eval()
+    assert torch.equal(net(x), plain(x)) and net.aux_logits == []
+    net.train()
+    module = SegmentationModule(net, DiceFocalLoss(4), torch.optim.SGD, class_names=["b", "d", "v", "c"])
+    loss = module.training_step({"image": x, "mask": mask}, 0)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.aux_heads.parameters())
+    assert net.aux_logits == []  # consumed by the step, not kept
+    with pytest.raises(ConfigError, match="model.net.deep_supervision"):
+        build_segmenter("unet_sustersic", 4, depth=2, deep_supervision=0.5)
+
+
 def test_three_channel_input():
     _step(build_segmenter("unet_sustersic", 4, in_channels=3, base_channels=8, depth=3), in_channels=3)
     model = build_segmenter("fpn", 4, in_channels=3, encoder="resnet34", image_size=(64, 64))

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -64,6 +65,13 @@ class SegmentationModule(WritesContract, L.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
+        aux = getattr(self.net, "aux_logits", None)
+        if stage == "train" and aux:  # deep supervision: the coarser decoder levels' logits, upsampled
+            size = batch["mask"].shape[-2:]
+            extra = [self.loss(F.interpolate(a, size=size, mode="bilinear", align_corners=False), batch["mask"])
+                     for a in aux]
+            loss = loss + self.net.deep_supervision * torch.stack(extra).mean()
+            self.net.aux_logits = []
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: "
                                      "lower optimizer.lr or check the data")

@@ -7,7 +7,7 @@ Names (registered in :data:`~spinenet.models.registry.SEGMENTERS`, one decorated
 this module) and encoders (:data:`SEGMENTER_ENCODERS`, Sayed 2025 Table 4):
 
 - ``unet_sustersic``: :class:`SustersicUNet`, no encoder choice (``base_channels``, ``depth``, ``dropout``,
-  ``batch_norm``).
+  ``batch_norm``, ``deep_supervision``).
 - ``unet``, ``linknet``, ``fpn``, ``pspnet``, ``deeplabv3plus``: ``smp.create_model`` with one of
   ``resnet34``, ``resnet50``, ``resnext50_32x4d`` (alias ``resnext50``) and ``vgg16`` (smp's ``vgg16``,
   without batch norm, the same as the Keras VGG16 that Sayed's ``segmentation_models`` used). DeepLabv3+
@@ -101,7 +101,7 @@ class SustersicUNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int = 1, base_channels: int = 8, depth: int = 5,
-                 dropout: float = 0.2, batch_norm: bool = True):
+                 dropout: float = 0.2, batch_norm: bool = True, deep_supervision: float = 0.0):
         super().__init__()
         self.num_classes, self.in_channels = int(num_classes), int(in_channels)
         self.base_channels, self.depth = int(base_channels), int(depth)
@@ -125,6 +125,13 @@ class SustersicUNet(nn.Module):
             self.dec.append(self._block(2 * w, w, 0.0))  # input: upsampled (w) + skip (w)
             ch = w
         self.head = nn.Conv2d(ch, self.num_classes, kernel_size=1)
+        # deep supervision: class logits from the two decoder levels before the last (1/4 and 1/2 size), whose
+        # loss the training step adds with this weight; absent (and no checkpoint key) when 0
+        self.deep_supervision = float(deep_supervision)
+        self.aux_logits: list[torch.Tensor] = []
+        if self.deep_supervision > 0:
+            aux_widths = list(reversed(widths[:-1]))[-3:-1]
+            self.aux_heads = nn.ModuleList(nn.Conv2d(w, self.num_classes, kernel_size=1) for w in aux_widths)
 
     def _block(self, cin: int, cout: int, dropout: float) -> nn.Sequential:
         layers: list[nn.Module] = []
@@ -152,8 +159,12 @@ class SustersicUNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
+        decoded = []
         for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
             x = dec(torch.cat([up(x), skip], dim=1))
+            decoded.append(x)
+        if self.deep_supervision > 0 and self.training:
+            self.aux_logits = [head(f) for head, f in zip(self.aux_heads, decoded[-3:-1], strict=True)]
         return self.head(x)
 
 
@@ -342,7 +353,7 @@ def build_segmenter(name: str, num_classes: int, in_channels: int = 1, encoder: 
     size_note="with depth {depth} (2**depth)",
 )
 def unet_sustersic(num_classes: int, in_channels: int = 1, base_channels: int = 8, depth: int = 5,
-                   dropout: float = 0.2, batch_norm: bool = True) -> nn.Module:
+                   dropout: float = 0.2, batch_norm: bool = True, deep_supervision: float = 0.0) -> nn.Module:
     """The U-Net of Šušteršič 2022: base_channels·2**level kernels, transposed convolutions (no encoder)."""
     base, depth, dropout = int(base_channels), int(depth), float(dropout)
     if base < 1 or depth < 1:
@@ -350,8 +361,12 @@ def unet_sustersic(num_classes: int, in_channels: int = 1, base_channels: int = 
     if not 0.0 <= dropout < 1.0:
         raise ConfigError("model.net.dropout: expected a value in [0, 1) (the paper's grid: 0.1-0.5), "
                           f"got {dropout}")
+    weight = float(deep_supervision)
+    if weight < 0 or (weight > 0 and depth < 3):
+        raise ConfigError("model.net.deep_supervision: the weight of the two coarser decoder levels' loss, >= 0 "
+                          f"(0: off), with depth >= 3; got {deep_supervision} at depth {depth}")
     return SustersicUNet(num_classes, in_channels, base_channels=base, depth=depth, dropout=dropout,
-                         batch_norm=bool(batch_norm))
+                         batch_norm=bool(batch_norm), deep_supervision=weight)
 
 
 def _smp_model(arch: str, num_classes: int, in_channels: int, encoder: str, encoder_weights: str | None,
