@@ -214,10 +214,10 @@ def load_model(
     TorchScript runs code from the file: it is refused (:class:`ConfigError`, before the file is read) unless
     ``allow_torchscript``, and then loaded with a warning.
     """
-    inference_precision(precision, device)  # a bad choice fails before the file is read
+    resolved = inference_precision(precision, device)  # a bad choice fails before the file is read
     model = _open(Path(path), device, allow_torchscript)
     if model.kind == "module":
-        model.precision = inference_precision(precision, device)
+        model.precision = resolved
     elif precision == "bf16":
         raise ConfigError(f"{path}: an exported {model.kind} file runs in float32; --precision bf16 needs the "
                           "checkpoint or ensemble")

@@ -48,8 +48,9 @@ def test_out_of_range_photometric_settings_are_refused(setting):
         build_transforms([32, 32], True, setting)
 
 
-def test_zero_turns_a_photometric_key_off():
-    ops = build_transforms([32, 32], True, {"gamma": 0.0, "intensity_curve": 0.0, "blur": 0.0}).transforms
+def test_zero_or_null_turns_a_key_off():
+    off = {"hflip": None, "scale": None, "gamma": 0.0, "intensity_curve": 0.0, "blur": 0.0}
+    ops = build_transforms([32, 32], True, off).transforms
     assert [type(op).__name__ for op in ops] == ["Resize"]
 
 

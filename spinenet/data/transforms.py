@@ -98,20 +98,10 @@ def build_transforms(
     return A.Compose(ops)
 
 
-# data.augment's keys (each 0 or null: off); the photometric ones apply each with probability 0.5
-AUGMENT_KEYS = {
-    "crop": "[h, w]: train on random patches of the resized image",
-    "hflip": "probability of a horizontal flip",
-    "rotate": "degrees, uniform in [-rotate, rotate]",
-    "shift": "fraction of the size, uniform in [-shift, shift]",
-    "scale": "zoom, uniform in [1 - scale, 1 + scale]",
-    "p_affine": "probability of the rotation/shift/zoom",
-    "brightness": "brightness limit (and contrast limit, unless contrast is set: brightness / 2)",
-    "contrast": "contrast limit",
-    "gamma": "gamma, uniform in [1 - gamma, 1 + gamma]",
-    "intensity_curve": "jitter of a random monotone intensity curve (another MRI contrast), 0-1",
-    "blur": "largest Gaussian blur sigma in pixels (thicker slices, coarser scanners)",
-}
+# data.augment's keys, each 0 or null for off (what each does: conf/data/phantom_sagittal.yaml); the
+# photometric ones apply each with probability 0.5
+AUGMENT_KEYS = ("crop", "hflip", "rotate", "shift", "scale", "p_affine",
+                "brightness", "contrast", "gamma", "intensity_curve", "blur")
 
 
 def _crop(augment: Mapping, image_size: Sequence[int]) -> list[A.BasicTransform]:
@@ -128,7 +118,7 @@ def _crop(augment: Mapping, image_size: Sequence[int]) -> list[A.BasicTransform]
 
 def _geometric(augment: Mapping) -> list[A.BasicTransform]:
     ops: list[A.BasicTransform] = []
-    if augment.get("hflip", 0) > 0:
+    if augment.get("hflip"):
         ops.append(A.HorizontalFlip(p=float(augment["hflip"])))
     rotate, shift = float(augment.get("rotate") or 0), float(augment.get("shift") or 0)
     scale = float(augment.get("scale") or 0)

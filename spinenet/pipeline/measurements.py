@@ -149,14 +149,15 @@ def orientation(mask: np.ndarray, classes: MaskClasses = MaskClasses(),
     turn it round); otherwise, or on a tie, the canal's centroid against the discs'."""
     from spinenet.pipeline.plausibility import canal_sides
 
-    canal = np.nonzero(mask == classes.canal)[1]
-    front = np.nonzero(mask == classes.disc)[1]
-    if canal.size == 0 or front.size == 0:
-        return None
+    # the vote reads only the bands beside the discs; the whole-mask centroids are the fallback
     boxes = [Box(*(int(v) for v in b[:4]), cx=(b[0] + b[2]) / 2, cy=(b[1] + b[3]) / 2) for b in discs]
     vote = sum(canal_sides(mask, boxes, classes.canal))
     if vote:
         return ANTERIOR_LEFT if vote > 0 else ANTERIOR_RIGHT
+    canal = np.nonzero(mask == classes.canal)[1]
+    front = np.nonzero(mask == classes.disc)[1]
+    if canal.size == 0 or front.size == 0:
+        return None
     return ANTERIOR_LEFT if canal.mean() > front.mean() else ANTERIOR_RIGHT
 
 
