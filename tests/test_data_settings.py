@@ -7,7 +7,7 @@ import hydra
 import pytest
 from hydra.errors import InstantiationException
 
-from spinenet.cli.hydra_app import _config_error_line
+from spinenet.cli.hydra_app import config_error_line
 from spinenet.config import compose, config_dir
 from spinenet.errors import ConfigError
 from spinenet.tasks.train import train
@@ -24,7 +24,7 @@ def test_a_misspelt_data_key_is_one_line_naming_it(tiny_phantom, compose_cfg, tm
     with pytest.raises(InstantiationException) as caught:  # Hydra wraps what the constructor raises
         train(cfg)
     assert isinstance(caught.value.__cause__, ConfigError)
-    line = _config_error_line(caught.value)  # what `spinenet train` prints after "error:"
+    line = config_error_line(caught.value)  # what `spinenet train` prints after "error:"
     assert line is not None and "\n" not in line
     assert "batchsize" in line and "batch_size" in line  # the wrong key, and the valid ones
 
@@ -40,7 +40,7 @@ def test_every_data_config_is_accepted(choice, tmp_path):
     if choice in NEEDS_MODEL_TASKS:  # alone, it says in one line what it lacks
         with pytest.raises(InstantiationException) as caught:
             hydra.utils.instantiate(cfg.data, output_dir=str(tmp_path / "run"), check="off")
-        assert "model.tasks is not set" in (_config_error_line(caught.value) or "")
+        assert "model.tasks is not set" in (config_error_line(caught.value) or "")
         return
     datamodule = hydra.utils.instantiate(cfg.data, output_dir=str(tmp_path / "run"), check="off")
     assert datamodule.spec.root

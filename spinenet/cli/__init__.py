@@ -92,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         # a config that Hydra composes outside `spinenet train` (bench train --override, eval): one line too
-        from spinenet.cli.hydra_app import _config_error_line  # lazy: hydra
+        from spinenet.cli.hydra_app import config_error_line  # lazy: hydra
 
-        line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else _config_error_line(exc)
+        line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else config_error_line(exc)
         if line is None:
             raise  # a bug: its traceback
         print(f"spinenet {command}: error: {line}", file=sys.stderr)

@@ -81,7 +81,7 @@ def _process_state(command: str, argv: Sequence[str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _config_error_line(exc: BaseException) -> str | None:
+def config_error_line(exc: BaseException) -> str | None:
     """One line for an error in the command line or configs, or None for anything else (a bug: traceback)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -139,7 +139,7 @@ def run_hydra(command: str, argv: Sequence[str]) -> int:
         try:
             metrics = run_trial(run, cfg)
         except Exception as exc:  # a single run: config and input errors are one line, not a traceback
-            line = str(exc) if isinstance(exc, SpinenetError) else _config_error_line(exc)
+            line = str(exc) if isinstance(exc, SpinenetError) else config_error_line(exc)
             if line is None or user_wants_traceback:
                 raise
             raise _UsageError(line) from None
@@ -160,7 +160,7 @@ def run_hydra(command: str, argv: Sequence[str]) -> int:
             print(f"spinenet {command}: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except Exception as exc:
-            line = None if user_wants_traceback else _config_error_line(exc)
+            line = None if user_wants_traceback else config_error_line(exc)
             if line is None:
                 raise
             print(f"spinenet {command}: error: {line}", file=sys.stderr)
