@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from spinenet.data.io import read_mask
 from spinenet.data.manifest import DatasetSpec
 from spinenet.errors import ConfigError, DataError
 from spinenet.roi import (
@@ -315,3 +316,29 @@ def test_segmenter_masks_lose_implausible_components_before_levels_are_named(tmp
     reasons = sorted(r["reason"].split(" ")[0] for r in summary["rejected_components"])
     assert reasons == ["area", "area", "taller", "taller"]
     assert {r["source_image"] for r in summary["rejected_components"]} == {"images/P1.png", "images/P2.png"}
+
+
+def test_segmenter_masks_of_no_plausible_spine_are_listed_not_cropped(tmp_path):
+    # as `spinenet diagnose`: a slice whose segmentation is no sagittal spine gets no level names and no crops
+    spec = _write_sagittal_set(tmp_path / "src")
+    truth = pd.read_csv(crop_dataset(spec, tmp_path / "gt", view="sagittal", size=(32, 32)) / "manifest.csv")
+
+    def segmenter(image, row):
+        mask = read_mask(row["mask_path"], spec.mask_values)  # P1: its ground truth
+        if row["patient_id"] == "P2":  # three discs side by side
+            mask[:] = 0
+            for x0 in (2, 35, 68):
+                mask[40:45, x0:x0 + 26] = 1
+        elif row["patient_id"] == "P3":  # only a tall strip: no component can be a disc
+            mask[10:80, 2:8] = 1
+        return mask
+
+    out = crop_dataset(spec, tmp_path / "seg", view="sagittal", size=(32, 32), mask_source=segmenter,
+                       mask_classes=["background", "disc"])
+    predicted = pd.read_csv(out / "manifest.csv")
+    cols = ["patient_id", "level", "x0", "y0", "x1", "y1"]
+    pd.testing.assert_frame_equal(predicted[cols], truth[truth.patient_id == "P1"][cols])
+    missing = pd.read_csv(out / "missing.csv").set_index("source_image").reason
+    assert sorted(missing.index) == ["images/P2.png", "images/P3.png"]
+    assert missing["images/P2.png"].startswith("implausible for sagittal: discs side by side, not stacked")
+    assert missing["images/P3.png"].startswith("no plausible disc: 1 component left out")

@@ -219,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overwrite=args.overwrite,
         progress=args.progress,
         inputs=[(args.segmenter, "segmenter checkpoint")] if args.segmenter else (),
+        mask_classes=names,
     )
     if args.segmenter:
         name_segmenter(out, args.segmenter)

@@ -16,6 +16,7 @@ from spinenet.contract import clahe_setting
 from spinenet.data.io import read_image, read_mask
 from spinenet.data.manifest import DatasetSpec, load_manifest
 from spinenet.errors import ConfigError, DataError
+from spinenet.pipeline.plausibility import sagittal_discs
 from spinenet.roi.geometry import (
     DEFAULT_CLAHE,
     Box,
@@ -25,7 +26,7 @@ from spinenet.roi.geometry import (
     size_pair,
     square_box,
 )
-from spinenet.roi.levels import assign_levels, plausible_sagittal_discs
+from spinenet.roi.levels import assign_levels
 from spinenet.roi.writers import CropWriter, discard_stage, nothing_read, publish_output, stage_output
 from spinenet.utils.progress import progress as with_progress
 
@@ -69,6 +70,7 @@ def crop_dataset(
     overwrite: bool = False,
     progress: bool | None = None,
     inputs: Sequence[Any] = (),
+    mask_classes: Sequence[str] = (),
 ) -> Path:
     """Crop every disc of a segmentation data set into a classification data set; return ``out_dir``.
 
@@ -116,6 +118,7 @@ def crop_dataset(
             upper_levels=upper_levels,
             square=square,
             carried=_carried_columns(df, spec),
+            mask_classes=tuple(mask_classes),
         )
         n_read = 0
         for rec in with_progress(df.to_dict("records"), total=len(df), desc="cropping discs", enabled=progress):
@@ -180,6 +183,7 @@ class _Recipe:
     upper_levels: str
     square: bool
     carried: list[str]
+    mask_classes: tuple[str, ...] = ()  # the segmenter's class names (plausibility checks)
 
 
 def _crop_row(rec: Mapping[str, Any], image: np.ndarray, mask: np.ndarray, recipe: _Recipe, writer: CropWriter) -> None:
@@ -197,7 +201,7 @@ def _crop_row(rec: Mapping[str, Any], image: np.ndarray, mask: np.ndarray, recip
             }
         )
         return
-    chosen, names = _named_discs(rec, boxes, recipe, writer, pid, source)
+    chosen, names = _named_discs(rec, boxes, mask, recipe, writer, pid, source)
     stem = Path(source).stem
     for idx, (box, level) in enumerate(zip(chosen, names, strict=True)):
         if recipe.keep is not None and level not in recipe.keep:
@@ -210,18 +214,26 @@ def _crop_row(rec: Mapping[str, Any], image: np.ndarray, mask: np.ndarray, recip
 
 
 def _named_discs(
-    rec: Mapping[str, Any], boxes: list[Box], recipe: _Recipe, writer: CropWriter, pid: str, source: str
+    rec: Mapping[str, Any], boxes: list[Box], mask: np.ndarray, recipe: _Recipe, writer: CropWriter, pid: str,
+    source: str,
 ) -> tuple[list[Box], list[str]]:
-    """The discs to crop and their names: axial, the largest with the row's level; sagittal, every plausible
-    one with its level counted bottom-up."""
+    """The discs to crop and their names: axial, the largest with the row's level; sagittal, every disc (from a
+    segmenter: every disc ``diagnose`` would name, none on an implausible slice) with its level counted
+    bottom-up."""
     if recipe.view == "axial":
         level = str(rec["level"]) if "level" in rec and not pd.isna(rec["level"]) else ""
         return [max(boxes, key=lambda b: b.area)], [level]
     chosen = boxes
     if callable(recipe.mask_source):
         # as `spinenet diagnose`: one false component below L5-S1 renames every disc above it
-        chosen, rejected = plausible_sagittal_discs(boxes)
+        chosen, rejected, implausible = sagittal_discs(boxes, mask, recipe.mask_classes)
         writer.rejected += [{"patient_id": pid, "source_image": source, **r} for r in rejected]
+        why = (f"implausible for sagittal: {implausible}" if implausible else
+               None if chosen else f"no plausible disc: {len(rejected)} component"
+               f"{'s' if len(rejected) != 1 else ''} left out (summary.json: rejected_components)")
+        if why:
+            writer.missing.append({"patient_id": pid, "source_image": source, "reason": f"{why} (mask from segmenter)"})
+            return [], []
     return chosen, assign_levels(chosen, recipe.upper_levels)
 
 
