@@ -85,7 +85,7 @@ def test_roi_from_ground_truth_masks(tiny_phantom, tmp_path, capsys):
     crop = cv2.imread(str(out / manifest.image.iloc[0]), cv2.IMREAD_UNCHANGED)
     assert crop.shape == (32, 48)
     assert f"roi written: {out}" in printed and "masks: gt" in printed
-    assert f"no disc found in {len(missing)} image" in printed
+    assert f"no disc cropped in {len(missing)} image" in printed
 
     # the view comes from the data config; an axial set gives one crop per slice with the slice's label
     ax_out = tmp_path / "ax"
@@ -147,7 +147,7 @@ def test_roi_column_flags_and_missing_discs(tmp_path, capsys):
     manifest = pd.read_csv(out / "manifest.csv")
     assert list(manifest.patient_id) == ["P0", "P1"]
     assert manifest.loc[0, ["x0", "y0", "x1", "y1"]].tolist() == [20, 30, 60, 42]  # margin 0: the disc's box
-    assert "no disc found in 1 image(s)" in printed and "img/s2.png: no disc contour" in printed
+    assert "no disc cropped in 1 image(s)" in printed and "img/s2.png: no disc contour" in printed
     assert pd.read_csv(out / "missing.csv").patient_id.tolist() == ["P2"]
     # the output folder is never overwritten by accident; a bad flag fails in one line (exit 2)
     assert cli_main(args) == 2
@@ -231,7 +231,7 @@ def test_roi_from_a_box_csv(tmp_path, capsys):
     manifest = pd.read_csv(out / "manifest.csv")
     assert manifest.label.tolist() == ["herniation"]
     assert manifest.loc[0, ["x0", "y0", "x1", "y1"]].tolist() == [10, 20, 50, 40]  # no margin by default
-    assert "no disc found in 1 image(s)" in printed and "a2: line 3: no box" in printed
+    assert "no disc cropped in 1 image(s)" in printed and "a2: line 3: no box" in printed
     assert cli_main(["roi", "--boxes", str(csv), "--root", str(images), "--out", str(tmp_path / "o")]) == 2
 
 

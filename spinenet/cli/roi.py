@@ -144,7 +144,7 @@ def _print_summary(out: Path) -> int:
         lines.append("  labels:  " + ", ".join(f"{k}={v}" for k, v in summary["label_counts"].items()))
     missing = pd.read_csv(out / "missing.csv")
     if len(missing):
-        lines.append(f"  no disc found in {len(missing)} image(s) (listed in {out / 'missing.csv'}):")
+        lines.append(f"  no disc cropped in {len(missing)} image(s) (listed in {out / 'missing.csv'}):")
         lines += [f"    {r.source_image}: {r.reason}" for r in missing.head(10).itertuples()]
         if len(missing) > 10:
             lines.append(f"    ... and {len(missing) - 10} more")

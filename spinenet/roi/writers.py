@@ -122,7 +122,7 @@ class CropWriter:
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         msg = (
             f"roi: {summary['n_crops']} crops from {summary['n_images']} images in {self.shown}; "
-            f"{summary['n_missing']} without a disc (listed in missing.csv), "
+            f"{summary['n_missing']} without a disc to crop (listed in missing.csv with the reason), "
             f"{summary['n_failed']} failed (listed in summary.json)"
         )
         log.warning(msg) if self.missing or self.failed else log.info(msg)
