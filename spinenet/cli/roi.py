@@ -149,7 +149,7 @@ def _print_summary(out: Path) -> int:
         if len(missing) > 10:
             lines.append(f"    ... and {len(missing) - 10} more")
     else:
-        lines.append("  no disc found in 0 images")
+        lines.append("  no disc cropped in 0 images")
     lines.append(f"  manifest: {out / 'manifest.csv'}")
     failed = summary.get("failed", [])
     lines += [f"failed: line {f['line']} ({f['file']}): {f['reason']}" for f in failed[:10]]
