@@ -19,9 +19,10 @@ from typing import Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from spinenet.utils.markdown import md_code, md_text
+from spinenet.utils.run_folder import run_overrides
 from spinenet.utils.safe_csv import neutralise_frame
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,9 @@ def collect_trials(sweep_dir: Path) -> pd.DataFrame:
     rows = []
     for trial in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         row: dict[str, Any] = {"trial": int(trial.name), "folder": str(trial)}
-        overrides = trial / ".hydra" / "overrides.yaml"
-        if overrides.is_file():
-            for item in OmegaConf.load(overrides):
-                key, _, value = str(item).partition("=")
-                row[f"override:{key.lstrip('+~')}"] = value
+        for item in run_overrides(trial) or []:
+            key, _, value = item.partition("=")
+            row[f"override:{key.lstrip('+~')}"] = value
         status = json.loads((trial / TRIAL_FILE).read_text()) if (trial / TRIAL_FILE).is_file() else {}
         row["status"] = status.get("status", "unknown")
         row["error"] = status.get("error", "")

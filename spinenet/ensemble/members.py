@@ -43,6 +43,7 @@ from spinenet.checkpoints import is_ensemble_artifact, load_run_checkpoint, load
 from spinenet.contract import ModelContract, TaskKind
 from spinenet.errors import ConfigError, DataError
 from spinenet.sweeps import collect_trials
+from spinenet.utils.run_folder import run_overrides
 from spinenet.utils.safe_io import file_sha256, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -214,10 +215,7 @@ def check_recorded_sha256(run_dir: Path, checkpoint: Path, sha256: str) -> None:
 
 
 def _overrides(run_dir: Path) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    return [str(o) for o in OmegaConf.load(path)]
+    return run_overrides(run_dir) or []
 
 
 def is_sweep_dir(path: Path) -> bool:

@@ -18,6 +18,7 @@ from spinenet.contract import TaskKind
 from spinenet.ddp import DDP_CONFIG_ENV, is_ddp_worker
 from spinenet.errors import ConfigError
 from spinenet.tasks.common import build_module, instantiate_group, split_metrics, write_json
+from spinenet.utils.run_folder import run_overrides
 from spinenet.utils.safe_io import file_sha256
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,10 @@ TEST_CKPTS = ("best", "last")  # which weights test=true tests
 
 
 def _overrides_of(run: Path) -> list[str] | None:
-    path = run / ".hydra" / "overrides.yaml"
-    if not path.is_file():
+    overrides = run_overrides(run)
+    if overrides is None:
         return None
-    return sorted(str(o) for o in OmegaConf.load(path) if not str(o).startswith(("ckpt_path=", "hydra.run.dir=")))
+    return sorted(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
 
 
 def find_interrupted_run(output_dir: Path) -> Path | None:
