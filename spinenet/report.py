@@ -26,9 +26,8 @@ import pandas as pd
 
 from spinenet.errors import ConfigError
 from spinenet.utils.markdown import md_code, md_text
-from spinenet.utils.run_folder import run_overrides
+from spinenet.utils.run_folder import TRIAL_FILE, override_columns
 
-TRIAL_FILE = "trial.json"
 # overrides that say where things go, not what was trained
 _NOT_HYPERPARAMETERS = (
     "paths.",
@@ -71,9 +70,7 @@ def _run_row(folder: Path, sweep: str = "") -> dict[str, Any]:
     # a trial folder is just a number: name its sweep too
     name = f"{folder.parent.name}/{folder.name}" if sweep or folder.name.isdigit() else folder.name
     row: dict[str, Any] = {"run": name, "sweep": sweep, "folder": str(folder)}
-    for item in run_overrides(folder) or []:
-        key, _, value = item.partition("=")
-        row[f"override:{key.lstrip('+~')}"] = value
+    row.update(override_columns(folder))
     status = json.loads((folder / TRIAL_FILE).read_text()) if (folder / TRIAL_FILE).is_file() else {}
     metrics_file = folder / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}

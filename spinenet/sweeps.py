@@ -22,12 +22,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from spinenet.utils.markdown import md_code, md_text
-from spinenet.utils.run_folder import run_overrides
+from spinenet.utils.run_folder import TRIAL_FILE, override_columns
 from spinenet.utils.safe_csv import neutralise_frame
 
 log = logging.getLogger(__name__)
 
-TRIAL_FILE = "trial.json"
 # filled by the callback in the process that launched the sweep; read by the CLI for its exit code
 LAST_SWEEP: dict[str, Any] = {}
 
@@ -86,9 +85,7 @@ def collect_trials(sweep_dir: Path) -> pd.DataFrame:
     rows = []
     for trial in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         row: dict[str, Any] = {"trial": int(trial.name), "folder": str(trial)}
-        for item in run_overrides(trial) or []:
-            key, _, value = item.partition("=")
-            row[f"override:{key.lstrip('+~')}"] = value
+        row.update(override_columns(trial))
         status = json.loads((trial / TRIAL_FILE).read_text()) if (trial / TRIAL_FILE).is_file() else {}
         row["status"] = status.get("status", "unknown")
         row["error"] = status.get("error", "")

@@ -341,4 +341,4 @@ def test_segmenter_masks_of_no_plausible_spine_are_listed_not_cropped(tmp_path):
     missing = pd.read_csv(out / "missing.csv").set_index("source_image").reason
     assert sorted(missing.index) == ["images/P2.png", "images/P3.png"]
     assert missing["images/P2.png"].startswith("implausible for sagittal: discs side by side, not stacked")
-    assert missing["images/P3.png"].startswith("no plausible disc: 1 component left out")
+    assert missing["images/P3.png"].startswith("no plausible disc: 1 component(s) left out")

@@ -136,7 +136,7 @@ def member_from_checkpoint(
         run_dir=run_dir,
         source=source,
         rank_score=rank_score,
-        overrides=_overrides(run_dir) if run_dir is not None else [],
+        overrides=(run_overrides(run_dir) or []) if run_dir is not None else [],
     )
 
 
@@ -212,10 +212,6 @@ def check_recorded_sha256(run_dir: Path, checkpoint: Path, sha256: str) -> None:
     elif expected != sha256:
         raise DataError(f"checkpoint {checkpoint} does not match the SHA-256 its training recorded in "
                         f"{run_dir / 'metrics.json'} (modified or replaced)")
-
-
-def _overrides(run_dir: Path) -> list[str]:
-    return run_overrides(run_dir) or []
 
 
 def is_sweep_dir(path: Path) -> bool:

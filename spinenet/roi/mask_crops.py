@@ -228,10 +228,9 @@ def _named_discs(
         # as `spinenet diagnose`: one false component below L5-S1 renames every disc above it
         chosen, rejected, implausible = sagittal_discs(boxes, mask, recipe.mask_classes)
         writer.rejected += [{"patient_id": pid, "source_image": source, **r} for r in rejected]
-        why = (f"implausible for sagittal: {implausible}" if implausible else
-               None if chosen else f"no plausible disc: {len(rejected)} component"
-               f"{'s' if len(rejected) != 1 else ''} left out (summary.json: rejected_components)")
-        if why:
+        if implausible or not chosen:
+            why = (f"implausible for sagittal: {implausible}" if implausible else
+                   f"no plausible disc: {len(rejected)} component(s) left out (summary.json: rejected_components)")
             writer.missing.append({"patient_id": pid, "source_image": source, "reason": f"{why} (mask from segmenter)"})
             return [], []
     return chosen, assign_levels(chosen, recipe.upper_levels)

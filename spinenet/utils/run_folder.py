@@ -1,4 +1,5 @@
-"""What a Hydra run folder records about how it was started (light: no Hydra, no torch)."""
+"""What a Hydra run folder records about how it was started (light: no Hydra, no torch, so that
+``spinenet report`` and the sweep summary share it)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import yaml
 
 from spinenet.errors import DataError
+
+TRIAL_FILE = "trial.json"  # a trial's status (ok/failed, error, elapsed), written by spinenet.sweeps
 
 
 def run_overrides(run_dir: str | Path) -> list[str] | None:
@@ -25,3 +28,12 @@ def run_overrides(run_dir: str | Path) -> list[str] | None:
     if not isinstance(items, list) or not all(isinstance(o, str) for o in items):
         raise DataError(f"{path}: not a YAML list of overrides")
     return items
+
+
+def override_columns(run_dir: str | Path) -> dict[str, str]:
+    """The run's overrides as table columns: ``override:<key>`` (``+``/``~`` dropped) -> the value typed."""
+    columns = {}
+    for item in run_overrides(run_dir) or []:
+        key, _, value = item.partition("=")
+        columns[f"override:{key.lstrip('+~')}"] = value
+    return columns
